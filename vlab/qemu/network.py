@@ -1,0 +1,141 @@
+"""Bridged NICs without libvirt: one network namespace per bridge, one tap per NIC.
+
+A bridge NIC (``Nic(mode="bridge", bridge="lab")``) is wired like this::
+
+    QEMU --fd--> tap vt<pid>n<k> ==moved into==> netns vlab<pid>-lab: bridge br-lab
+
+vlab opens ``/dev/net/tun`` itself (``TUNSETIFF``), which creates the tap in
+the host namespace, moves the tap into the bridge's namespace and enslaves it to
+the bridge there, then hands the fd to QEMU (``-netdev tap,fd=N``). QEMU itself
+stays in the host namespace, so user-mode NICs and migration sockets keep
+working. VMs whose taps share a bridge are on one Ethernet segment; different
+bridges live in different namespaces and cannot reach each other, and nothing
+touches the host's own interfaces.
+
+Cleanup: a tap opened this way is not persistent, so the kernel deletes it when
+the last fd (QEMU's) closes. The namespace, with its bridge, is deleted when
+the last VM using it releases it; :func:`sweep_orphan_namespaces` removes those
+of dead vlab processes. This needs root (``CAP_NET_ADMIN``); user-mode NICs never do.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import os
+import re
+import struct
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlab.errors import VlabError
+
+__all__ = ["TapHandle", "open_tap", "release_bridge", "bridge_supported", "sweep_orphan_namespaces",
+           "namespace_for"]
+
+_TUNSETIFF = 0x400454CA
+_IFF_TAP = 0x0002
+_IFF_NO_PI = 0x1000
+_IFF_VNET_HDR = 0x4000
+_NETNS_DIR = Path("/var/run/netns")
+
+_lock = threading.Lock()
+_users: dict[str, int] = {}  # bridge name -> VMs (NICs) using it in this process
+_tap_ids = itertools.count()
+
+
+@dataclass
+class TapHandle:
+    """An open tap fd (to pass to QEMU), its interface name and the bridge it is attached to."""
+
+    fd: int
+    ifname: str
+    bridge: str
+
+
+def namespace_for(bridge: str) -> str:
+    """The network namespace holding ``bridge`` for this process."""
+    return f"vlab{os.getpid()}-{bridge}"
+
+
+def bridge_supported() -> tuple[bool, str]:
+    """Whether bridge NICs can work here, and why not."""
+    if os.geteuid() != 0:
+        return False, "bridge NICs need root (CAP_NET_ADMIN) to create namespaces, bridges and taps"
+    if not os.path.exists("/dev/net/tun"):
+        return False, "/dev/net/tun is missing"
+    return True, "root and /dev/net/tun available"
+
+
+def _ip(*args: str) -> None:
+    try:
+        done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=15)
+    except FileNotFoundError:
+        raise VlabError("the ip command is missing", field="network", fix="apt-get install iproute2") from None
+    if done.returncode != 0:
+        raise VlabError("setting up the bridge failed", field="network", value="ip " + " ".join(args),
+                        fix="run as root on a host that allows network namespaces", detail=done.stderr.strip())
+
+
+def _ensure_bridge(bridge: str) -> None:
+    netns = namespace_for(bridge)
+    if (_NETNS_DIR / netns).exists():
+        return
+    _ip("netns", "add", netns)
+    try:
+        _ip("-n", netns, "link", "add", f"br-{bridge}", "type", "bridge")
+        _ip("-n", netns, "link", "set", f"br-{bridge}", "up")
+    except VlabError:
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True)
+        raise
+
+
+def open_tap(bridge: str) -> TapHandle:
+    """Create a tap attached to ``bridge`` (creating the bridge's namespace on first use).
+
+    :raises VlabError: if not root, or the kernel refuses.
+    """
+    supported, why = bridge_supported()
+    if not supported:
+        raise VlabError(why, field="nics.mode", value="bridge", fix='use Nic(mode="user") (QEMU user-mode NAT)')
+    ifname = f"vt{os.getpid()}n{next(_tap_ids)}"[:15]
+    with _lock:
+        _ensure_bridge(bridge)
+        _users[bridge] = _users.get(bridge, 0) + 1
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", ifname.encode(), _IFF_TAP | _IFF_NO_PI | _IFF_VNET_HDR))
+        netns = namespace_for(bridge)
+        _ip("link", "set", ifname, "netns", netns)
+        _ip("-n", netns, "link", "set", ifname, "master", f"br-{bridge}", "up")
+    except BaseException:
+        os.close(fd)
+        release_bridge(bridge)
+        raise
+    return TapHandle(fd, ifname, bridge)
+
+
+def release_bridge(bridge: str) -> None:
+    """One user of ``bridge`` is gone; delete its namespace (and bridge) when none is left."""
+    with _lock:
+        left = _users.get(bridge, 0) - 1
+        if left > 0:
+            _users[bridge] = left
+            return
+        _users.pop(bridge, None)
+        subprocess.run(["ip", "netns", "del", namespace_for(bridge)], capture_output=True, timeout=15)
+
+
+def sweep_orphan_namespaces() -> list[str]:
+    """Delete ``vlab<pid>-*`` namespaces whose process is gone; return their names."""
+    removed: list[str] = []
+    if os.geteuid() != 0 or not _NETNS_DIR.is_dir():
+        return removed
+    for entry in _NETNS_DIR.iterdir():
+        match = re.fullmatch(r"vlab(\d+)-[a-z0-9]+", entry.name)
+        if match and not Path(f"/proc/{match.group(1)}").exists():
+            subprocess.run(["ip", "netns", "del", entry.name], capture_output=True, timeout=15)
+            removed.append(entry.name)
+    return removed
