@@ -60,7 +60,9 @@ export PATH="$venv/bin:$PATH"
 case "$job" in
     lab)
         step "JupyterLab serving labs/ (Ctrl-C to stop)"
-        exec jupyter lab --no-browser --ip=127.0.0.1 --port="${VLAB_PORT:-8888}" --notebook-dir="$here/labs" ;;
+        root_flag=(); [ "$(id -u)" -eq 0 ] && root_flag=(--allow-root)
+        exec jupyter lab --no-browser --ip=127.0.0.1 --port="${VLAB_PORT:-8888}" --notebook-dir="$here/labs" \
+            "${root_flag[@]}" ;;
     --headless|tour)
         step "tour: boot a guest, run uptime, power off"
         exec vlab tour ;;

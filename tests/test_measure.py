@@ -20,6 +20,7 @@ from vlab.measure import (
     jain_index,
     ratio,
     repeat,
+    unit_scale,
 )
 
 DATA = [1.0, 1.1, 0.9, 1.05, 1.2, 0.95, 1.0, 1.02, 0.98]
@@ -147,6 +148,9 @@ def test_formatting_helpers() -> None:
     assert format_bytes(512) == "512 B"
     assert format_value(1234.4, "×") == "1234×"
     assert format_value(0.5, "guests") == "0.500 guests"
+    assert unit_scale(0.012, "s") == (1e3, "ms")
+    assert unit_scale(5 * 2**30, "B") == (2.0**-30, "GiB")
+    assert unit_scale(7.0, "×") == (1.0, "×")
 
 
 def test_jain_index_is_one_when_equal_and_one_over_n_when_one_takes_all() -> None:

@@ -10,13 +10,15 @@ import plotly.graph_objects as go
 import pytest
 
 from vlab.errors import VlabError
-from vlab.measure import Estimate, Sample, ratio
+from vlab.measure import Sample, ratio
 from vlab.plots import (
     Slice,
     SliceLike,
     bar_chart,
+    distribution_chart,
     exits_chart,
     gantt_chart,
+    grouped_bar_chart,
     line_chart,
     migration_chart,
     show,
@@ -46,6 +48,28 @@ def test_bar_chart_of_a_ratio_and_of_bare_numbers() -> None:
     assert bar.error_y.array[0] == pytest.approx(estimate.high - estimate.value)
     assert (bar.error_y.array[1], bar.error_y.arrayminus[1]) == (0, 0)
     assert bar.hovertext[0] == str(estimate)
+
+
+def test_grouped_bar_chart_has_one_series_per_platform_across_workloads() -> None:
+    compute, syscalls = ratio(GUEST, NATIVE), ratio(NATIVE, GUEST)
+    fig = grouped_bar_chart({"compute": {"toy VMM": compute, "TCG": 3.0}, "syscalls": {"toy VMM": syscalls}},
+                            yaxis="slowdown (×)")
+    assert fig.layout.barmode == "group"
+    series = {t.name: t for t in fig.data}
+    assert list(series) == ["toy VMM", "TCG"]
+    assert list(series["toy VMM"].x) == ["compute", "syscalls"]
+    assert list(series["toy VMM"].y) == pytest.approx([compute.value, syscalls.value])
+    assert series["toy VMM"].error_y.arrayminus[1] == pytest.approx(syscalls.value - syscalls.low)
+    assert list(series["TCG"].x) == ["compute"]
+
+
+def test_distribution_chart_shows_every_observation() -> None:
+    fig = distribution_chart({"native": NATIVE, "guest": GUEST}, yaxis="time")
+    assert [t.type for t in fig.data] == ["box", "box"]
+    assert list(fig.data[1].y) == pytest.approx([v * 1e3 for v in GUEST.values])
+    assert fig.data[1].boxpoints == "all"
+    assert fig.layout.yaxis.title.text == "time (ms)"
+    assert "  guest: 5 observations, median 21.5, range 20..25" in summarize(fig)
 
 
 def test_gantt_chart_has_one_trace_per_guest_placed_by_start_and_duration() -> None:
@@ -105,7 +129,8 @@ def test_line_chart_draws_each_series() -> None:
 
 
 def test_every_figure_serialises_without_a_browser() -> None:
-    figures = [bar_chart({"a": NATIVE}), gantt_chart([Slice(0, "g", 0, 1)]), exits_chart({"x": 1}),
+    figures = [bar_chart({"a": NATIVE}), grouped_bar_chart({"g": {"s": NATIVE}}), distribution_chart({"a": NATIVE}),
+               gantt_chart([Slice(0, "g", 0, 1)]), exits_chart({"x": 1}),
                migration_chart([{"round": 1, "remaining": 1, "transferred": 1, "time": 0}]),
                line_chart({"s": [(0, 1)]})]
     for fig in figures:

@@ -42,6 +42,7 @@ __all__ = [
     "jain_index",
     "ratio",
     "repeat",
+    "unit_scale",
 ]
 
 #: bootstrap resamples by default: enough for stable 95 % percentiles, fast in pure Python
@@ -66,7 +67,7 @@ def format_bytes(count: float, digits: int = 3) -> str:
 
 def format_value(value: float, unit: str = "", digits: int = 3) -> str:
     """Format *value* in *unit*: seconds and bytes get scaled units, ``×`` sticks to the number."""
-    factor, shown = _scale(value, unit)
+    factor, shown = unit_scale(value, unit)
     return _with_unit(_significant(value * factor, digits), shown)
 
 
@@ -96,7 +97,11 @@ def _bytes_scale(count: float) -> tuple[float, str]:
     return 1.0, "B"
 
 
-def _scale(value: float, unit: str) -> tuple[float, str]:
+def unit_scale(value: float, unit: str) -> tuple[float, str]:
+    """The factor and unit to display *value* with: ``unit_scale(0.012, "s") == (1e3, "ms")``.
+
+    Seconds and bytes are scaled; any other unit is kept as it is (factor 1).
+    """
     if unit == "s":
         return _time_scale(value)
     if unit == "B":
@@ -135,7 +140,7 @@ class Estimate:
     method: str = "bootstrap"
 
     def __str__(self) -> str:
-        factor, unit = _scale(self.value, self.unit)
+        factor, unit = unit_scale(self.value, self.unit)
         point = _with_unit(_significant(self.value * factor), unit)
         counts = "/".join(str(k) for k in self.n) if len(set(self.n)) > 1 else str(self.n[0])
         return (

@@ -3,7 +3,9 @@
 Every builder takes plain data (the types of :mod:`vlab.measure`, mappings,
 lists of records) and returns a :class:`plotly.graph_objects.Figure`:
 
-* :func:`bar_chart` — medians or ratios with their confidence intervals as error bars;
+* :func:`bar_chart`, :func:`grouped_bar_chart` — medians or ratios with their confidence intervals
+  as error bars;
+* :func:`distribution_chart` — every observation of a sample, to show what noise looks like;
 * :func:`gantt_chart` — who ran where and when, from a scheduler trace of :class:`SliceLike` records;
 * :func:`exits_chart` — VM exits per reason;
 * :func:`migration_chart` — bytes still to send after each pre-copy round;
@@ -17,6 +19,7 @@ would pull in pandas, which vlab does not depend on.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -24,7 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 import plotly.graph_objects as go
 
 from vlab.errors import VlabError
-from vlab.measure import Estimate, Sample, format_bytes, format_value
+from vlab.measure import Estimate, Sample, format_bytes, format_value, unit_scale
 from vlab.progress import display_mode
 
 __all__ = [
@@ -32,10 +35,15 @@ __all__ = [
     "Slice",
     "SliceLike",
     "bar_chart",
+    "by_frequency",
+    "distribution_chart",
     "exits_chart",
     "gantt_chart",
+    "gantt_series",
+    "grouped_bar_chart",
     "line_chart",
     "migration_chart",
+    "migration_series",
     "show",
     "summarize",
 ]
@@ -122,6 +130,55 @@ def bar_chart(
     estimates = {label: _as_estimate(v, level, seed) for label, v in values.items()}
     factor, unit = _common_scale(estimates.values())
     fig = _figure(title, "", _axis_title(yaxis, unit))
+    _add_estimate_bars(fig, estimates, factor, name=yaxis or "value")
+    return fig
+
+
+def grouped_bar_chart(
+    groups: Mapping[str, Mapping[str, Sample | Estimate | float]],
+    *,
+    title: str = "",
+    yaxis: str = "",
+    level: float = 0.95,
+    seed: int = 0,
+) -> go.Figure:
+    """Bars side by side within each group, one colour per series, with confidence intervals.
+
+    ::
+
+        fig = grouped_bar_chart({"compute": {"toy VMM": r1, "QEMU TCG": r2},
+                                 "syscalls": {"toy VMM": r3, "QEMU TCG": r4}}, yaxis="slowdown (×)")
+
+    :param groups: group (x category) → series name → a Sample, an Estimate or a number, as for :func:`bar_chart`.
+    """
+    table = {group: {series: _as_estimate(v, level, seed) for series, v in row.items()}
+             for group, row in groups.items()}
+    factor, unit = _common_scale(e for row in table.values() for e in row.values())
+    fig = _figure(title, "", _axis_title(yaxis, unit), barmode="group")
+    series_names = list(dict.fromkeys(series for row in table.values() for series in row))
+    for series in series_names:
+        column = {group: row[series] for group, row in table.items() if series in row}
+        _add_estimate_bars(fig, column, factor, name=series)
+    return fig
+
+
+def distribution_chart(samples: Mapping[str, Sample], *, title: str = "", yaxis: str = "") -> go.Figure:
+    """Every observation of each sample as a point over its box plot: what noise looks like.
+
+    ::
+
+        fig = distribution_chart({"native": native, "QEMU TCG": tcg}, yaxis="time")
+    """
+    factor, unit = _common_scale(Estimate(s.median, s.median, s.median, 0.95, (s.n,), s.unit, "none")
+                                 for s in samples.values())
+    fig = _figure(title, "", _axis_title(yaxis, unit), showlegend=False)
+    for label, sample in samples.items():
+        fig.add_box(y=[v * factor for v in sample.values], name=label, boxpoints="all", jitter=0.4,
+                    pointpos=0, boxmean=False)
+    return fig
+
+
+def _add_estimate_bars(fig: go.Figure, estimates: Mapping[str, Estimate], factor: float, name: str) -> None:
     fig.add_bar(
         x=list(estimates),
         y=[e.value * factor for e in estimates.values()],
@@ -132,9 +189,8 @@ def bar_chart(
         },
         hovertext=[_bar_text(e) for e in estimates.values()],
         hoverinfo="x+text",
-        name=yaxis or "value",
+        name=name,
     )
-    return fig
 
 
 def _bar_text(estimate: Estimate) -> str:
@@ -160,14 +216,7 @@ def _common_scale(estimates: Iterable[Estimate]) -> tuple[float, str]:
     units = {e.unit for e in known}
     if len(units) != 1:
         return 1.0, ""
-    unit = units.pop()
-    largest = max(abs(e.value) for e in known)
-    if unit not in ("s", "B"):
-        return 1.0, unit
-    shown = format_value(largest, unit).split(" ")[-1]
-    factors = {"s": 1.0, "ms": 1e3, "µs": 1e6, "ns": 1e9, "B": 1.0, "KiB": 2.0**-10, "MiB": 2.0**-20,
-               "GiB": 2.0**-30}
-    return factors[shown], shown
+    return unit_scale(max(abs(e.value) for e in known), units.pop())
 
 
 def _axis_title(title: str, unit: str) -> str:
@@ -195,27 +244,41 @@ def gantt_chart(
     :param time_unit: the unit of ``start``/``end``, for the axis title.
     :raises VlabError: for a slice that ends before it starts.
     """
+    lanes, bars = gantt_series(trace, time_unit)
+    fig = _figure(title, f"time ({time_unit})", "", barmode="overlay", bargap=0.3,
+                  legend_title_text="guest")
+    for bar in bars:
+        fig.add_bar(orientation="h", hoverinfo="text", **bar)
+    # lanes are categories even when they look like numbers ("0", "1")
+    fig.update_yaxes(type="category", categoryorder="array", categoryarray=lanes, autorange="reversed",
+                     title_text="lane")
+    return fig
+
+
+def gantt_series(trace: Iterable[SliceLike], time_unit: str = "s") -> tuple[list[str], list[dict[str, Any]]]:
+    """The data of :func:`gantt_chart` without the figure (live panels update traces in place).
+
+    :return: the lane names in display order, and per guest the bar properties
+        ``name``, ``y`` (lanes), ``base`` (starts), ``x`` (durations) and ``hovertext``.
+    :raises VlabError: for a slice that ends before it starts.
+    """
     slices = list(trace)
     for s in slices:
         if s.end < s.start:
             raise VlabError("a trace slice ends before it starts", field="trace", value=s,
                             fix="record end >= start for every slice")
-    fig = _figure(title, f"time ({time_unit})", "", barmode="overlay", bargap=0.3,
-                  legend_title_text="guest")
-    lanes = _ordered({str(s.lane): s.lane for s in slices})
+    bars = []
     for guest in _ordered({s.guest: s.guest for s in slices}):
         mine = [s for s in slices if s.guest == guest]
-        fig.add_bar(
-            orientation="h", name=guest,
-            y=[str(s.lane) for s in mine],
-            base=[s.start for s in mine],
-            x=[s.end - s.start for s in mine],
-            hovertext=[f"{guest} on {s.lane}: {s.start:g}–{s.end:g} {time_unit} ({s.reason or 'ran'})"
-                       for s in mine],
-            hoverinfo="text",
-        )
-    fig.update_yaxes(categoryorder="array", categoryarray=lanes, autorange="reversed", title_text="lane")
-    return fig
+        bars.append({
+            "name": guest,
+            "y": [str(s.lane) for s in mine],
+            "base": [s.start for s in mine],
+            "x": [s.end - s.start for s in mine],
+            "hovertext": [f"{guest} on {s.lane}: {s.start:g}–{s.end:g} {time_unit} ({s.reason or 'ran'})"
+                          for s in mine],
+        })
+    return _ordered({str(s.lane): s.lane for s in slices}), bars
 
 
 def _ordered(keys: Mapping[str, Any]) -> list[str]:
@@ -230,6 +293,11 @@ def _ordered(keys: Mapping[str, Any]) -> list[str]:
 # ---------------------------------------------------------------- exits, migration, series
 
 
+def by_frequency(counts: Mapping[str, int]) -> list[tuple[str, int]]:
+    """``(reason, count)`` pairs, most frequent first (ties alphabetically): the order of :func:`exits_chart`."""
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+
+
 def exits_chart(counts: Mapping[str, int], *, title: str = "VM exits by reason") -> go.Figure:
     """Exits per reason, most frequent first.
 
@@ -237,7 +305,7 @@ def exits_chart(counts: Mapping[str, int], *, title: str = "VM exits by reason")
 
         fig = exits_chart(machine.exit_counts())
     """
-    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    ordered = by_frequency(counts)
     fig = _figure(title, "reason", "exits")
     fig.add_bar(x=[reason for reason, _ in ordered], y=[n for _, n in ordered], name="exits",
                 text=[str(n) for _, n in ordered], textposition="auto")
@@ -263,21 +331,30 @@ def migration_chart(
     :param threshold: bytes that can be sent within the downtime limit: the stop-and-copy line.
     :param predicted: a model's remaining bytes for rounds 1, 2, …, drawn as a line to compare.
     """
-    records = [_migration_record(r, i) for i, r in enumerate(rounds)]
     mib = 2.0**-20
     fig = _figure(title, "round", "remaining (MiB)")
-    fig.add_bar(
-        x=[r["round"] for r in records], y=[r["remaining"] * mib for r in records], name="measured",
-        hovertext=[f"{format_bytes(r['remaining'])} left, "
-                   f"{format_bytes(r['transferred'])} sent, t={r['time']:.2f} s" for r in records],
-        hoverinfo="text",
-    )
+    fig.add_bar(name="measured", hoverinfo="text", **migration_series(rounds))
     if predicted is not None:
         fig.add_scatter(x=list(range(1, len(predicted) + 1)), y=[p * mib for p in predicted],
                         mode="lines+markers", name="model")
     if threshold is not None:
         fig.add_hline(y=threshold * mib, line_dash="dash", annotation_text="fits the downtime budget")
     return fig
+
+
+def migration_series(rounds: Sequence[Mapping[str, float]]) -> dict[str, list[Any]]:
+    """The measured bars of :func:`migration_chart` without the figure: ``x`` (rounds),
+    ``y`` (remaining MiB) and ``hovertext``.
+
+    :raises VlabError: for a round without one of :data:`MIGRATION_KEYS`.
+    """
+    records = [_migration_record(r, i) for i, r in enumerate(rounds)]
+    return {
+        "x": [r["round"] for r in records],
+        "y": [r["remaining"] * 2.0**-20 for r in records],
+        "hovertext": [f"{format_bytes(r['remaining'])} left, {format_bytes(r['transferred'])} sent, "
+                      f"t={r['time']:.2f} s" for r in records],
+    }
 
 
 def _migration_record(record: Mapping[str, float], index: int) -> dict[str, float]:
@@ -344,6 +421,9 @@ def _describe_trace(trace: Any) -> str:
     if trace.type == "bar" and trace.orientation == "h":
         return _describe_gantt_trace(name, trace)
     xs, ys = list(trace.x or ()), list(trace.y or ())
+    if trace.type == "box":
+        return (f"{name}: {len(ys)} observations, median {_number(statistics.median(ys))}, "
+                f"range {_number(min(ys))}..{_number(max(ys))}") if ys else f"{name}: no observations"
     if trace.type == "bar" and trace.hovertext is not None and len(trace.hovertext) == len(xs):
         described = [f"{x}: {text}" for x, text in zip(xs, trace.hovertext, strict=True)]
         return f"{name}: " + _elide(described, "; ")

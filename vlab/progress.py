@@ -32,7 +32,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import Any, Generic, Literal, TypeVar, overload
+from typing import Any, Generic, Literal, Self, TypeVar, overload
 
 from vlab.errors import VlabError
 
@@ -152,7 +152,7 @@ class Progress(Generic[T]):
         if self._bar is not None:
             self._bar.close()
 
-    def __enter__(self) -> Progress[T]:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -243,7 +243,7 @@ class Steps:
     def _line(self, text: str) -> None:
         print(f"{self.desc}: {text}" if self.desc else text, file=sys.stderr, flush=True)
 
-    def __enter__(self) -> Steps:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -113,9 +113,7 @@ def cell_spec(cell: Cell, index: int = 0) -> CellSpec:
     where = f"cell {index} vlab"
     role = fields.get("role")
     if role is not None and role not in ROLES:
-        raise VlabError(
-            "unknown cell role", field=f"{where}.role", value=role, fix=f"use one of: {', '.join(ROLES)}"
-        )
+        raise VlabError("unknown cell role", field=f"{where}.role", value=role, fix=f"use one of: {', '.join(ROLES)}")
     question = fields.get("question")
     if question is not None and not _QUESTION_RE.match(str(question)):
         raise VlabError(
@@ -128,7 +126,7 @@ def cell_spec(cell: Cell, index: int = 0) -> CellSpec:
         raise VlabError(
             "a solution cell must name its question",
             field=f"{where}.question",
-            fix="write the header as '# vlab: solution q1' or add \"question\": \"q1\" to the metadata",
+            fix='write the header as \'# vlab: solution q1\' or add "question": "q1" to the metadata',
         )
     if role is None and BEGIN_SOLUTION in cell_source(cell):
         raise VlabError(
@@ -159,7 +157,8 @@ def strip_solution(source: str, spec: CellSpec, index: int = 0) -> str:
     :raises VlabError: if the markers are unbalanced.
     """
     lines = source.split("\n")
-    if not any(line.strip().startswith(BEGIN_SOLUTION) for line in lines):
+    markers = [line.strip() for line in lines if line.strip().startswith((BEGIN_SOLUTION, END_SOLUTION))]
+    if not markers:
         keep = lines[:1] if _CODE_HEADER_RE.match(lines[0]) else []
         return "\n".join([*keep, solution_stub(spec)])
     out: list[str] = []
@@ -258,9 +257,7 @@ def load_notebook(path: Path) -> Notebook:
         notebook = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise VlabError("cannot read the notebook", field="notebook", value=str(path), detail=str(exc)) from exc
-    if not isinstance(notebook, dict) or notebook.get("nbformat") != 4 or not isinstance(
-        notebook.get("cells"), list
-    ):
+    if not isinstance(notebook, dict) or notebook.get("nbformat") != 4 or not isinstance(notebook.get("cells"), list):
         raise VlabError(
             "not an nbformat-4 notebook",
             field="notebook",

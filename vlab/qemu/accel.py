@@ -37,7 +37,8 @@ def _probe() -> tuple[bool, str, str]:
     except ImportError:
         return False, "unknown", "the host accelerator probe (vlab.host.accel) is not available"
     info = detect_accelerator()
-    return bool(info.usable_kvm), str(info.kind), str(info.reason)
+    kind = getattr(info.kind, "value", info.kind)  # AccelKind enum: "hardware-kvm", "software-kvm", "none"
+    return bool(info.usable_kvm), str(kind), str(info.reason)
 
 
 def choose_accel(requested: str) -> AccelChoice:

@@ -433,7 +433,7 @@ class VMConfig:
             if disk.secret is not None:
                 secret = secret_file if secret_file is not None else Path(f"<passphrase-file-{i}>")
                 argv += ["-object", f"secret,id=sec{i},file={secret}"]
-                node += f",encrypt.key-secret=sec{i}"
+                node += f",encrypt.format=luks,encrypt.key-secret=sec{i}"
             if disk.readonly:
                 node += ",read-only=on"
             argv += ["-blockdev", node, "-device", f"virtio-blk-pci,drive=disk{i},id=vd{i}"]

@@ -10,7 +10,9 @@ last lines the guest printed (:meth:`Console.tail`).
 *prints* but that never appear literally in what the terminal *echoes*
 (``printf '%s' =VLAB 1234B`` echoes with a space, prints without), so echo,
 prompts and earlier output cannot be mistaken for the command's result; the
-exit status comes from ``$?`` in the end marker. Right after boot vlab runs
+command itself runs through ``eval`` on the same input line (so the shell
+prints its prompt only after the end marker, and ``cmd &`` stays valid), and
+its exit status comes from ``$?`` in the end marker. Right after boot vlab runs
 ``stty -echo``, which also turns off busybox's line editing, so the guest shell
 reads plain lines.
 """
@@ -18,8 +20,11 @@ reads plain lines.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import itertools
 import re
+import shlex
 import socket
 import threading
 import time
@@ -29,10 +34,15 @@ from dataclasses import dataclass
 from vlab.errors import VlabError
 from vlab.qemu.loop import get_loop, run_sync
 
-__all__ = ["Console", "CommandResult"]
+__all__ = ["Console", "CommandResult", "ConsoleClosed"]
 
 _LOG_LIMIT = 4 * 1024 * 1024  # bytes of console output kept (a run() longer than this is cut)
 _ids = itertools.count(1)
+_SHELL_BANNER = r"BusyBox v[^\n]* built-in shell"  # what a newly started guest shell prints first
+
+
+class ConsoleClosed(VlabError):
+    """The console's socket closed (QEMU exited) while waiting for output."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +79,7 @@ class Console:
         self._changed = threading.Condition()
         self._run_lock = threading.Lock()
         self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Future[None] = asyncio.run_coroutine_threadsafe(self._pump(), get_loop())
+        self._reader_task: concurrent.futures.Future[None] = asyncio.run_coroutine_threadsafe(self._pump(), get_loop())
         self._reader_task.add_done_callback(lambda _f: self._mark_closed())
 
     # -- reading ------------------------------------------------------------------------------------
@@ -92,6 +102,11 @@ class Console:
         with self._changed:
             self._closed = True
             self._changed.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        """True once QEMU closed its end (it exited) or vlab closed the console."""
+        return self._closed
 
     @property
     def position(self) -> int:
@@ -125,7 +140,7 @@ class Console:
                     return match
                 remaining = deadline - time.monotonic()
                 if self._closed:
-                    raise VlabError(f"the console closed before {regex.pattern!r} appeared", field="console",
+                    raise ConsoleClosed(f"the console closed before {regex.pattern!r} appeared", field="console",
                                     fix="the VM stopped; see below", detail=self._details())
                 if remaining <= 0:
                     raise VlabError(f"{regex.pattern!r} did not appear on the console within {timeout} s",
@@ -164,24 +179,34 @@ class Console:
                             fix="join commands with ';' or '&&', or use console.send() for raw input")
         tag = f"{next(_ids)}x{time.monotonic_ns() % 100000}"
         begin, end = f"=VLAB{tag}B", f"=VLAB{tag}E"
-        framed = (f"printf '%s%s\\n' =VLAB {tag}B; {command.strip()}\n"
+        # one input line (one prompt, after the end marker); eval keeps `cmd &` and `cd` working as typed
+        framed = (f"printf '%s%s\\n' =VLAB {tag}B; eval {shlex.quote(command.strip())}; "
                   f"printf '\\n%s%s:%d\\n' =VLAB {tag}E $?\n")
         with self._run_lock:
             cursor = self.position
             started = time.monotonic()
             self.send(framed)
-            match = self.wait_for(re.compile(rf"{re.escape(begin)}\n(.*?)\n{re.escape(end)}:(\d+)\n", re.S),
-                                  timeout, since=cursor)
+            match = self.wait_for(re.compile(
+                rf"{re.escape(begin)}\n(?:(.*?)\n{re.escape(end)}:(\d+)\n|.*?{_SHELL_BANNER})", re.S),
+                timeout, since=cursor)
+            if match.group(2) is None:
+                self._restore_shell(timeout)
+                raise VlabError("the guest shell exited during the command (the guest's init started a new one)",
+                                field="command", value=command,
+                                fix="don't end the shell (exit/exec); run it in a subshell: sh -c '…; exit 3'")
             return CommandResult(command, match.group(1), int(match.group(2)), time.monotonic() - started)
+
+    def _restore_shell(self, timeout: float) -> None:
+        """A fresh shell echoes and edits lines again: turn that off as after boot."""
+        self.send("stty -echo\n", timeout)
+        time.sleep(0.2)
 
     def close(self) -> None:
         """Stop reading and close vlab's end of the socket."""
         if not self._reader_task.done():
             self._reader_task.cancel()
-        try:
+        with contextlib.suppress(VlabError):
             run_sync(self._close_writer(), 5.0, "console close")
-        except VlabError:
-            pass
         self._sock.close()
 
     async def _close_writer(self) -> None:

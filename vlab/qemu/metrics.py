@@ -24,7 +24,8 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 def thread_cpu_seconds(pid: int, tid: int) -> float:
     """Host CPU time (user + system, seconds) of thread ``tid`` of process ``pid``."""
     try:
-        stat = open(f"/proc/{pid}/task/{tid}/stat").read()
+        with open(f"/proc/{pid}/task/{tid}/stat") as handle:
+            stat = handle.read()
     except OSError:
         raise VlabError("no such thread: the VM stopped or the thread id is stale", field="tid",
                         value=tid, fix="read vm.vcpus() again while the VM runs") from None

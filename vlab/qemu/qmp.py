@@ -18,6 +18,7 @@ older events first), which callers read or wait on from any thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -151,7 +152,7 @@ class QMPChannel:
         try:
             return await client.execute(command, dict(args) if args else None)
         except ExecuteError as exc:
-            raise VlabError(f"QEMU refused the command: {exc.error.desc}", field=command,
+            raise VlabError(f"QEMU refused the command: {exc.error.error.desc}", field=command,
                             value=dict(args or {}), fix="check the command's arguments in QEMU's QMP reference",
                             detail=f"error class {exc.error_class}") from None
         except Exception as exc:
@@ -168,10 +169,9 @@ class QMPChannel:
         """Disconnect (tolerating QEMU already gone: ``disconnect()`` may raise ``EOFError`` after ``quit``)."""
         client, self._client = self._client, None
         if client is not None:
-            try:
+            # a disconnect that times out leaves nothing behind that matters: QEMU is being killed anyway
+            with contextlib.suppress(VlabError):
                 run_sync(_quiet_disconnect(client), timeout, "QMP disconnect")
-            except VlabError:
-                pass  # a disconnect that times out leaves nothing behind that matters: QEMU is being killed
 
 
 async def _quiet_disconnect(client: QMPClient) -> None:

@@ -1,0 +1,190 @@
+"""Toy VMM overhead against raw Unicorn, measured in the same run (lab 06's numbers).
+
+    .venv/bin/python bench/bench_toyvmm.py [--repeat 5] [--fuzz 100000]
+
+Prints, for each trap kind (ecall hypercall, CSR access, MMIO read), the rate of
+
+* raw Unicorn with a *bare* hook (a counter: the floor of any Python hook),
+* raw Unicorn with a *minimal* hook (the least register work that kind needs, binding API),
+* the toy VMM's full path (decode, dispatch, emulate, resume),
+
+and the ratios; then guest throughput (3 CPU-bound guests) raw vs under the VMM's scheduler
+with the same slice length. Each figure is the median of ``--repeat`` interleaved runs.
+Targets from the issue (not asserted): VMM trap path ≤ 1.5× the raw trap of the same kind,
+throughput ≥ 1/2 of raw. ``--fuzz N`` also runs the isolation fuzzer with N instruction streams.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import mmap
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import unicorn
+from unicorn import riscv_const as rv
+
+from vlab.toyvmm import Machine, RoundRobin, assemble, ms
+from vlab.toyvmm.memory import POOL_BASE
+
+#: Machine-facts baselines (Unicorn 2.1.4, Python hooks, medians, measured before the project).
+FACT_RISCV_ECALL_PER_S = 581_000
+FACT_RISCV_CSR_TRAP_PER_S = 368_000
+FACT_MMIO_PER_S = 2_060_000
+FACT_RISCV_NO_HOOKS_INSN_PER_S = 456_000_000
+
+ECALL = "li a7, 0\n1: ecall\n j 1b\n"
+CSR = "1: csrr a0, sscratch\n j 1b\n"
+MMIO = "li t0, 0x10000000\n1: lbu a0, 5(t0)\n j 1b\n"
+#: compute.S's loop without the kernel around it (no traps at all, like compute after boot)
+COMPUTE = """li s1, 0x8000f000
+li s2, 6364136223846793005
+li s3, 1442695040888963407
+1: mul s4, s4, s2
+add s4, s4, s3
+ld t0, 0(s1)
+addi t0, t0, 1
+sd t0, 0(s1)
+j 1b
+"""
+TRAPS_PER_RUN = 100_000
+
+
+def raw_uc(code: bytes, *, hook: str, kind: str) -> tuple[Any, list[int]]:
+    """A raw Unicorn RISC-V machine like the VMM's (virtual TLB, U-mode), with one hook."""
+    pool = mmap.mmap(-1, 1 << 20)
+    pool[: len(code)] = code
+    address = ctypes.addressof(ctypes.c_char.from_buffer(pool))
+    uc = unicorn.Uc(unicorn.UC_ARCH_RISCV, unicorn.UC_MODE_RISCV64)
+    uc.ctl_set_tlb_mode(unicorn.UC_TLB_VIRTUAL)
+    uc.mem_map_ptr(POOL_BASE, 1 << 20, unicorn.UC_PROT_ALL, address)
+    uc._bench_pool = pool  # keep the memory alive as long as the engine
+
+    def tlb(uc: Any, va: int, access: int, entry: Any, _: Any) -> bool:
+        if va >> 28 == 1:
+            entry.paddr, entry.perms = va & ~0xFFF, 3
+        else:
+            entry.paddr, entry.perms = POOL_BASE + ((va - 0x8000_0000) & ~0xFFF), 7
+        return True
+
+    uc.hook_add(unicorn.UC_HOOK_TLB_FILL, tlb)
+    count = [0]
+    if kind == "mmio":
+        def read(uc: Any, offset: int, size: int, _: Any) -> int:
+            count[0] += 1
+            return 0x60
+
+        uc.mmio_map(0x1000_0000, 0x1000, read, None, lambda *a: None, None)
+    elif hook == "bare":
+        def bare(uc: Any, intno: int, _: Any) -> None:
+            count[0] += 1
+
+        uc.hook_add(unicorn.UC_HOOK_INTR, bare)
+    elif kind == "ecall":
+        def ecall(uc: Any, intno: int, _: Any) -> None:
+            count[0] += 1
+            uc.reg_read(rv.UC_RISCV_REG_A7)
+            uc.reg_write(rv.UC_RISCV_REG_A0, 0)
+
+        uc.hook_add(unicorn.UC_HOOK_INTR, ecall)
+    else:
+        def csr(uc: Any, intno: int, _: Any) -> None:
+            count[0] += 1
+            pc = uc.reg_read(rv.UC_RISCV_REG_PC) - 4
+            uc.mem_read(POOL_BASE + pc - 0x8000_0000, 4)
+            uc.reg_write(rv.UC_RISCV_REG_A0, 0)
+
+        uc.hook_add(unicorn.UC_HOOK_INTR, csr)
+    uc.reg_write(rv.UC_RISCV_REG_PRIV, 0)
+    return uc, count
+
+
+def rate_raw(code: bytes, hook: str, kind: str, insns_per_trap: int) -> float:
+    uc, count = raw_uc(code, hook=hook, kind=kind)
+    start = time.perf_counter()
+    uc.emu_start(0x8000_0000, 0, count=TRAPS_PER_RUN * insns_per_trap)
+    return count[0] / (time.perf_counter() - start)
+
+
+def rate_vmm(code: bytes, reason: str, insns_per_trap: int) -> float:
+    with Machine(scheduler=RoundRobin(slice_ms=1000), chunk=ms(1000)) as machine:
+        guest = machine.add_guest(code, name="bench")
+        start = time.perf_counter()
+        machine.run(until=TRAPS_PER_RUN * insns_per_trap)
+        elapsed = time.perf_counter() - start
+        return guest.exits.get(reason, 0) / elapsed
+
+
+def throughput_raw(code: bytes, guests: int, slice_insns: int, total: int) -> float:
+    ucs = [raw_uc(code, hook="bare", kind="mmio")[0] for _ in range(guests)]
+    pcs = [0x8000_0000] * guests
+    contexts = []
+    for uc in ucs:
+        uc.reg_write(rv.UC_RISCV_REG_A1, 1 << 20)
+        contexts.append(uc.context_save())
+    done, start = 0, time.perf_counter()
+    while done < total:
+        for i, uc in enumerate(ucs):  # the same work a VMM must do per slice: restore, run, save
+            uc.context_restore(contexts[i])
+            uc.emu_start(pcs[i], 0, count=slice_insns)
+            pcs[i] = uc.reg_read(rv.UC_RISCV_REG_PC)
+            contexts[i] = uc.context_save()
+            done += slice_insns
+    return done / (time.perf_counter() - start)
+
+
+def throughput_vmm(code: bytes, guests: int, slice_insns: int, total: int) -> float:
+    with Machine(scheduler=RoundRobin(slice_ms=slice_insns / ms(1)), chunk=slice_insns) as machine:
+        for i in range(guests):
+            machine.add_guest(code, name=f"g{i}")
+        start = time.perf_counter()
+        machine.run(until=total)
+        return machine.now / (time.perf_counter() - start)
+
+
+def median_of(repeat: int, measure: Callable[[], float]) -> float:
+    return statistics.median(measure() for _ in range(repeat))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--fuzz", type=int, default=0, help="also fuzz with this many streams")
+    args = parser.parse_args()
+    print(f"machine-facts baselines: ecall {FACT_RISCV_ECALL_PER_S:,}/s, CSR trap "
+          f"{FACT_RISCV_CSR_TRAP_PER_S:,}/s, MMIO {FACT_MMIO_PER_S:,}/s, "
+          f"RISC-V no hooks {FACT_RISCV_NO_HOOKS_INSN_PER_S / 1e6:.0f} M instr/s")
+    print(f"\n{'trap':<8}{'raw bare/s':>14}{'raw minimal/s':>16}{'VMM/s':>12}"
+          f"{'bare÷VMM':>10}{'minimal÷VMM':>13}  (target ≤ 1.5)")
+    for kind, source, reason in (("ecall", ECALL, "HYPERCALL"), ("csr", CSR, "CSR_READ"),
+                                 ("mmio", MMIO, "MMIO_READ")):
+        code = assemble(source)
+        bare = median_of(args.repeat, lambda c=code, k=kind: rate_raw(c, "bare", k, 2))
+        minimal = median_of(args.repeat, lambda c=code, k=kind: rate_raw(c, "minimal", k, 2))
+        vmm = median_of(args.repeat, lambda c=code, r=reason: rate_vmm(c, r, 2))
+        print(f"{kind:<8}{bare:>14,.0f}{minimal:>16,.0f}{vmm:>12,.0f}{bare / vmm:>10.2f}{minimal / vmm:>13.2f}")
+    compute = assemble(COMPUTE)
+    print(f"\n{'slice (instr)':<16}{'raw M instr/s':>14}{'VMM M instr/s':>15}{'raw÷VMM':>10}  (target ≤ 2)")
+    for slice_insns in (ms(1), ms(10), ms(30)):
+        total = 30 * slice_insns if slice_insns < ms(10) else 9 * slice_insns
+        raw = median_of(args.repeat, lambda s=slice_insns, t=total: throughput_raw(compute, 3, s, t))
+        vmm = median_of(args.repeat, lambda s=slice_insns, t=total: throughput_vmm(compute, 3, s, t))
+        print(f"{slice_insns:<16}{raw / 1e6:>14.1f}{vmm / 1e6:>15.1f}{raw / vmm:>10.2f}")
+    if args.fuzz:
+        from tests.toyvmm.toyvmm_fuzzing import fuzz
+
+        start = time.perf_counter()
+        report = fuzz(streams=args.fuzz, seed=1)
+        print(f"\nfuzz: {report} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

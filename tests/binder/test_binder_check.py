@@ -1,0 +1,146 @@
+"""binder/: what repo2docker reads agrees with the project, and ``binder/check`` replays the Binder build.
+
+The cheap tests read the files repo2docker reads (``apt.txt``, ``requirements.txt``, ``runtime.txt``,
+``postBuild``, ``start``) against their sources of truth (``setup.sh``, ``pyproject.toml``, ``vlab doctor``'s
+fix line) and run ``binder/start`` for real. The slow one runs ``binder/check`` end to end as root: an
+unprivileged user, no ``/dev/kvm``, emptied apt lists, a 2 GiB memory group, postBuild, doctor, tour, lab 01.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.machinery
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+
+REPO = Path(__file__).resolve().parents[2]
+BINDER = REPO / "binder"
+
+#: setup.sh packages Binder does not need: its Python comes from repo2docker, the browser test does not run there.
+HOST_ONLY_PACKAGES = {"python3-venv", "chromium"}
+
+
+@functools.cache
+def load_check() -> ModuleType:
+    """``binder/check`` as a module (it has no ``.py`` suffix, being a command)."""
+    loader = importlib.machinery.SourceFileLoader("binder_check", str(BINDER / "check"))
+    spec = importlib.util.spec_from_loader("binder_check", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    loader.exec_module(module)
+    return module
+
+
+def setup_sh_packages() -> set[str]:
+    text = (REPO / "setup.sh").read_text()
+    match = re.search(r"^apt_packages=\(([^)]*)\)", text, re.MULTILINE)
+    assert match, "setup.sh has no apt_packages=(...) array"
+    return set(match.group(1).split())
+
+
+def apt_txt() -> set[str]:
+    return set(load_check().read_apt_txt(BINDER / "apt.txt"))
+
+
+def requirements(lines: list[str]) -> dict[str, SpecifierSet]:
+    parsed = [Requirement(line) for line in lines]
+    return {re.sub(r"[-_.]+", "-", r.name).lower(): r.specifier for r in parsed}
+
+
+def test_apt_txt_lists_every_package_setup_sh_installs_except_host_only_ones() -> None:
+    missing = setup_sh_packages() - HOST_ONLY_PACKAGES - apt_txt()
+    assert not missing, f"binder/apt.txt lacks {sorted(missing)} that setup.sh installs"
+
+
+def test_apt_txt_covers_the_packages_vlab_doctor_tells_students_to_install() -> None:
+    from vlab.doctor import APT_FIX
+
+    named = {word for word in APT_FIX.split() if re.fullmatch(r"[a-z0-9][a-z0-9.+-]+", word)}
+    named -= {"sudo", "apt-get", "install"}
+    assert named <= apt_txt(), f"doctor's fix names {sorted(named - apt_txt())}, absent from apt.txt"
+
+
+def test_apt_txt_has_zstd_for_ubuntus_compressed_kernel_modules() -> None:
+    # kernel.py decompresses .ko.zst with the zstd command; Ubuntu 24.04 (Binder's base) ships modules so.
+    assert "zstd" in apt_txt()
+
+
+def test_apt_txt_is_parsed_like_repo2docker_does(tmp_path: Path) -> None:
+    check = load_check()
+    listing = tmp_path / "apt.txt"
+    listing.write_text("# comment\n\nqemu-utils  # trailing comment\n  cpio\nlibc6-dev\n")
+    assert check.read_apt_txt(listing) == ["qemu-utils", "cpio", "libc6-dev"]
+    listing.write_text("qemu-utils; rm -rf /\n")
+    with pytest.raises(ValueError, match="not a Debian package name"):
+        check.read_apt_txt(listing)
+
+
+def test_requirements_txt_matches_pyproject_dependencies() -> None:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    lines = [line.split("#")[0].strip() for line in (BINDER / "requirements.txt").read_text().splitlines()]
+    assert requirements([line for line in lines if line]) == requirements(pyproject)
+
+
+def test_runtime_txt_python_satisfies_requires_python() -> None:
+    runtime = (BINDER / "runtime.txt").read_text().strip()
+    match = re.fullmatch(r"python-(\d+\.\d+)", runtime)
+    assert match, f"runtime.txt must be python-X.Y for repo2docker, got {runtime!r}"
+    requires = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert SpecifierSet(requires).contains(match.group(1))
+
+
+def test_post_build_is_executable_valid_bash_and_needs_no_root() -> None:
+    post_build = BINDER / "postBuild"
+    assert os.access(post_build, os.X_OK)
+    subprocess.run(["bash", "-n", str(post_build)], check=True)
+    code = [line.split("#")[0] for line in post_build.read_text().splitlines()[1:]]
+    privileged = [line for line in code if re.search(r"\b(sudo|su|apt-get|apt|dpkg|mount|chown)\b", line)]
+    assert not privileged, f"postBuild runs as the notebook user, never root: {privileged}"
+    commands = " ".join(code)
+    assert "pip install" in commands and "-e ." in commands
+    assert "vlab images build" in commands
+
+
+def test_start_runs_its_arguments_with_the_image_directory_pinned(tmp_path: Path) -> None:
+    # A runtime XDG_CACHE_HOME must not move vlab away from the images postBuild built under $HOME/.cache.
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "elsewhere")}
+    env.pop("VLAB_IMAGES", None)
+    program = "from vlab.paths import images_dir; print(images_dir())"
+    done = subprocess.run(
+        [str(BINDER / "start"), sys.executable, "-c", program], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == str(tmp_path / ".cache" / "vlab" / "images")
+
+
+def test_check_refuses_to_run_without_root() -> None:
+    argv = [sys.executable, str(BINDER / "check")]
+    if os.geteuid() == 0:  # drop to nobody for real rather than pretend
+        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", *argv]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert done.returncode == 2
+    assert "must run as root" in done.stderr
+
+
+@pytest.mark.binder
+@pytest.mark.slow
+def test_binder_check_replays_the_build_then_doctor_says_tcg_and_the_tour_runs_uptime() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("binder/check needs root: it installs apt.txt, creates a user and hides /dev/kvm with mounts")
+    done = subprocess.run([str(BINDER / "check")], capture_output=True, text=True, timeout=1800, check=False, cwd=REPO)
+    output = done.stdout + done.stderr
+    tail = "\n".join(output.splitlines()[-60:])
+    assert done.returncode == 0, f"binder/check failed (exit {done.returncode}):\n{tail}"
+    assert re.search(r"accelerator\s+tcg \[none\]: no /dev/kvm", output), tail
+    assert re.search(r"load average", output), tail
+    assert "binder/check: PASSED" in output

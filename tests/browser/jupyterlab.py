@@ -1,0 +1,121 @@
+"""Drive JupyterLab in headless Chromium with Playwright: start a server, run every cell of a notebook.
+
+Debian's ``chromium`` is used (``executable_path``); Playwright's own browser download cannot work offline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Without the background-networking flags Chromium keeps trying (and failing) to reach Google's hosts.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LabServer:
+    url: str
+    token: str
+    process: subprocess.Popen[bytes]
+
+
+@contextmanager
+def jupyterlab(root: Path, log: Path) -> Iterator[LabServer]:
+    """A JupyterLab server on localhost serving ``root``, stopped (with its kernels) on exit."""
+    port, token = free_port(), secrets.token_hex(16)
+    argv = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+            "--LabApp.expose_app_in_browser=True"]
+    if os.geteuid() == 0:
+        argv.append("--allow-root")
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "JUPYTER_PLATFORM_DIRS": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"JupyterLab did not start; log:\n{log.read_text()[-3000:]}") from None
+                time.sleep(0.3)
+        yield LabServer(url, token, proc)
+    finally:
+        stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server's process group (kernels included), SIGKILL what is left after 15 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def run_all_cells(page: Any, server: LabServer, notebook: str, timeout_s: float) -> None:
+    """Open ``notebook`` in JupyterLab, run all cells and wait until the kernel is idle with every cell run."""
+    page.goto(f"{server.url}/lab/tree/{notebook}?token={server.token}&reset")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget", timeout=60_000)
+    # A notebook without kernelspec metadata asks which kernel to start: take the default (Python 3).
+    with contextlib.suppress(Exception):
+        page.click(".jp-Dialog button.jp-mod-accept", timeout=5_000)
+    # Wait for the kernel before running, or the first cells race its start.
+    page.wait_for_function(
+        "() => { const w = window.jupyterapp.shell.currentWidget;"
+        " const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;"
+        " return k && k.status === 'idle'; }", timeout=90_000)
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    page.wait_for_function(
+        "() => { const w = window.jupyterapp.shell.currentWidget;"
+        " const k = w.sessionContext.session.kernel;"
+        " const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(p => p.textContent);"
+        " return k.status === 'idle' && prompts.length > 0 && prompts.every(t => /\\[\\d+\\]/.test(t)); }",
+        timeout=timeout_s * 1000, polling=500)
+
+
+def error_outputs(page: Any) -> list[str]:
+    """``ename: evalue`` of every error output in the open notebook (read from its model, not the DOM)."""
+    errors: list[str] = page.evaluate(
+        """() => {
+            const model = window.jupyterapp.shell.currentWidget.content.model;
+            const found = [];
+            for (const cell of model.cells) {
+                if (cell.type !== 'code') continue;
+                for (let i = 0; i < cell.outputs.length; i++) {
+                    const out = cell.outputs.get(i).toJSON();
+                    if (out.output_type === 'error') found.push(out.ename + ': ' + out.evalue);
+                }
+            }
+            return found;
+        }"""
+    )
+    return errors

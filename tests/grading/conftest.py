@@ -1,0 +1,79 @@
+"""Shared fixtures: the example lab assigned into a temp dir, and one batch of synthetic submissions.
+
+The batch is graded once per session (local pool, 2 workers) through the real sandbox; the
+tests in test_sandbox.py, test_gradebook.py and test_runner.py assert on its results.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.grading import grading_submissions as s
+from tests.grading.grading_submissions import EXAMPLE_SOURCE
+from vlab.grading.assign import Assignment, assign
+from vlab.grading.runner import find_submissions, grade_all, make_jobs
+
+SECRET = "test-course-secret"
+
+
+@pytest.fixture(scope="session")
+def secret_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("secret") / "grading-secret"
+    path.write_text(SECRET + "\n")
+    path.chmod(0o600)
+    old = os.environ.get("VLAB_GRADING_SECRET_FILE")
+    os.environ["VLAB_GRADING_SECRET_FILE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("VLAB_GRADING_SECRET_FILE", None)
+    else:
+        os.environ["VLAB_GRADING_SECRET_FILE"] = old
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Assignment:
+    """The example lab, assigned into <tmp>/labs (student notebook + autograder/00.json)."""
+    return assign(EXAMPLE_SOURCE, tmp_path_factory.mktemp("course") / "labs")
+
+
+@pytest.fixture(scope="session")
+def vm_marker() -> str:
+    return f"vlab-test-vm-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def batch(
+    lab: Assignment, secret_file: Path, vm_marker: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, dict[str, Any]]:
+    """Every synthetic submission graded in one batch: student name → result."""
+    root = tmp_path_factory.mktemp("submissions")
+    text = lab.student_text
+    cases: dict[str, tuple[dict[str, str], list[tuple[str, str]]]] = {
+        "correct": (s.CORRECT, []),
+        "partly-wrong": ({**s.CORRECT, s.Q2: s.WALK_ADDED}, []),
+        "untouched": ({}, []),
+        "syntax-error": ({**s.CORRECT, s.Q1: s.SYNTAX_ERROR}, []),
+        "infinite-loop": ({**s.CORRECT, s.Q1: s.FIB_HANGS}, [(s.Q1, s.INFINITE_LOOP)]),
+        "memory-hog": (s.CORRECT, [(s.Q1, s.MEMORY_HOG)]),
+        "fork-bomb": (s.CORRECT, [(s.Q1, s.FORK_BOMB)]),
+        "reads-hidden": (s.CORRECT, [(s.Q1, s.steal_cell(str(lab.bundle_path), str(secret_file)))]),
+        "monkeypatch": ({}, [(s.Q1, s.MONKEYPATCH)]),
+        "tampered": ({**s.CORRECT, s.Q3_READONLY: s.TAMPERED_READONLY}, []),
+        "leaves-vm": (s.CORRECT, [(s.Q1, s.vm_cell(vm_marker))]),
+        "kernel-dies": (s.CORRECT, [(s.Q3, s.KERNEL_SUICIDE)]),
+    }
+    for number, (student, (answers, extra)) in enumerate(cases.items()):
+        s.write(root, student, s.build_submission(text, answers, extra), "dir" if number % 2 else "flat")
+    (root / "invalid.ipynb").write_text("this is not a notebook {")
+    found, skipped = find_submissions(root, "00")
+    assert not skipped
+    hide = [str(root), str(lab.bundle_path), str(secret_file)]
+    jobs = make_jobs(found, lab.bundle, hide=hide)
+    results = grade_all(jobs, workers=2, progress=False)
+    return {r["student"]: r for r in results}

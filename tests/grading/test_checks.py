@@ -1,0 +1,104 @@
+"""Checks: registration, results with misconception messages, tolerances, the notebook table."""
+
+from __future__ import annotations
+
+import pytest
+
+from vlab.grading import checks
+from vlab.grading.checks import (
+    CheckFailed,
+    Registry,
+    StudentCodeError,
+    check_for,
+    expect,
+    expect_close,
+    expect_equal,
+    run_checks,
+    run_public,
+)
+
+
+def test_expect_close_names_the_relative_tolerance() -> None:
+    expect_close(2.52, 2.5, rel=0.05)
+    with pytest.raises(CheckFailed, match=r"boot time: expected 2.5 ± 5 % \(got 2.71\)"):
+        expect_close(2.71, 2.5, rel=0.05, what="boot time")
+
+
+def test_expect_close_names_the_absolute_tolerance_and_rejects_non_numbers() -> None:
+    with pytest.raises(CheckFailed, match=r"expected 24 ± 1 \(got 26\)"):
+        expect_close(26, 24, abs=1)
+    with pytest.raises(CheckFailed, match="should be a number"):
+        expect_close("24", 24, abs=1)
+
+
+def test_expect_equal_shows_both_values() -> None:
+    with pytest.raises(CheckFailed, match=r"walk: \(expected 24, got 8\)"):
+        expect_equal(8, 24, "walk:")
+
+
+def test_registry_collects_with_points_and_hidden_flag() -> None:
+    with Registry(hidden=True) as registry:
+
+        @check_for("q1", points=2)
+        def first(sub: object, params: object) -> None:
+            pass
+
+        @check_for("q1", name="renamed")
+        def second(sub: object, params: object) -> None:
+            pass
+
+    assert [(c.name, c.points, c.hidden) for c in registry.checks] == [("first", 2.0, True), ("renamed", 1.0, True)]
+
+
+def test_results_carry_misconception_and_student_errors_without_crashing() -> None:
+    with Registry() as registry:
+
+        @check_for("q1")
+        def adds(sub: object, params: object) -> None:
+            expect(False, "you added the two walks")
+
+        @check_for("q1")
+        def student_raises(sub: object, params: object) -> None:
+            raise StudentCodeError("walk(4, 4) raised ZeroDivisionError: division by zero")
+
+        @check_for("q1")
+        def stub(sub: object, params: object) -> None:
+            raise NotImplementedError
+
+        @check_for("q1", points=3)
+        def passes(sub: object, params: object) -> None:
+            pass
+
+    results = run_checks(registry.checks, object(), {})
+    assert [(r.name, r.passed, r.score) for r in results] == [
+        ("adds", False, 0),
+        ("student_raises", False, 0),
+        ("stub", False, 0),
+        ("passes", True, 3),
+    ]
+    assert results[0].message == "you added the two walks"
+    assert "ZeroDivisionError" in results[1].message
+    assert "not answered yet" in results[2].message
+
+
+def test_hidden_message_is_dropped_when_not_revealed() -> None:
+    result = checks.CheckResult("q1", "secret_case", 1, True, False, "expected 2880067194370816120")
+    assert result.as_dict(reveal=False)["message"] == ""
+    assert result.as_dict()["message"] == "expected 2880067194370816120"
+
+
+def test_notebook_check_runs_public_checks_against_the_notebook_names(capsys: pytest.CaptureFixture[str]) -> None:
+    @check_for("qtest")
+    def doubles(sub: object, params: dict[str, int]) -> None:
+        expect_equal(sub.double(params["n"]), 2 * params["n"], "double(n)")  # type: ignore[attr-defined]
+
+    try:
+        report = run_public("qtest", {"double": lambda n: n + n, "PARAMS": {"n": 21}})
+        assert (report.score, report.max_score) == (1, 1)
+        report = run_public("qtest", {"PARAMS": {"n": 21}})
+        assert "'double' is not defined" in report.results[0].message
+        assert "FAIL" in report.text() and "<table>" in report.html()
+        checks.check("qtest")  # outside a kernel: plain text
+        assert "qtest: 0/1 points" in capsys.readouterr().out
+    finally:
+        checks._NOTEBOOK._checks.clear()

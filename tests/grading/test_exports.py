@@ -1,0 +1,72 @@
+"""Exports: values as tagged JSON, functions as source with what they use, a jailed host process."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from vlab.grading.checks import StudentCodeError
+from vlab.grading.exports import StudentHost, decode, encode, export_namespace
+
+
+@pytest.mark.parametrize(
+    "value",
+    [1, 2.5, "s", None, [1, (2, 3)], {"a": {1, 2}}, {(1, 2): "tuple key"}, b"\x00\xff", {"$x": 1}],
+)
+def test_values_round_trip_through_json(value: object) -> None:
+    assert decode(json.loads(json.dumps(encode(value)))) == value
+
+
+def test_unencodable_values_raise_type_error() -> None:
+    with pytest.raises(TypeError):
+        encode(open)
+
+
+def _notebook_namespace() -> dict[str, object]:
+    """A namespace like a notebook's, with functions whose source lives in a real file."""
+    source = (
+        "import math\nfrom math import sqrt\nSCALE = 3\n"
+        "def helper(x):\n    return sqrt(x) * SCALE\n"
+        "def answer(x):\n    return helper(x) + math.floor(0.5)\n"
+    )
+    path = Path(__file__).parent / "data" / "_exports_case.py"
+    module = types.ModuleType("__main__")
+    exec(compile(source, str(path), "exec"), module.__dict__)
+    import linecache
+
+    linecache.cache[str(path)] = (len(source), None, source.splitlines(True), str(path))
+    return module.__dict__
+
+
+def test_function_exports_bring_what_they_use() -> None:
+    exported = export_namespace(_notebook_namespace(), ["answer", "missing_name"])
+    assert set(exported["functions"]) == {"answer", "helper"}
+    assert exported["values"] == {"SCALE": 3}
+    assert exported["modules"] == {"math": "math"}
+    assert exported["imports"] == {"sqrt": ["math", "sqrt"]}
+    assert exported["missing"] == ["missing_name"]
+
+
+def test_host_runs_functions_in_another_process_with_a_timeout(tmp_path: Path) -> None:
+    exported = export_namespace(_notebook_namespace(), ["answer"])
+    exported["functions"]["loops"] = "def loops():\n    while True:\n        pass\n"
+    exported["functions"]["fails"] = "def fails():\n    return 1 / 0\n"
+    path = tmp_path / "exports.json"
+    path.write_text(json.dumps(exported))
+    host = StudentHost(
+        [sys.executable, "-m", "vlab.grading.exports", "HOST", str(path)], 2, {"PATH": "/usr/bin"}, tmp_path
+    )
+    try:
+        assert host.call("answer", [16], {}) == pytest.approx(math.sqrt(16) * 3)
+        with pytest.raises(StudentCodeError, match="ZeroDivisionError"):
+            host.call("fails", [], {})
+        with pytest.raises(StudentCodeError, match="did not return within 2 s"):
+            host.call("loops", [], {})
+        assert host.call("answer", [4], {}) == 6  # a fresh process after the kill
+    finally:
+        host.close()

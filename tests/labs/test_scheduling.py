@@ -1,0 +1,109 @@
+"""Lab 04's logic: placement models on seeded VM lists, the article's example, and a real cgroup quota."""
+
+from __future__ import annotations
+
+import pytest
+
+from vlab.errors import VlabError
+from vlab.labs import scheduling as lab
+
+CAP = lab.HOST_CAPACITY
+
+
+# ---------------------------------------------------------------- placement
+
+
+def test_seeded_vms_are_reproducible_and_differ_between_seeds() -> None:
+    assert lab.seeded_vms(7) == lab.seeded_vms(7)
+    assert lab.seeded_vms(7) != lab.seeded_vms(8)
+    assert all(vm.demand.fits_in(CAP) for seed in range(20) for vm in lab.seeded_vms(seed))
+
+
+def test_seeded_vms_mix_profiles_so_every_dimension_matters() -> None:
+    kinds = {vm.name.split("-")[1] for seed in range(5) for vm in lab.seeded_vms(seed)}
+    assert kinds == {"cpu", "mem", "disk", "balanced"}
+
+
+def test_article_example_done_right_leaves_two_cpus() -> None:
+    steps = lab.replay_article_example()
+    assert [s.resource for s in steps] == ["disk", "mem", "cpu"]
+    assert steps[-1].free_after == lab.Demand(2, 4, 100)  # the article prints C = 4
+
+
+def test_resource_order_does_not_change_a_single_vms_result() -> None:
+    host, need = lab.Demand(16, 64, 500), lab.Demand(3, 10, 120)
+    finals = {lab.replay_article_example(host, need, order)[-1].free_after
+              for order in (("cpu", "mem", "disk"), ("disk", "mem", "cpu"), ("mem", "cpu", "disk"))}
+    assert finals == {lab.Demand(13, 54, 380)}
+
+
+def test_replay_rejects_a_non_permutation_order() -> None:
+    with pytest.raises(VlabError, match="order"):
+        lab.replay_article_example(order=("cpu", "cpu", "disk"))
+
+
+def test_article_objective_prefers_the_wasteful_load() -> None:
+    (_, wasteful_obj, wasteful_util), (_, balanced_obj, balanced_util) = lab.objective_counterexample()
+    assert wasteful_obj < balanced_obj  # the article's objective calls the wasteful one better
+    assert wasteful_util < balanced_util  # while it uses far less of the host
+
+
+def test_article_greedy_places_every_vm_validly() -> None:
+    for seed in range(10):
+        vms = lab.seeded_vms(seed)
+        assignment = lab.article_greedy(vms, CAP)
+        assert lab.placement_problems(vms, CAP, assignment) == []
+        lower = max(-(-x // 1) for x in lab.lower_bound_hint(vms, CAP))
+        assert lab.hosts_used(assignment) >= lower
+
+
+def test_placement_problems_names_the_overcommitted_host() -> None:
+    vms = [lab.VMSpec("a", lab.Demand(20, 10, 10)), lab.VMSpec("b", lab.Demand(20, 10, 10))]
+    assert lab.placement_problems(vms, CAP, [0, 1]) == []
+    problems = lab.placement_problems(vms, CAP, [0, 0])
+    assert len(problems) == 1 and "host 0 is overcommitted" in problems[0]
+    assert "entries" in lab.placement_problems(vms, CAP, [0])[0]
+    assert "not an integer" in lab.placement_problems(vms, CAP, [0, -1])[0]
+
+
+def test_placement_table_shows_each_hosts_fill() -> None:
+    vms = [lab.VMSpec("a", lab.Demand(16, 64, 1000))]
+    table = lab.placement_table(vms, CAP, [0])
+    assert "50%" in table.splitlines()[1]
+
+
+# ---------------------------------------------------------------- a real guest under a CPU quota
+
+
+@pytest.mark.qemu
+@pytest.mark.slow
+def test_cpu_quota_on_vcpu_threads_slows_the_guest_loop() -> None:
+    ok, why = lab.cpu_quota_support()
+    if not ok:
+        pytest.skip(why)
+    from vlab.qemu import VM
+
+    with VM(accel="tcg", name="lab04-test") as vm:
+        threads = lab.vcpu_threads(vm)
+        assert {cpu.thread_id for cpu in vm.vcpus()} <= set(threads)
+        lab.guest_loop_rate(vm, 3000)  # warm-up: the first run translates the loop
+        free = lab.guest_loop_rate(vm, 5000)
+        with lab.throttled_vcpus(vm, 0.1) as group:
+            before = vm.host_sample()
+            slow = lab.guest_loop_rate(vm, 5000)
+            after = vm.host_sample()
+            throttled = group.throttled_periods()
+            path = group.dirs["cpu"][1]
+        assert not path.exists()  # the child group is gone, so the threads are back in their own
+        again = lab.guest_loop_rate(vm, 5000)
+    cpu_used = sum(after.vcpu_seconds.values()) - sum(before.vcpu_seconds.values())
+    assert throttled > 0
+    # the quota caps the vCPU thread's CPU rate (a busy host can only lower it further)
+    assert cpu_used / (after.time - before.time) < 0.1 * 1.5
+    assert slow.per_second < free.per_second
+    assert again.per_second > slow.per_second
+
+
+def test_throttle_rejects_a_quota_above_one_cpu() -> None:
+    with pytest.raises(VlabError, match="fraction"), lab.throttled_vcpus(None, 1.5):  # type: ignore[arg-type]
+        pass

@@ -1,0 +1,48 @@
+"""Live migration between two local QEMUs: figures, a dirtying workload, knobs, and refusal of mismatches."""
+
+from __future__ import annotations
+
+import pytest
+
+from vlab.errors import VlabError
+from vlab.qemu import VM, VMConfig, VMState
+
+pytestmark = [pytest.mark.qemu, pytest.mark.slow]
+
+
+def test_migration_moves_the_running_guest_and_reports_figures(vm: VM, config: VMConfig) -> None:
+    vm.console.run("echo still-me > /tmp/mark")
+    destination = VM(config)
+    try:
+        result = vm.migrate_to(destination)
+        assert result.status == "completed"
+        assert destination.state is VMState.RUNNING and destination.status() == "running"
+        assert vm.state is VMState.PAUSED and vm.status() == "postmigrate"
+        assert destination.console.run("cat /tmp/mark").output == "still-me\n"
+        assert result.total_time_ms > 0 and result.downtime_ms >= 0
+        assert result.ram_total_bytes >= 256 * 1024 * 1024
+        assert 0 < result.transferred_bytes <= 2 * result.ram_total_bytes
+        assert result.dirty_sync_count >= 2
+        assert (result.downtime_limit_ms, result.bandwidth) == (300, 128 * 1024 * 1024)  # QEMU 7.2 defaults
+    finally:
+        destination.kill()
+
+
+def test_dirtying_workload_and_knobs_show_in_the_result(vm: VM, config: VMConfig) -> None:
+    vm.console.run("memdirty 64 20000 > /dev/null &")
+    destination = VM(config)
+    try:
+        result = vm.migrate_to(destination, downtime_limit_ms=50, bandwidth=512 * 1024 * 1024)
+        assert (result.downtime_limit_ms, result.bandwidth) == (50, 512 * 1024 * 1024)
+        assert result.raw["ram"]["dirty-sync-count"] == result.dirty_sync_count
+        assert destination.console.run("pidof memdirty").ok  # the workload moved along with the guest
+    finally:
+        destination.kill()
+
+
+def test_destination_must_match_and_be_fresh(vm: VM, config: VMConfig) -> None:
+    with pytest.raises(VlabError) as caught:
+        vm.migrate_to(VM(config.replace(mem=128)))
+    assert caught.value.field == "mem"
+    with pytest.raises(VlabError, match="be a migration destination"):
+        vm.migrate_to(vm)

@@ -1,0 +1,47 @@
+"""NICs: QEMU user-mode NAT, and bridges in vlab-made network namespaces (root only).
+
+Traffic stays inside QEMU's user-mode network and the namespaces vlab creates.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from vlab.qemu import VM, Nic, VMConfig
+from vlab.qemu.network import bridge_supported
+
+pytestmark = [pytest.mark.qemu, pytest.mark.slow]
+
+
+def _namespaces() -> set[str]:
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in listing.splitlines() if line.strip()}
+
+
+def test_user_mode_nic_reaches_the_slirp_gateway(guest_images: tuple[Path, Path]) -> None:
+    config = VMConfig(accel="tcg", nics=(Nic(ip="10.0.2.15/24"),), append="console=ttyS0 quiet vlab.gw=10.0.2.2")
+    with VM(config) as vm:
+        assert "inet 10.0.2.15/24" in vm.console.run("ip addr show eth0").output
+        assert vm.console.run("ping -c 1 -W 5 10.0.2.2").ok
+
+
+def test_same_bridge_pings_other_bridge_does_not_and_all_is_removed(guest_images: tuple[Path, Path]) -> None:
+    supported, why = bridge_supported()
+    if not supported:
+        pytest.skip(f"{why}; run the tests as root to cover bridge NICs")
+    before = _namespaces()
+
+    def on(bridge: str, name: str, ip: str) -> VMConfig:
+        return VMConfig(name=name, accel="tcg", nics=(Nic("bridge", bridge, ip),))
+
+    with VM(on("lab", "a", "10.77.0.1/24")) as a, VM(on("lab", "b", "10.77.0.2/24")) as b, \
+            VM(on("other", "c", "10.77.0.3/24")) as c:
+        assert len(_namespaces() - before) == 2  # one namespace per bridge
+        assert a.console.run("ping -c 1 -W 3 10.77.0.2").ok
+        assert b.console.run("ping -c 1 -W 3 10.77.0.1").ok
+        assert not c.console.run("ping -c 1 -W 1 10.77.0.1").ok
+    assert _namespaces() == before
+    assert "vt" not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.split(": vt")[0][-3:]

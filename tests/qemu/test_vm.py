@@ -1,0 +1,207 @@
+"""vlab.VM on the real built guest under TCG: lifecycle, state guards, QMP helpers, balloon, snapshots, events."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from vlab.errors import StateError, VlabError
+from vlab.qemu import VM, VMConfig, VMState
+from vlab.qemu.process import process_start_time
+
+pytestmark = [pytest.mark.qemu, pytest.mark.slow]
+
+
+def test_start_run_pause_resume_stop_walks_through_the_states(config: VMConfig) -> None:
+    vm = VM(config)
+    assert vm.state is VMState.CREATED and vm.pid is None
+    vm.start()
+    try:
+        assert vm.state is VMState.RUNNING
+        assert vm.status() == "running"
+        assert vm.boot_seconds is not None and vm.boot_attempts >= 1
+        result = vm.console.run("uname -s; cat /proc/sys/kernel/hostname")
+        assert (result.output, result.status) == ("Linux\nvlab\n", 0)
+        vm.pause()
+        assert (vm.state, vm.status()) == (VMState.PAUSED, "paused")
+        vm.resume()
+        assert (vm.state, vm.status()) == (VMState.RUNNING, "running")
+        pid = vm.pid
+        assert pid is not None
+    finally:
+        how = vm.stop()
+    assert how == "powerdown"  # the guest's acpid honoured the ACPI power button
+    assert vm.state is VMState.STOPPED
+    assert not os.path.exists(f"/proc/{pid}")
+    assert vm.stop() == "not running"  # idempotent
+
+
+def test_operations_in_the_wrong_state_raise_state_error(config: VMConfig) -> None:
+    vm = VM(config)
+    with pytest.raises(StateError) as caught:
+        vm.pause()
+    assert caught.value.state == "created" and "running" in caught.value.allowed
+    assert caught.value.fix == "call vm.start() first"
+    with pytest.raises(StateError):
+        _ = vm.console
+    with pytest.raises(StateError):
+        vm.resume()
+
+
+def test_console_output_exit_status_and_no_trailing_newline(shared_vm: VM) -> None:
+    console = shared_vm.console
+    assert console.run("false").status == 1
+    assert console.run("printf abc").output == "abc"
+    assert console.run("echo a; echo b >&2").output == "a\nb\n"
+    assert console.run("true").output == ""
+    assert console.run("cd /proc && pwd").output == "/proc\n"
+    assert console.run("pwd").output == "/proc\n"  # same shell: state persists between commands
+    assert console.run("echo 'quotes \"both\" kinds'").output == 'quotes "both" kinds\n'
+
+
+def test_console_timeout_names_the_command_and_shows_the_tail(shared_vm: VM) -> None:
+    with pytest.raises(VlabError) as caught:
+        shared_vm.console.run("sleep 3", timeout=0.5)
+    assert "console tail" in str(caught.value)
+    shared_vm.console.wait_for("=VLAB\\d+x\\d+E:0", timeout=10)  # let the slow command finish
+    assert shared_vm.console.run("echo after").output == "after\n"
+
+
+def test_exit_in_the_console_shell_is_reported_and_the_console_recovers(shared_vm: VM) -> None:
+    with pytest.raises(VlabError, match="shell exited"):
+        shared_vm.console.run("exit 3")
+    assert shared_vm.console.run("sh -c 'exit 3'").status == 3
+    assert shared_vm.console.run("echo fine").output == "fine\n"
+
+
+def test_vcpus_report_host_threads_of_the_qemu_process(shared_vm: VM) -> None:
+    cpus = shared_vm.vcpus()
+    assert [cpu.index for cpu in cpus] == [0]
+    assert os.path.exists(f"/proc/{shared_vm.pid}/task/{cpus[0].thread_id}")
+
+
+def test_memory_and_host_sample(shared_vm: VM) -> None:
+    memory = shared_vm.memory()
+    assert memory.configured == 256 * 1024 * 1024
+    assert memory.balloon_actual is not None and memory.balloon_actual <= memory.configured
+    assert memory.host_rss > 0
+    first = shared_vm.host_sample()
+    shared_vm.console.run("i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done")
+    second = shared_vm.host_sample()
+    assert second.vcpu_seconds[0] > first.vcpu_seconds[0]  # the busy loop ran on vCPU 0's host thread
+
+
+def test_any_qmp_command_and_refused_commands(shared_vm: VM) -> None:
+    assert shared_vm.qmp("query-version")["qemu"]["major"] >= 7
+    assert shared_vm.qmp("human-monitor-command", command_line="info status").startswith("VM status")
+    with pytest.raises(VlabError) as caught:
+        shared_vm.qmp("no-such-command")
+    assert caught.value.field == "no-such-command" and "refused" in caught.value.problem
+
+
+def test_async_qmp_and_sync_api_inside_a_running_event_loop(shared_vm: VM) -> None:
+    async def notebook_cell() -> tuple[str, str]:
+        # Jupyter runs cells inside a loop: the sync API must not need (or break) it
+        sync_status = shared_vm.status()
+        async_status = (await shared_vm.aqmp("query-status"))["status"]
+        return sync_status, async_status
+
+    assert asyncio.run(notebook_cell()) == ("running", "running")
+
+
+def test_balloon_shrinks_the_guest_and_emits_events(vm: VM) -> None:
+    cursor = vm.event_cursor()
+    assert vm.balloon("128M") == 128
+    assert vm.memory().balloon_actual == 128 * 1024 * 1024
+    assert vm.wait_event("BALLOON_CHANGE", since=cursor).data["actual"] <= 256 * 1024 * 1024
+    guest_total_kib = int(vm.console.run("awk '/MemTotal/ {print $2}' /proc/meminfo").output)
+    assert guest_total_kib < 140 * 1024
+    assert vm.balloon(256) == 256
+    with pytest.raises(VlabError, match="cannot exceed"):
+        vm.balloon("1G")
+
+
+def test_snapshot_save_and_restore_brings_back_guest_memory(vm: VM) -> None:
+    vm.console.run("echo before > /tmp/state")
+    vm.snapshot_save("one")
+    assert vm.snapshots() == ["one"]
+    vm.console.run("echo after > /tmp/state")
+    vm.snapshot_load("one")
+    assert vm.state is VMState.RUNNING
+    assert vm.console.run("cat /tmp/state").output == "before\n"
+    with pytest.raises(VlabError, match="no snapshot"):
+        vm.snapshot_load("two")
+    vm.snapshot_delete("one")
+    assert vm.snapshots() == []
+
+
+def test_guest_poweroff_is_noticed_and_resources_released(vm: VM) -> None:
+    workdir = vm.workdir
+    assert workdir is not None and workdir.exists()
+    vm.console.send("poweroff -f\n")
+    deadline = time.monotonic() + 10
+    while vm.state is VMState.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert vm.state is VMState.STOPPED and vm.stopped_by == "exited"
+    assert not workdir.exists()
+    with pytest.raises(StateError):
+        vm.status()
+
+
+def test_stop_escalates_past_a_guest_that_ignores_the_power_button(vm: VM) -> None:
+    vm.console.run("killall acpid")  # now the ACPI power button does nothing
+    started = time.monotonic()
+    assert vm.stop(timeout=1.0) == "quit"
+    assert time.monotonic() - started < 3
+
+
+def test_two_vms_at_once_are_independent(config: VMConfig) -> None:
+    with VM(config.replace(name="one")) as one, VM(config.replace(name="two")) as two:
+        assert one.pid != two.pid
+        assert one.console.run("hostname").output == "one\n"
+        assert two.console.run("hostname").output == "two\n"
+        one.pause()
+        assert (one.status(), two.status()) == ("paused", "running")
+
+
+def test_context_manager_stops_on_exception(config: VMConfig) -> None:
+    with pytest.raises(RuntimeError), VM(config) as vm:
+        pid, start = vm.pid, process_start_time(vm.pid or 0)
+        raise RuntimeError("lab code failed")
+    assert vm.state is VMState.STOPPED
+    assert pid is not None and process_start_time(pid) != start
+
+
+def test_bad_extra_argument_fails_with_qemu_stderr(config: VMConfig) -> None:
+    vm = VM(config.replace(extra_args=("-device", "no-such-device")))
+    with pytest.raises(VlabError) as caught:
+        vm.start(timeout=10)
+    assert "no-such-device" in str(caught.value)
+    assert vm.state is VMState.FAILED
+
+
+def test_boot_timeout_retries_then_reports_console_tail(config: VMConfig) -> None:
+    vm = VM(config.replace(extra_args=("-S",)))  # vCPUs never start: the ready marker cannot come
+    started = time.monotonic()
+    with pytest.raises(VlabError) as caught:
+        vm.start(timeout=2, retries=1)
+    assert vm.boot_attempts == 2
+    assert time.monotonic() - started < 10
+    assert "did not print VLAB-READY" in caught.value.problem
+    assert "the console printed nothing" in str(caught.value)
+    assert vm.state is VMState.FAILED and vm.pid is not None and not os.path.exists(f"/proc/{vm.pid}")
+
+
+def test_guest_dying_during_boot_fails_fast_with_console_tail(guest_images: tuple[Path, Path]) -> None:
+    vm = VM(VMConfig(accel="tcg", append="console=ttyS0 rdinit=/nonexistent panic=-1"))
+    started = time.monotonic()
+    with pytest.raises(VlabError) as caught:
+        vm.start(timeout=30)
+    assert time.monotonic() - started < 20  # QEMU exited on the panic: no waiting for the timeout
+    assert "console closed" in caught.value.problem
+    assert "Kernel panic" in str(caught.value)
+    assert vm.state is VMState.FAILED

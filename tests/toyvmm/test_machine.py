@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import pytest
+
+from tests.toyvmm.toyvmm_guests import kernel_program
+from vlab.errors import StateError, VlabError
+from vlab.toyvmm import ExitReason, GuestState, Machine, ms
+
+
+def test_hello_boots_prints_through_the_uart_and_shuts_down() -> None:
+    with Machine() as machine:
+        guest = machine.add_guest("hello")
+        machine.run(ms=10)
+        assert guest.uart.text == "hello from toyvmm guest, hart 0000000000000000\n"
+        assert guest.state is GuestState.HALTED and guest.exit_code == 0
+        # 48 characters: each polls LSR once (MMIO read) and writes THR once (MMIO write)
+        assert guest.exits == {"CSR_WRITE": 2, "HYPERCALL": 1, "MMIO_READ": 47, "MMIO_WRITE": 47}
+
+
+def test_two_vcpus_of_one_guest_each_run_with_their_own_registers() -> None:
+    code = kernel_program("""
+        mv s0, a0
+        addi a0, s0, '0'
+        call uart_putc
+        li t0, MAILBOX
+        bnez s0, 2f
+    1:  ld t1, 8(t0)
+        bnez t1, 3f
+        HYPERCALL HC_YIELD
+        j 1b
+    2:  li t1, 1
+        sd t1, 8(t0)
+    4:  HYPERCALL HC_YIELD
+        j 4b
+    3:  li a0, 0
+        j shutdown
+    """)
+    with Machine() as machine:
+        guest = machine.add_guest(code, vcpus=2)
+        trace = machine.run(ms=10)
+        assert guest.uart.text == "01"
+        assert {(s.vcpu, s.reason) for s in trace} >= {(0, "yield"), (1, "yield"), (0, "halted")}
+
+
+def test_run_without_guests_or_after_close_is_clear() -> None:
+    machine = Machine()
+    assert machine.run(ms=1) == []
+    machine.close()
+    with pytest.raises(StateError):
+        machine.run(ms=1)
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"paging": "magic"}, "paging"), ({"on_violation": "shrug"}, "on_violation"), ({"chunk": 0}, "chunk"),
+    ({"scheduler": "fifo"}, "scheduler"),
+])
+def test_bad_machine_options_name_the_field(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(VlabError) as info:
+        Machine(**kwargs)  # type: ignore[arg-type]
+    assert info.value.field == field
+
+
+def test_a_program_larger_than_ram_is_refused() -> None:
+    with Machine() as machine, pytest.raises(VlabError, match="does not fit"):
+        machine.add_guest(bytes(8192), ram=4096)
+
+
+def test_yield_accounting_is_exact_to_the_instruction() -> None:
+    # 10 nops + li a7 + ecall(yield): the slice must be charged exactly the 12 instructions
+    code = kernel_program("li a7, 3\n" + "nop\n" * 10 + "ecall\nli a0, 0\nj shutdown\n")
+    with Machine() as machine:
+        guest = machine.add_guest(code)
+        trace = machine.run(ms=5)
+        first = trace[0]
+        assert first.reason == "yield"
+        boot = 17  # _start up to and including `call main`, counted by hand from kernel.inc
+        assert first.end - first.start == boot + 12
+        assert guest.state is GuestState.HALTED
+
+
+def test_virtual_time_is_instructions_not_the_wall_clock() -> None:
+    code = kernel_program("rdtime a0\nnop\nnop\nrdtime a1\nsub a0, a1, a0\nj shutdown\n")
+    with Machine() as machine:
+        guest = machine.add_guest(code)
+        machine.run(ms=1)
+        # rdtime reads the time at the start of the chunk; both reads fall in the first chunk
+        assert guest.exit_code == 0
+        assert guest.exits["CSR_READ"] == 2
+
+
+def test_wfi_blocks_until_the_virtual_timer_and_the_interrupt_is_delivered() -> None:
+    code = kernel_program("li a0, 50000\ncall sleep\nli t0, TICKS\nld a0, 0(t0)\nj shutdown\n")
+    with Machine() as machine:
+        guest = machine.add_guest(code)
+        trace = machine.run(ms=20)
+        assert guest.exit_code == 1  # one timer interrupt counted by the guest kernel
+        assert guest.exits["WFI"] == 1 and guest.exits["TIMER"] == 1
+        assert [s.reason for s in trace][:3] == ["blocked", "idle", "halted"]
+        assert trace[1].end >= ms(5)  # idled until the deadline, 5 ms of virtual time later
+
+
+def test_reboot_runs_new_code_in_the_same_guest() -> None:
+    with Machine() as machine:
+        guest = machine.add_guest("hello")
+        machine.run(ms=5)
+        guest.reboot(kernel_program("li a0, 7\nj shutdown\n"))
+        machine.run(ms=5)
+        assert guest.exit_code == 7 and guest.state is GuestState.HALTED
+        assert guest.exit_counts[ExitReason.HYPERCALL] == 2

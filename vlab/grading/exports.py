@@ -1,0 +1,393 @@
+"""What leaves the student's kernel, and how checks call the student's functions.
+
+1. **In the kernel**, the grader's last injected cell calls :func:`dump_exports`: each exported
+   name becomes JSON — values through :func:`encode` (tuples, sets, bytes and non-string dict
+   keys are tagged so they come back as they were), notebook functions as their *source text*,
+   together with what they use (other notebook functions, modules, imported callables and
+   JSON-able globals, found by parsing the source).
+2. **In the grader**, :class:`GradedExports` gives checks attribute access to those values; a
+   function becomes a proxy that sends its arguments to a :class:`StudentHost`, a separate
+   jailed process that re-creates the functions from source and runs them (with a timeout per
+   call). Student code thus never runs in the process that computes the grade: whatever it
+   monkeypatches, it patches in its own process.
+
+Only JSON crosses the boundary in either direction; nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import contextlib
+import inspect
+import json
+import os
+import select
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+import types
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from vlab.grading.checks import StudentCodeError, fail
+
+__all__ = [
+    "EXPORTS_FILE",
+    "GradedExports",
+    "StudentHost",
+    "decode",
+    "dump_exports",
+    "encode",
+    "export_cell_source",
+    "export_namespace",
+    "load_exports",
+]
+
+#: The file the export cell writes in the submission's working directory.
+EXPORTS_FILE = "vlab-exports.json"
+_MAX_EXPORTS_BYTES = 32 * 2**20
+
+
+class _Unencodable(TypeError):
+    pass
+
+
+def encode(value: Any, depth: int = 0) -> Any:
+    """``value`` as JSON-able data; tuples, sets, bytes and non-str dict keys are tagged.
+
+    :raises TypeError: for anything else (files, VM objects, classes, ...).
+    """
+    if depth > 50:
+        raise _Unencodable("nested too deeply")
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list):
+        return [encode(v, depth + 1) for v in value]
+    if isinstance(value, tuple):
+        return {"$tuple": [encode(v, depth + 1) for v in value]}
+    if isinstance(value, set | frozenset):
+        return {"$set": [encode(v, depth + 1) for v in sorted(value, key=repr)]}
+    if isinstance(value, bytes | bytearray):
+        return {"$bytes": base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and not k.startswith("$") for k in value):
+            return {k: encode(v, depth + 1) for k, v in value.items()}
+        return {"$dict": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in value.items()]}
+    if hasattr(value, "tolist") and callable(value.tolist):  # numpy arrays and scalars
+        return encode(value.tolist(), depth + 1)
+    raise _Unencodable(f"a {type(value).__name__} cannot be exported")
+
+
+def decode(data: Any) -> Any:
+    """The inverse of :func:`encode`."""
+    if isinstance(data, list):
+        return [decode(v) for v in data]
+    if not isinstance(data, dict):
+        return data
+    if len(data) == 1:
+        ((tag, body),) = data.items()
+        if tag == "$tuple":
+            return tuple(decode(v) for v in body)
+        if tag == "$set":
+            return {_hashable(decode(v)) for v in body}
+        if tag == "$bytes":
+            return base64.b64decode(body)
+        if tag == "$dict":
+            return {_hashable(decode(k)): decode(v) for k, v in body}
+    return {k: decode(v) for k, v in data.items()}
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
+
+
+def _used_names(source: str) -> list[str]:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    return sorted({node.id for node in ast.walk(tree) if isinstance(node, ast.Name)})
+
+
+def _function_source(obj: Any) -> str | None:
+    target = inspect.unwrap(obj) if callable(obj) else obj
+    if not isinstance(target, types.FunctionType) or target.__module__ != "__main__":
+        return None
+    try:
+        return textwrap.dedent(inspect.getsource(obj))
+    except (OSError, TypeError):
+        return None
+
+
+def export_namespace(namespace: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """Export ``names`` (and what their functions use) from a notebook namespace, as JSON-able data."""
+    out: dict[str, Any] = {
+        "values": {},
+        "functions": {},
+        "modules": {},
+        "imports": {},
+        "missing": [],
+        "unexportable": {},
+    }
+    queue = [(name, True) for name in names]
+    seen: set[str] = set()
+    while queue:
+        name, wanted = queue.pop(0)
+        if name in seen:
+            continue
+        seen.add(name)
+        if name not in namespace:
+            if wanted:
+                out["missing"].append(name)
+            continue
+        obj = namespace[name]
+        source = _function_source(obj)
+        if isinstance(obj, types.ModuleType):
+            out["modules"][name] = obj.__name__
+        elif source is not None:
+            out["functions"][name] = source
+            queue.extend((used, False) for used in _used_names(source) if used != name)
+        elif callable(obj) and getattr(obj, "__module__", None) and getattr(obj, "__qualname__", None):
+            out["imports"][name] = [obj.__module__, obj.__qualname__]
+        else:
+            try:
+                out["values"][name] = encode(obj)
+            except TypeError as exc:
+                if wanted:
+                    out["unexportable"][name] = f"{exc} ({type(obj).__name__})"
+    return out
+
+
+def dump_exports(namespace: Mapping[str, Any], names: Sequence[str], path: str) -> None:
+    """Write :func:`export_namespace` to ``path`` (called by the grader's injected cell)."""
+    data = json.dumps(export_namespace(namespace, names), allow_nan=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(data)
+
+
+def export_cell_source(names: Sequence[str], path: Path) -> str:
+    """The cell the grader appends to a submission."""
+    return (
+        "__import__('vlab.grading.exports', fromlist=['dump_exports']).dump_exports("
+        f"globals(), {list(names)!r}, {str(path)!r})"
+    )
+
+
+def load_exports(path: Path) -> dict[str, Any]:
+    """Read what the kernel exported (untrusted: size-limited, shape-checked). Missing file → empty."""
+    empty: dict[str, Any] = {
+        "values": {},
+        "functions": {},
+        "modules": {},
+        "imports": {},
+        "missing": [],
+        "unexportable": {},
+    }
+    try:
+        raw = _read_regular_file(path, _MAX_EXPORTS_BYTES)
+    except FileNotFoundError:
+        return {**empty, "error": "the notebook exported nothing (it did not finish)"}
+    except OSError as exc:
+        return {**empty, "error": f"unreadable exports: {exc.strerror or exc}"}
+    if raw is None:
+        return {**empty, "error": "the exports are larger than 32 MiB"}
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except ValueError:
+        return {**empty, "error": "the exports are not valid JSON"}
+    if not isinstance(data, dict):
+        return {**empty, "error": "malformed exports"}
+    clean = dict(empty)
+    for key, default in empty.items():
+        if isinstance(data.get(key), type(default)):
+            clean[key] = data[key]
+    return clean
+
+
+def _read_regular_file(path: Path, limit: int) -> bytes | None:
+    """Read at most ``limit`` bytes of a regular file, never following a symlink the student planted."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(0, "not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            raw = handle.read(limit + 1)
+    finally:
+        os.close(fd)
+    return None if len(raw) > limit else raw
+
+
+# --- the student host: runs student functions in their own process ---------------------------
+
+
+def _build_namespace(exports: Mapping[str, Any]) -> dict[str, Any]:
+    import importlib
+
+    namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
+    for name, module in exports.get("modules", {}).items():
+        with contextlib.suppress(Exception):  # a module the grader lacks: calls using it fail
+            namespace[name] = importlib.import_module(module)
+    for name, (module, qualname) in exports.get("imports", {}).items():
+        try:
+            obj: Any = importlib.import_module(module)
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+            namespace[name] = obj
+        except Exception:
+            pass
+    for name, value in exports.get("values", {}).items():
+        namespace[name] = decode(value)
+    for name, source in exports.get("functions", {}).items():
+        try:
+            exec(compile(source, f"<notebook function {name}>", "exec"), namespace)
+        except Exception as exc:
+            namespace[name] = _broken(name, exc)
+    return namespace
+
+
+def _broken(name: str, exc: Exception) -> Callable[..., Any]:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"{name} could not be re-created from its source: {type(exc).__name__}: {exc}")
+
+    return broken
+
+
+def _host_main(exports_path: str) -> int:
+    """Serve calls: one JSON request per line on stdin, one JSON reply per line on the original stdout."""
+    reply_fd = os.dup(1)
+    os.dup2(2, 1)  # student prints go to stderr, not into the protocol
+    replies = os.fdopen(reply_fd, "w", encoding="utf-8")
+    namespace = _build_namespace(load_exports(Path(exports_path)))
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            function = namespace[request["name"]]
+            value = function(*decode(request["args"]), **decode(request["kwargs"]))
+            reply: dict[str, Any] = {"ok": encode(value)}
+        except TypeError as exc:
+            reply = {"error": f"TypeError: {exc}"}
+        except NotImplementedError:
+            reply = {"error": "NotImplementedError", "unanswered": True}
+        except BaseException as exc:
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        replies.write(json.dumps(reply, allow_nan=True) + "\n")
+        replies.flush()
+    return 0
+
+
+class StudentHost:
+    """A jailed process that runs the student's exported functions on request.
+
+    :param command: argv that starts ``python -m vlab.grading.exports HOST EXPORTS`` inside the jail.
+    :param call_timeout: seconds a single call may take before the process is killed.
+    """
+
+    def __init__(self, command: Sequence[str], call_timeout: float, env: Mapping[str, str], cwd: Path) -> None:
+        self._command = list(command)
+        self._timeout = call_timeout
+        self._env = dict(env)
+        self._cwd = cwd
+        self._proc: subprocess.Popen[str] | None = None
+        self.calls = 0
+
+    def _start(self) -> subprocess.Popen[str]:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = subprocess.Popen(
+                self._command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                env=self._env,
+                cwd=self._cwd,
+                start_new_session=True,
+            )
+        return self._proc
+
+    def call(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        """Call the student's ``name(*args, **kwargs)`` and return its (decoded) result.
+
+        :raises StudentCodeError: if it raised, did not return in time, or killed its process.
+        :raises NotImplementedError: if it is still the stub.
+        """
+        shown = f"{name}({', '.join(repr(a) for a in args)})"
+        try:
+            payload = json.dumps({"name": name, "args": encode(list(args)), "kwargs": encode(dict(kwargs))})
+        except TypeError as exc:
+            raise StudentCodeError(f"cannot pass the arguments of {shown} to the student process: {exc}") from exc
+        proc = self._start()
+        assert proc.stdin is not None and proc.stdout is not None
+        self.calls += 1
+        try:
+            proc.stdin.write(payload + "\n")
+            proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            self.close()
+            raise StudentCodeError(f"{shown} could not run: the student process exited") from None
+        line = self._read_line(proc.stdout)
+        if line is None:
+            self.close()
+            raise StudentCodeError(f"{shown} did not return within {self._timeout:g} s (or crashed its process)")
+        reply = json.loads(line)
+        if reply.get("unanswered"):
+            raise NotImplementedError(name)
+        if "error" in reply:
+            raise StudentCodeError(f"{shown} raised {reply['error']}")
+        return decode(reply["ok"])
+
+    def _read_line(self, stream: IO[str]) -> str | None:
+        deadline = time.monotonic() + self._timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            ready, _, _ = select.select([stream], [], [], remaining)
+            if ready:
+                line = stream.readline()
+                return line or None
+
+    def close(self) -> None:
+        """Kill the process (it has no state worth a graceful exit)."""
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.wait()
+            for stream in (self._proc.stdin, self._proc.stdout):
+                if stream is not None:
+                    stream.close()
+            self._proc = None
+
+
+class GradedExports:
+    """What checks see as ``sub`` at grading time: exported values, and proxies for functions."""
+
+    def __init__(self, exports: Mapping[str, Any], host: StudentHost | None) -> None:
+        self._exports = exports
+        self._host = host
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        exports = self._exports
+        if name in exports["functions"] and self._host is not None:
+            host = self._host
+            return lambda *args, **kwargs: host.call(name, args, kwargs)
+        if name in exports["values"]:
+            return decode(exports["values"][name])
+        if name in exports["unexportable"]:
+            fail(f"'{name}' could not be exported from the notebook: {exports['unexportable'][name]}")
+        fail(f"'{name}' is not defined: run the cell that defines it, and keep its name")
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._exports["values"] or name in self._exports["functions"]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "HOST":
+        print("usage: python -m vlab.grading.exports HOST EXPORTS.json", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(_host_main(sys.argv[2]))

@@ -1,0 +1,78 @@
+"""Helpers for the labs' own tests (see "Testing a lab" in ``labs/README.md``).
+
+* :func:`assert_not_stale` — the committed student notebook is what ``vlab assign`` writes.
+* :func:`assert_lab_grades` — grading the source notebook (the solution) gives full marks and
+  status ``ok``; grading the generated student notebook gives 0 and nothing worse than
+  ``unanswered``. Both run through the real sandbox.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from vlab.grading.assign import build, cell_ids
+from vlab.grading.format import load_notebook, notebook_text
+from vlab.grading.sandbox import Job, grade_submission
+from vlab.grading.seeds import student_key
+
+__all__ = ["assert_lab_grades", "assert_not_stale", "grade_notebook", "solution_notebook_text"]
+
+
+def assert_not_stale(source: Path | str, out_dir: Path | str | None = None) -> None:
+    """Fail if the student notebook of ``source`` is missing or differs from ``vlab assign``'s output."""
+    result = build(source, out_dir)
+    try:
+        current = result.student_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        current = None
+    if current != result.student_text:
+        state = "missing" if current is None else "stale"
+        raise AssertionError(f"{result.student_path} is {state}: run `vlab assign {source}` and commit it")
+
+
+def solution_notebook_text(source: Path | str) -> str:
+    """The source notebook with the cell ids ``vlab assign`` gives the student notebook."""
+    notebook = load_notebook(Path(source))
+    for cell, cid in zip(notebook["cells"], cell_ids(notebook["cells"]), strict=True):
+        cell["id"] = cid
+    notebook["nbformat_minor"] = max(int(notebook.get("nbformat_minor", 5)), 5)
+    return notebook_text(notebook)
+
+
+def grade_notebook(
+    notebook: Path | str, bundle: dict[str, Any], student: str = "test-student", *, secret: str | None = None
+) -> dict[str, Any]:
+    """Grade one notebook against ``bundle`` in the real sandbox; returns the result dict."""
+    job = Job(str(notebook), student, bundle, student_key(student, secret))
+    return grade_submission(job)
+
+
+def assert_lab_grades(source: Path | str, student: str = "test-student") -> tuple[dict[str, Any], dict[str, Any]]:
+    """Solution → full marks with status ``ok``; student version → 0 without errors.
+
+    :returns: the two results (solution, student), for further assertions.
+    """
+    assignment = build(source)
+    bundle = assignment.bundle
+    with tempfile.TemporaryDirectory(prefix="vlab-labtest-") as tmp:
+        solution = Path(tmp) / "solution.ipynb"
+        solution.write_text(solution_notebook_text(source), encoding="utf-8")
+        student_nb = Path(tmp) / "student.ipynb"
+        student_nb.write_text(assignment.student_text, encoding="utf-8")
+        solved = grade_notebook(solution, bundle, student)
+        untouched = grade_notebook(student_nb, bundle, student)
+    failed = [f"{c['name']}: {c['message']}" for c in solved["checks"] if not c["passed"]]
+    if solved["status"] != "ok" or solved["total"] != solved["max"]:
+        raise AssertionError(
+            f"the solution of {source} scores {solved['total']:g}/{solved['max']:g} ({solved['status']}); "
+            f"failed checks: {failed}; cell errors: {json.dumps(solved['cell_errors'])}; notes: {solved['notes']}"
+        )
+    if untouched["total"] != 0 or untouched["status"] not in ("ok", "unanswered"):
+        raise AssertionError(
+            f"the student version of {source} scores {untouched['total']:g} ({untouched['status']}); "
+            f"cell errors: {json.dumps(untouched['cell_errors'])}; notes: {untouched['notes']}"
+        )
+    return solved, untouched

@@ -1,0 +1,1 @@
+"""Lab logic: one module per graded lab, called from the notebooks under ``labs/``."""

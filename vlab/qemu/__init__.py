@@ -1,0 +1,56 @@
+"""Real VMs from Python: QEMU driven over QMP and its serial console.
+
+Architecture (one module per concern):
+
+* :mod:`~vlab.qemu.config` — :class:`VMConfig` (validated; the classic ``vm.conf``; :meth:`VMConfig.qemu_argv`).
+* :mod:`~vlab.qemu.vm` — :class:`VM`: states, start/stop, QMP helpers, snapshots, balloon, migration.
+* :mod:`~vlab.qemu.loop` — vlab's private asyncio loop in a daemon thread (so the sync API works in Jupyter).
+* :mod:`~vlab.qemu.qmp` — a ``qemu.qmp`` client per VM on that loop, errors as :class:`~vlab.errors.VlabError`,
+  an event log.
+* :mod:`~vlab.qemu.console` — the serial console: ready marker, ``run(cmd) -> CommandResult``, output tail.
+* :mod:`~vlab.qemu.process` — spawning QEMU so it dies with its owner (``PR_SET_PDEATHSIG``, pidfile sweep).
+* :mod:`~vlab.qemu.disks` — qcow2 overlays and LUKS-encrypted images via ``qemu-img``.
+* :mod:`~vlab.qemu.network` — bridged NICs: taps on bridges inside vlab-made network namespaces.
+* :mod:`~vlab.qemu.migration` — live migration figures (:class:`MigrationResult`).
+* :mod:`~vlab.qemu.metrics` — what the host sees: per-vCPU CPU time, QEMU's RSS.
+* :mod:`~vlab.qemu.accel` — TCG or KVM, decided before launch, with the reason.
+* :mod:`~vlab.qemu.cli` — ``vlab vm run`` / ``vlab vm argv``.
+
+Quick start::
+
+    import vlab
+    with vlab.VM() as vm:                      # the built default guest, TCG unless hardware KVM works
+        print(vm.console.run("uname -r"))
+        print(vm.status(), vm.vcpus(), vm.memory())
+"""
+
+from __future__ import annotations
+
+from vlab.qemu.accel import AccelChoice
+from vlab.qemu.config import READY_MARKER, Disk, Nic, VMConfig, default_initrd, default_kernel, parse_size_mib
+from vlab.qemu.console import CommandResult, Console
+from vlab.qemu.metrics import HostSample
+from vlab.qemu.migration import MigrationResult
+from vlab.qemu.qmp import Event
+from vlab.qemu.vm import VM, BootTimeout, MemoryInfo, VCpu, VMState
+
+__all__ = [
+    "READY_MARKER",
+    "VM",
+    "AccelChoice",
+    "BootTimeout",
+    "CommandResult",
+    "Console",
+    "Disk",
+    "Event",
+    "HostSample",
+    "MemoryInfo",
+    "MigrationResult",
+    "Nic",
+    "VCpu",
+    "VMConfig",
+    "VMState",
+    "default_initrd",
+    "default_kernel",
+    "parse_size_mib",
+]

@@ -1,0 +1,635 @@
+"""``vlab.VM``: one QEMU guest with explicit states, driven over QMP and its serial console.
+
+States and the operations that move between them::
+
+    created --start()--> starting --(ready marker)--> running <--pause()/resume()--> paused
+       |                     |                           |                              |
+       |                     +--(error, Ctrl-C)--> failed  +-------- stop() -------------+--> stopped
+
+Every public operation first checks the state (:class:`~vlab.errors.StateError`
+for the wrong one) and refreshes it from the process: a QEMU that exited
+behind vlab's back (the guest ran ``poweroff``, or QEMU crashed) turns the VM
+``stopped`` or ``failed`` and releases its resources.
+
+Launching (:meth:`VM.start`): sweep orphans of dead vlab processes, pick the
+accelerator (:mod:`vlab.qemu.accel`), make a private workdir (overlays, secret
+files, migration socket), create two socketpairs (QMP and ttyS0) and taps, fork
+QEMU with those fds (:mod:`vlab.qemu.process`), greet QMP, then wait for the
+guest's ``VLAB-READY`` line and check the shell answers. Any failure or
+interruption on the way kills QEMU and removes everything before re-raising.
+
+Stopping (:meth:`VM.stop`) escalates, each step with its own timeout: ACPI
+powerdown (the guest shuts down cleanly) → QMP ``quit`` → SIGTERM → SIGKILL.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import enum
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from vlab.errors import StateError, VlabError
+from vlab.qemu import disks, network
+from vlab.qemu.accel import AccelChoice, choose_accel
+from vlab.qemu.config import READY_MARKER, LaunchIO, VMConfig, parse_size_mib
+from vlab.qemu.console import Console, ConsoleClosed
+from vlab.qemu.metrics import HostSample, process_rss_bytes, sample
+from vlab.qemu.migration import MigrationResult, run_migration, set_parameters
+from vlab.qemu.process import QemuProcess, make_workdir, sweep_orphans
+from vlab.qemu.qmp import DEFAULT_QMP_TIMEOUT, Event, QMPChannel
+
+__all__ = ["VM", "VMState", "VCpu", "MemoryInfo", "BootTimeout"]
+
+_MIB = 1024 * 1024
+_VMSTATE_NODE = "vmstate"
+_live_vms: weakref.WeakSet[VM] = weakref.WeakSet()
+
+
+class VMState(enum.Enum):
+    """The life of a :class:`VM`."""
+
+    CREATED = "created"
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_ACTIVE = (VMState.STARTING, VMState.RUNNING, VMState.PAUSED)
+
+
+class BootTimeout(VlabError):
+    """The guest never printed its ready marker (retried once by :meth:`VM.start`)."""
+
+
+@dataclass(frozen=True)
+class VCpu:
+    """A virtual CPU as QMP ``query-cpus-fast`` reports it, with its host thread id."""
+
+    index: int
+    thread_id: int
+    qom_path: str
+    target: str
+
+
+@dataclass(frozen=True)
+class MemoryInfo:
+    """Guest memory from three viewpoints (bytes).
+
+    :ivar configured: the RAM the guest was given (``-m``).
+    :ivar balloon_actual: what the balloon leaves the guest (None without a balloon device).
+    :ivar host_rss: QEMU's resident memory on the host.
+    """
+
+    configured: int
+    balloon_actual: int | None
+    host_rss: int
+
+
+class VM:
+    """A QEMU virtual machine.
+
+    :param config: what to run; None means ``VMConfig(**overrides)`` (the default vlab guest).
+    :param overrides: :class:`VMConfig` fields, e.g. ``VM(mem="512M", vcpus=2)``.
+
+    Use it as a context manager so it is always stopped::
+
+        with vlab.VM() as vm:           # start() on enter, stop() on exit
+            print(vm.console.run("uname -r").output)
+    """
+
+    def __init__(self, config: VMConfig | None = None, **overrides: Any) -> None:
+        if config is None:
+            config = VMConfig(**overrides)
+        elif overrides:
+            config = config.replace(**overrides)
+        self.config = config
+        self._state = VMState.CREATED
+        self._state_lock = threading.RLock()
+        self._process: QemuProcess | None = None
+        self._console: Console | None = None
+        self._qmp = QMPChannel(config.name, self._describe_failure)
+        self._accel: AccelChoice | None = None
+        self._bridges: list[str] = []
+        self._vmstate_ready = False
+        self._qmp_sock: socket.socket | None = None
+        self._incoming_uri = ""
+        self.argv: list[str] = []
+        #: how start() ended the boot: seconds from launch to the ready marker, and attempts used
+        self.boot_seconds: float | None = None
+        self.boot_attempts = 0
+        #: which step of stop() made QEMU exit ("powerdown", "quit", "SIGTERM", "SIGKILL", "exited")
+        self.stopped_by: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<VM {self.config.name!r} {self.state} pid={self.pid}>"
+
+    # -- state ----------------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> VMState:
+        """The current state (refreshed: a QEMU that exited makes the VM stopped or failed)."""
+        self._refresh()
+        return self._state
+
+    def _refresh(self) -> None:
+        with self._state_lock:
+            process = self._process
+            if self._state in (VMState.RUNNING, VMState.PAUSED) and process and not process.alive():
+                self.stopped_by = "exited"
+                self._release()
+                self._state = VMState.STOPPED if process.returncode == 0 else VMState.FAILED
+
+    def _require(self, operation: str, *allowed: VMState) -> None:
+        state = self.state
+        if state not in allowed:
+            fix = {VMState.CREATED: "call vm.start() first", VMState.STOPPED: "create a new VM: vlab.VM(config)",
+                   VMState.FAILED: "create a new VM: vlab.VM(config)", VMState.PAUSED: "call vm.resume() first",
+                   }.get(state)
+            raise StateError(operation, state.value, [s.value for s in allowed], fix=fix)
+
+    def _describe_failure(self) -> str:
+        process = self._process
+        if process is None:
+            return "QEMU was not started"
+        if self._console is not None and self._console.closed:
+            process.wait(2.0)  # QEMU closes the console just before it exits: get its real exit status
+        return process.describe_exit()
+
+    @property
+    def pid(self) -> int | None:
+        """QEMU's process id (None before start)."""
+        return self._process.pid if self._process else None
+
+    @property
+    def accel(self) -> AccelChoice:
+        """The accelerator this VM uses (or will use) and why."""
+        if self._accel is None:
+            self._accel = choose_accel(self.config.accel)
+        return self._accel
+
+    @property
+    def console(self) -> Console:
+        """The guest's serial console (``vm.console.run("uptime")``)."""
+        if self._console is None:
+            raise StateError("use the console", self.state.value, [s.value for s in _ACTIVE],
+                             fix="call vm.start() first")
+        return self._console
+
+    @property
+    def workdir(self) -> Path | None:
+        """The VM's private directory (None when not running)."""
+        return self._process.workdir if self._process else None
+
+    # -- start ----------------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 60.0, retries: int = 1, wait_ready: bool = True) -> VM:
+        """Launch QEMU and wait until the guest's shell answers.
+
+        :param timeout: seconds to wait for the ready marker, per attempt.
+        :param retries: boot attempts after a timeout (a TCG boot very rarely hangs silently).
+        :param wait_ready: if False, return as soon as QMP answers (the guest is still booting; watch it with
+            ``vm.console.wait_for(vlab.qemu.READY_MARKER, …)``, and note the console still echoes input).
+        :raises VlabError: with the console tail and QEMU's stderr if the guest never becomes ready.
+        """
+        self._require("start", VMState.CREATED)
+        for attempt in range(retries + 1):
+            self.boot_attempts = attempt + 1
+            try:
+                self._launch(incoming=False, timeout=timeout, wait_ready=wait_ready)
+                return self
+            except BootTimeout:
+                if attempt == retries:
+                    self._state = VMState.FAILED
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _launch(self, incoming: bool, timeout: float, wait_ready: bool = True) -> None:
+        """One attempt: spawn, connect, wait for ready. Leaves nothing behind if it fails."""
+        with self._state_lock:
+            self._state = VMState.STARTING
+        launched = time.monotonic()
+        try:
+            self._spawn(incoming)
+            if not incoming and wait_ready:
+                self._wait_ready(timeout)
+                self.boot_seconds = time.monotonic() - launched
+        except BootTimeout:
+            self._abort(VMState.CREATED)  # a fresh attempt may follow
+            raise
+        except BaseException:
+            self._abort(VMState.FAILED)  # includes KeyboardInterrupt: kill QEMU, then re-raise
+            raise
+        with self._state_lock:
+            self._state = VMState.STARTING if incoming else VMState.RUNNING
+        _live_vms.add(self)
+
+    def _spawn(self, incoming: bool) -> None:
+        sweep_orphans()
+        network.sweep_orphan_namespaces()
+        kind = self.accel.kind
+        workdir = make_workdir()
+        self._incoming_uri = f"unix:{workdir}/mig.sock"
+        keep: list[int] = []  # fds only QEMU holds after the fork: closed here either way
+        try:
+            io = self._prepare_io(workdir, keep, self._incoming_uri if incoming else None)
+            self.argv = self.config.qemu_argv(io, accel=kind)
+            self._process = QemuProcess(self.argv, workdir, keep)
+        except BaseException:
+            if self._process is None:
+                shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        finally:
+            for fd in keep:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        assert self._qmp_sock is not None
+        self._qmp.connect(self._qmp_sock, timeout=10.0)
+
+    def _prepare_io(self, workdir: Path, keep: list[int], incoming: str | None) -> LaunchIO:
+        qmp_ours, qmp_theirs = socket.socketpair()
+        console_ours, console_theirs = socket.socketpair()
+        keep += [qmp_theirs.detach(), console_theirs.detach()]
+        self._qmp_sock = qmp_ours
+        self._console = Console(console_ours, self._describe_failure)
+        disk_paths, secret_files = self._prepare_disks(workdir)
+        nic_fds: list[int | None] = []
+        for nic in self.config.nics:
+            if nic.mode == "bridge" and nic.bridge:
+                tap = network.open_tap(nic.bridge)
+                self._bridges.append(nic.bridge)
+                keep.append(tap.fd)
+                nic_fds.append(tap.fd)
+            else:
+                nic_fds.append(None)
+        return LaunchIO(keep[0], keep[1], disk_paths, secret_files, nic_fds, incoming)
+
+    def _prepare_disks(self, workdir: Path) -> tuple[list[Path], list[Path | None]]:
+        paths: list[Path] = []
+        secrets: list[Path | None] = []
+        for i, disk in enumerate(self.config.disks):
+            paths.append(disks.create_overlay(disk.path, workdir / f"disk{i}.qcow2") if disk.overlay else disk.path)
+            secrets.append(disks.write_secret_file(workdir / f"disk{i}.key", disk.secret)
+                           if disk.secret is not None else None)
+        return paths, secrets
+
+    def _wait_ready(self, timeout: float) -> None:
+        console = self.console
+        try:
+            console.wait_for(rf"(?m)^{READY_MARKER}\s*$", timeout)
+        except ConsoleClosed:
+            raise
+        except VlabError as exc:
+            raise BootTimeout(f"the guest did not print {READY_MARKER} within {timeout} s",
+                              field="start", value=timeout,
+                              fix="retry with a longer timeout, or check the kernel/initrd and append",
+                              detail=exc.detail) from None
+        console.run("stty -echo", timeout=timeout)  # plain line input from here on; proves the shell answers
+
+    def _abort(self, new_state: VMState) -> None:
+        """Kill QEMU at once and release everything (a failed or interrupted start)."""
+        if self._process is not None:
+            self._process.kill()
+            self.stopped_by = "SIGKILL"
+        self._release()
+        with self._state_lock:
+            self._state = new_state
+
+    # -- stop -----------------------------------------------------------------------------------------
+
+    def stop(self, timeout: float = 3.0, graceful: bool = True) -> str:
+        """Stop the VM, escalating: ACPI powerdown → QMP quit → SIGTERM → SIGKILL.
+
+        :param timeout: seconds each step may take before the next one.
+        :param graceful: try ACPI powerdown first (skipped when the guest is paused or still booting).
+        :returns: the step that made QEMU exit (also in :attr:`stopped_by`); ``"not running"`` if it wasn't.
+        """
+        with self._state_lock:
+            state = self.state
+            if state not in _ACTIVE:
+                return "not running"
+            process = self._process
+            assert process is not None
+            for step in self._stop_steps(graceful and state is VMState.RUNNING):
+                if self._try_stop_step(step, process, timeout):
+                    self.stopped_by = step
+                    break
+            else:
+                process.kill()
+                self.stopped_by = "SIGKILL"
+            self._release()
+            self._state = VMState.STOPPED
+            return self.stopped_by
+
+    @staticmethod
+    def _stop_steps(graceful: bool) -> list[str]:
+        return (["powerdown"] if graceful else []) + ["quit", "SIGTERM"]
+
+    def _try_stop_step(self, step: str, process: QemuProcess, timeout: float) -> bool:
+        try:
+            if step == "powerdown":
+                self._qmp.execute("system_powerdown", timeout=timeout)
+            elif step == "quit":
+                self._qmp.execute("quit", timeout=timeout)
+            else:
+                process.signal(signal.SIGTERM)
+        except VlabError:
+            pass  # QEMU may already be gone, or QMP wedged: the wait below decides
+        return process.wait(timeout)
+
+    def _release(self) -> None:
+        """Close QMP and the console, remove the workdir and bridges (QEMU has exited or been killed)."""
+        self._qmp.close()
+        if self._qmp_sock is not None:
+            self._qmp_sock.close()  # already closed by the QMP client unless the connect never happened
+        if self._console is not None:
+            self._console.close()
+        if self._process is not None:
+            if self._process.alive():
+                self._process.kill()
+            self._process.remove_workdir()
+        for bridge in self._bridges:
+            network.release_bridge(bridge)
+        self._bridges = []
+        self._vmstate_ready = False
+        _live_vms.discard(self)
+
+    def kill(self) -> None:
+        """SIGKILL QEMU now (no shutdown) and release everything."""
+        with self._state_lock:
+            if self._state in _ACTIVE:
+                self._abort(VMState.STOPPED)
+
+    def __enter__(self) -> VM:
+        if self.state is VMState.CREATED:
+            self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # -- QMP ------------------------------------------------------------------------------------------
+
+    def qmp(self, command: str, timeout: float = DEFAULT_QMP_TIMEOUT, **args: Any) -> Any:
+        """Run any QMP command; ``args`` use QMP's names with ``_`` for ``-`` (``vm.qmp("balloon", value=…)``).
+
+        :returns: QEMU's ``return`` value.
+        """
+        self._require(command, *_ACTIVE)
+        return self._qmp.execute(command, _qmp_args(args), timeout)
+
+    async def aqmp(self, command: str, timeout: float = DEFAULT_QMP_TIMEOUT, **args: Any) -> Any:
+        """``await vm.aqmp("query-status")``: :meth:`qmp` for async code (any event loop, e.g. Jupyter's)."""
+        self._require(command, *_ACTIVE)
+        return await self._qmp.aexecute(command, _qmp_args(args), timeout)
+
+    def _execute(self, command: str, args: Mapping[str, Any] | None = None) -> Any:
+        return self._qmp.execute(command, args)
+
+    def status(self) -> str:
+        """QEMU's run state: ``running``, ``paused``, ``inmigrate``, ``postmigrate``, ``shutdown``…"""
+        self._require("status", *_ACTIVE)
+        return str(self._qmp.execute("query-status")["status"])
+
+    def pause(self) -> None:
+        """Stop the vCPUs (QMP ``stop``); the guest's clock and devices freeze."""
+        self._require("pause", VMState.RUNNING)
+        self._qmp.execute("stop")
+        self._state = VMState.PAUSED
+
+    def resume(self) -> None:
+        """Run the vCPUs again (QMP ``cont``)."""
+        self._require("resume", VMState.PAUSED)
+        self._qmp.execute("cont")
+        self._state = VMState.RUNNING
+
+    def vcpus(self) -> list[VCpu]:
+        """The vCPUs with the host thread that runs each (``query-cpus-fast``)."""
+        self._require("vcpus", *_ACTIVE)
+        return [VCpu(int(c["cpu-index"]), int(c["thread-id"]), str(c["qom-path"]), str(c.get("target", "")))
+                for c in self._qmp.execute("query-cpus-fast")]
+
+    def memory(self) -> MemoryInfo:
+        """Configured RAM, the balloon's current size and QEMU's RSS on the host."""
+        self._require("memory", *_ACTIVE)
+        configured = int(self._qmp.execute("query-memory-size-summary")["base-memory"])
+        actual = int(self._qmp.execute("query-balloon")["actual"]) if self.config.balloon else None
+        assert self.pid is not None
+        return MemoryInfo(configured, actual, process_rss_bytes(self.pid))
+
+    def balloon(self, target: int | str, wait: bool = True, timeout: float = 10.0) -> int:
+        """Inflate or deflate the balloon so the guest keeps ``target`` memory (MiB, or ``"128M"``).
+
+        :param wait: poll until the guest's balloon driver has reached the target (or stops moving).
+        :returns: the memory the guest now has, in MiB.
+        """
+        self._require("balloon", VMState.RUNNING)
+        if not self.config.balloon:
+            raise VlabError("this VM has no balloon device", field="balloon", value=False,
+                            fix="VMConfig(balloon=True)")
+        mib = parse_size_mib(target, field_name="balloon target")
+        if mib > self.config.mem:
+            raise VlabError(f"cannot exceed the VM's memory ({self.config.mem} MiB)", field="balloon target",
+                            value=target, fix=f"a target between 32 and {self.config.mem}")
+        self._qmp.execute("balloon", {"value": mib * _MIB})
+        return self._wait_balloon(mib, timeout) if wait else mib
+
+    def _wait_balloon(self, mib: int, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        last, stable_since = -1, time.monotonic()
+        while True:
+            actual = int(self._qmp.execute("query-balloon")["actual"]) // _MIB
+            if actual == mib:
+                return actual
+            if actual != last:
+                last, stable_since = actual, time.monotonic()
+            elif time.monotonic() - stable_since > 1.0 or time.monotonic() > deadline:
+                return actual  # the guest gave what it could
+            time.sleep(0.02)
+
+    def host_sample(self) -> HostSample:
+        """Host-side view now: QEMU's RSS and the CPU seconds each vCPU thread has used."""
+        self._require("host_sample", *_ACTIVE)
+        assert self.pid is not None
+        return sample(self.pid, {cpu.index: cpu.thread_id for cpu in self.vcpus()})
+
+    # -- events ---------------------------------------------------------------------------------------
+
+    def events(self, since: int = 0) -> list[Event]:
+        """QMP events received so far (oldest first), or those after cursor ``since`` (see :meth:`event_cursor`)."""
+        return self._qmp.events.since(since)
+
+    def event_cursor(self) -> int:
+        """A cursor: pass it to :meth:`events` or :meth:`wait_event` to see only later events."""
+        return self._qmp.events.count
+
+    def wait_event(self, name: str, timeout: float = 10.0, since: int = 0) -> Event:
+        """Wait for a QMP event (e.g. ``"BALLOON_CHANGE"``) after cursor ``since``.
+
+        :raises VlabError: if none arrives within ``timeout`` s.
+        """
+        event = self._qmp.events.wait_for(name, timeout, since)
+        if event is None:
+            raise VlabError(f"no {name} event within {timeout} s", field="event", value=name,
+                            fix="check the event name in QEMU's QMP reference, or wait longer")
+        return event
+
+    def iter_events(self, timeout: float = 1.0) -> Iterator[Event]:
+        """Yield events as they arrive until none comes for ``timeout`` s."""
+        cursor = self.event_cursor()
+        while True:
+            with self._qmp.events._changed:
+                if self._qmp.events.count == cursor and not self._qmp.events._changed.wait(timeout):
+                    return
+            for event in self.events(cursor):
+                cursor += 1
+                yield event
+
+    # -- snapshots ------------------------------------------------------------------------------------
+
+    def snapshot_save(self, tag: str, timeout: float = 60.0) -> float:
+        """Save the whole VM (RAM, devices, disks) as internal snapshot ``tag`` in a qcow2 file.
+
+        Without qcow2 disks vlab adds a small qcow2 node just to hold the VM state.
+
+        :returns: seconds the save took.
+        """
+        self._require("snapshot_save", VMState.RUNNING, VMState.PAUSED)
+        self._ensure_vmstate_node()
+        return self._snapshot_job("snapshot-save", tag, timeout)
+
+    def snapshot_load(self, tag: str, timeout: float = 60.0) -> float:
+        """Return the VM to snapshot ``tag`` (the guest continues from that moment). Returns seconds taken."""
+        self._require("snapshot_load", VMState.RUNNING, VMState.PAUSED)
+        self._ensure_vmstate_node()
+        if tag not in self.snapshots():
+            raise VlabError("no snapshot with this tag", field="snapshot", value=tag,
+                            fix=f"one of {self.snapshots()} (vm.snapshot_save(tag) first)")
+        return self._snapshot_job("snapshot-load", tag, timeout)
+
+    def snapshot_delete(self, tag: str, timeout: float = 60.0) -> float:
+        """Delete snapshot ``tag``. Returns seconds taken."""
+        self._require("snapshot_delete", VMState.RUNNING, VMState.PAUSED)
+        self._ensure_vmstate_node()
+        return self._snapshot_job("snapshot-delete", tag, timeout)
+
+    def snapshots(self) -> list[str]:
+        """Tags of the VM's snapshots."""
+        self._require("snapshots", *_ACTIVE)
+        if not self._vmstate_ready:
+            return []
+        for node in self._qmp.execute("query-named-block-nodes"):
+            if node.get("node-name") == _VMSTATE_NODE:
+                return [snap["name"] for snap in node.get("image", {}).get("snapshots", [])]
+        return []
+
+    def _snapshot_nodes(self) -> list[str]:
+        return [_VMSTATE_NODE] + [f"disk{i}" for i, d in enumerate(self.config.disks)
+                                  if not d.readonly and (d.overlay or d.format == "qcow2")]
+
+    def _ensure_vmstate_node(self) -> None:
+        if self._vmstate_ready:
+            return
+        assert self.workdir is not None
+        path = disks.create_image(self.workdir / "vmstate.qcow2", f"{max(64, self.config.mem * 2)}M")
+        self._qmp.execute("blockdev-add", {"driver": "qcow2", "node-name": _VMSTATE_NODE,
+                                           "file": {"driver": "file", "filename": str(path)}})
+        self._vmstate_ready = True
+
+    def _snapshot_job(self, command: str, tag: str, timeout: float) -> float:
+        job = f"{command}-{time.monotonic_ns()}"
+        nodes = self._snapshot_nodes()
+        args: dict[str, Any] = {"job-id": job, "tag": tag, "devices": nodes}
+        if command != "snapshot-delete":
+            args["vmstate"] = _VMSTATE_NODE
+        started = time.monotonic()
+        was = self.status()
+        self._qmp.execute(command, args)
+        deadline = started + timeout
+        while True:
+            info = next((j for j in self._qmp.execute("query-jobs") if j["id"] == job), None)
+            if info is None or info["status"] == "concluded":
+                break
+            if time.monotonic() > deadline:
+                raise VlabError(f"{command} did not finish within {timeout} s", field="snapshot", value=tag,
+                                fix="retry with a longer timeout")
+            time.sleep(0.01)
+        self._qmp.execute("job-dismiss", {"id": job})
+        if info is not None and info.get("error"):
+            raise VlabError(f"{command} failed: {info['error']}", field="snapshot", value=tag,
+                            fix="check the tag and that the VM's disks are qcow2")
+        self._state = VMState.RUNNING if self.status() == "running" else (
+            VMState.PAUSED if was != "running" else self._state)
+        return time.monotonic() - started
+
+    # -- migration ------------------------------------------------------------------------------------
+
+    def migrate_to(self, other: VM, *, downtime_limit_ms: int | None = None, bandwidth: int | None = None,
+                   timeout: float = 120.0) -> MigrationResult:
+        """Live-migrate this running guest into ``other``, a new VM with the same configuration.
+
+        ``other`` is started here with ``-incoming``; afterwards it runs the guest (its console continues
+        the same shell) and this VM is paused in QEMU's ``postmigrate`` state (stop it when done).
+
+        :param downtime_limit_ms: QEMU's ``downtime-limit`` (default 300 ms).
+        :param bandwidth: QEMU's ``max-bandwidth`` in bytes/s (default 128 MiB/s).
+        :raises VlabError: if the configs differ, the VMs are in the wrong states, or the migration fails.
+        """
+        self._require("migrate_to", VMState.RUNNING, VMState.PAUSED)
+        other._require("be a migration destination", VMState.CREATED)
+        self._check_migratable(other)
+        uri = other._start_incoming()
+        try:
+            params = set_parameters(self._execute, downtime_limit_ms, bandwidth)
+            result = run_migration(self._execute, other._execute, uri, params, timeout)
+        except BaseException:
+            other.kill()
+            raise
+        other._state = VMState.RUNNING if other.status() == "running" else VMState.PAUSED
+        self._state = VMState.PAUSED
+        return result
+
+    def _check_migratable(self, other: VM) -> None:
+        mine, theirs = self.config, other.config
+        for key in ("mem", "vcpus", "machine", "balloon", "cpu", "kernel", "initrd"):
+            if getattr(mine, key) != getattr(theirs, key):
+                raise VlabError("source and destination must have the same configuration", field=key,
+                                value=(getattr(mine, key), getattr(theirs, key)),
+                                fix="create the destination with vlab.VM(source.config)")
+        if mine.disks or len(mine.nics) != len(theirs.nics):
+            raise VlabError("migration supports guests without disks and with the same NICs", field="disks",
+                            value=len(mine.disks), fix="migrate a diskless guest (the default VMConfig())")
+
+    def _start_incoming(self) -> str:
+        """Launch as a migration destination; returns the URI QEMU listens on."""
+        self._launch(incoming=True, timeout=30.0)
+        return self._incoming_uri
+
+
+def _qmp_args(args: Mapping[str, Any]) -> dict[str, Any]:
+    return {key.replace("_", "-"): value for key, value in args.items()}
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    """On a normal interpreter exit, stop every VM quickly (QMP quit, then kill)."""
+    for vm in list(_live_vms):
+        with contextlib.suppress(Exception):
+            vm.stop(timeout=1.0, graceful=False)

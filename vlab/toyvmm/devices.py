@@ -1,0 +1,98 @@
+"""Virtual devices: a UART reached by MMIO, and the hypercall interface (paravirtual devices).
+
+The UART is a 16550-shaped register file at guest-physical :data:`UART_BASE`: a store to THR
+(offset 0) appends a byte to the guest's captured output, a load from LSR (offset 5) says the
+transmitter is empty. Each access is an MMIO exit. The timer has no registers of its own: it is
+the virtual ``stimecmp`` CSR compared with *virtual* time (instructions executed), see
+:mod:`vlab.toyvmm.machine`. Hypercalls are ``ecall`` from the guest kernel with ``a7`` = number.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING
+
+from unicorn.riscv_const import UC_RISCV_REG_A0, UC_RISCV_REG_A1, UC_RISCV_REG_A7
+
+if TYPE_CHECKING:
+    from vlab.toyvmm.exits import Exit
+
+__all__ = ["UART_BASE", "UART", "Hypercall", "handle_hypercall"]
+
+UART_BASE = 0x1000_0000
+_THR, _LSR, _LSR_IDLE = 0, 5, 0x60
+_A0 = 10
+_ARGS = (UC_RISCV_REG_A7, UC_RISCV_REG_A0, UC_RISCV_REG_A1)
+_MAX_WRITE = 4096
+
+
+class UART:
+    """Per-guest serial port; :attr:`text` is everything the guest printed."""
+
+    def __init__(self) -> None:
+        self.output = bytearray()
+
+    def read(self, offset: int, size: int) -> int:
+        return _LSR_IDLE if offset == _LSR else 0
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        if offset == _THR:
+            self.output.append(value & 0xFF)
+
+    @property
+    def text(self) -> str:
+        return self.output.decode("utf-8", errors="replace")
+
+
+class Hypercall(enum.IntEnum):
+    """Hypercall numbers (register ``a7``); arguments in ``a0``/``a1``, result in ``a0``."""
+
+    NOP = 0
+    PUTCHAR = 1          #: a0 = byte
+    CONSOLE_WRITE = 2    #: a0 = guest-physical address, a1 = length; returns length or -1
+    YIELD = 3            #: give up the rest of the time slice
+    SET_TIMER = 4        #: a0 = absolute virtual time for the timer interrupt
+    SHUTDOWN = 5         #: a0 = exit code
+    BALLOON_GIVE = 6     #: a0 = gpa, a1 = pages; returns pages handed to the host
+    BALLOON_TAKE = 7     #: a0 = gpa, a1 = pages; returns pages given back to the guest
+    GET_TIME = 8         #: returns virtual time (the paravirtual fix for ``rdcycle``)
+
+
+def handle_hypercall(exit: Exit) -> None:
+    """Default :attr:`ExitReason.HYPERCALL` handler."""
+    vcpu = exit.vcpu
+    guest = vcpu.guest
+    guest.load(vcpu)
+    number, a0, a1 = vcpu.regs.read_many(_ARGS)
+    result = 0
+    if number == 0:  # Hypercall.NOP, tested first: it is the hot path of the trap benchmarks
+        pass
+    elif number == Hypercall.PUTCHAR:
+        guest.uart.output.append(a0 & 0xFF)
+    elif number == Hypercall.CONSOLE_WRITE:
+        data = guest.memory.read(a0, min(a1, _MAX_WRITE))
+        if data is None:
+            guest.machine.record_violation(vcpu, exit.pc, a0, "read", "hypercall buffer outside guest RAM")
+            result = -1
+        else:
+            guest.uart.output += data
+            result = len(data)
+    elif number == Hypercall.YIELD:
+        guest.machine.request_stop("yield")
+    elif number == Hypercall.SET_TIMER:
+        vcpu.csrs[0x14D] = a0
+        vcpu.csrs[0x104] |= 1 << 5
+    elif number == Hypercall.SHUTDOWN:
+        guest.halt(a0)
+    elif number == Hypercall.BALLOON_GIVE:
+        result = guest.memory.balloon_give(a0, a1)
+        guest.machine.memory_changed(guest)
+    elif number == Hypercall.BALLOON_TAKE:
+        result = guest.memory.balloon_take(a0, a1) if guest.machine.host.frames else 0
+        guest.machine.memory_changed(guest)
+    elif number == Hypercall.GET_TIME:
+        result = guest.machine.now
+    else:
+        result = -1
+    vcpu.write_reg(_A0, result)
+

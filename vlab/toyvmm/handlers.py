@@ -1,0 +1,137 @@
+"""The default exit handlers: trap-and-emulate, one function per :class:`ExitReason`.
+
+Each handler gets an :class:`~vlab.toyvmm.exits.Exit` and emulates the instruction or event
+against the vCPU's *virtual* state; when it returns, the guest resumes at the vCPU's PC (already
+past the trapping instruction, as Unicorn leaves it). A lab swaps any of these for its own.
+"""
+
+from __future__ import annotations
+
+from vlab.toyvmm.devices import handle_hypercall
+from vlab.toyvmm.exits import Exit, ExitHandler, ExitReason
+from vlab.toyvmm.isa import CSR
+from vlab.toyvmm.mmu import walk
+from vlab.toyvmm.vcpu import Cause, VCPUState
+
+__all__ = ["DEFAULT_HANDLERS", "csr_access", "wfi", "sret", "sfence", "syscall", "mmio_read",
+           "mmio_write", "page_fault", "shadow_fill", "illegal_access", "illegal_insn", "timer"]
+
+_SUPERVISOR_CSRS = frozenset({CSR.SSTATUS, CSR.SIE, CSR.STVEC, CSR.SCOUNTEREN, CSR.SSCRATCH,
+                              CSR.SEPC, CSR.SCAUSE, CSR.STVAL, CSR.STIMECMP, CSR.SATP})
+_COUNTERS = frozenset({CSR.CYCLE, CSR.TIME, CSR.INSTRET, CSR.PATCHED_COUNTER})
+_FAULT_CAUSE = {("fetch", False): Cause.FETCH_PAGE, ("read", False): Cause.LOAD_PAGE,
+                ("write", False): Cause.STORE_PAGE, ("fetch", True): Cause.FETCH_ACCESS,
+                ("read", True): Cause.LOAD_ACCESS, ("write", True): Cause.STORE_ACCESS}
+
+
+def _csr_value(exit: Exit, number: int) -> int | None:
+    vcpu = exit.vcpu
+    if number in _COUNTERS:
+        return vcpu.guest.machine.now  # virtual time: instructions, never the host clock
+    if number == CSR.SIP:
+        return 1 << 5 if vcpu.timer_due(vcpu.guest.machine.now) else 0
+    return vcpu.csrs.get(number) if number in _SUPERVISOR_CSRS else None
+
+
+def csr_access(exit: Exit) -> None:
+    """``csrr*``: read the virtual CSR into ``rd``, apply the write/set/clear to the virtual CSR."""
+    vcpu, insn = exit.vcpu, exit.insn
+    assert insn is not None
+    old = _csr_value(exit, insn.csr)
+    read_only = insn.csr >> 10 == 3 or insn.csr == CSR.SIP
+    if old is None or (insn.writes and read_only):
+        vcpu.inject_trap(Cause.ILLEGAL, exit.word, exit.pc)
+        return
+    if insn.writes:
+        source = insn.rs1 if insn.immediate else vcpu.read_reg(insn.rs1)
+        new = source if insn.op == 1 else old | source if insn.op == 2 else old & ~source
+        vcpu.csr_write(insn.csr, new)
+        if insn.csr == CSR.SATP:
+            vcpu.guest.machine.address_space_changed(vcpu)
+    vcpu.write_reg(insn.rd, old)
+
+
+def wfi(exit: Exit) -> None:
+    """``wfi``: block the vCPU until its virtual timer fires (no-op if it already has)."""
+    vcpu = exit.vcpu
+    if not vcpu.timer_due(vcpu.guest.machine.now):
+        vcpu.state = VCPUState.BLOCKED
+        vcpu.guest.machine.request_stop("blocked")
+
+
+def sret(exit: Exit) -> None:
+    exit.vcpu.sret()
+
+
+def sfence(exit: Exit) -> None:
+    exit.vcpu.guest.machine.address_space_changed(exit.vcpu)
+
+
+def syscall(exit: Exit) -> None:
+    """``ecall`` from the guest's user mode is the guest kernel's business: reflect it."""
+    exit.vcpu.inject_trap(Cause.ECALL_U, 0, exit.pc)
+
+
+def mmio_read(exit: Exit) -> None:
+    exit.value = exit.vcpu.guest.uart.read(exit.addr, exit.size)
+
+
+def mmio_write(exit: Exit) -> None:
+    exit.vcpu.guest.uart.write(exit.addr, exit.size, exit.value)
+
+
+def page_fault(exit: Exit) -> None:
+    """The guest's own page table refused the access: deliver a page fault to the guest kernel."""
+    exit.vcpu.inject_trap(_FAULT_CAUSE[exit.access, False], exit.addr, exit.pc)
+
+
+def illegal_access(exit: Exit) -> None:
+    """An isolation violation (already recorded): deliver an access fault, or terminate."""
+    guest = exit.vcpu.guest
+    if guest.machine.on_violation == "kill":
+        guest.kill("isolation violation")
+    else:
+        exit.vcpu.inject_trap(_FAULT_CAUSE[exit.access, True], exit.addr, exit.pc)
+
+
+def illegal_insn(exit: Exit) -> None:
+    """A privileged instruction from the guest's user mode (or an unknown one): reflect it."""
+    exit.vcpu.inject_trap(Cause.ILLEGAL, exit.word, exit.pc)
+
+
+def timer(exit: Exit) -> None:
+    """Inject the virtual timer interrupt at the current PC."""
+    exit.vcpu.inject_trap(Cause.TIMER, 0, exit.pc)
+
+
+def shadow_fill(exit: Exit) -> None:
+    """Shadow paging's hidden fault: walk the guest table and fill the shadow entry.
+
+    When the guest table itself refuses, nothing is filled and the TLB-fill hook turns the
+    access into a :attr:`ExitReason.PAGE_FAULT` for the guest.
+    """
+    vcpu = exit.vcpu
+    machine = vcpu.guest.machine
+    result = walk(vcpu.guest.memory, vcpu.csrs[CSR.SATP], exit.addr)
+    machine.paging_stats.guest_pte_reads += result.pte_reads
+    if result.gpa is not None:
+        vcpu.shadow[exit.addr >> 12] = (result.gpa >> 12, result.flags)
+
+
+DEFAULT_HANDLERS: dict[ExitReason, ExitHandler] = {
+    ExitReason.CSR_READ: csr_access,
+    ExitReason.CSR_WRITE: csr_access,
+    ExitReason.WFI: wfi,
+    ExitReason.SRET: sret,
+    ExitReason.SFENCE: sfence,
+    ExitReason.HYPERCALL: handle_hypercall,
+    ExitReason.SYSCALL: syscall,
+    ExitReason.MMIO_READ: mmio_read,
+    ExitReason.MMIO_WRITE: mmio_write,
+    ExitReason.PAGE_FAULT: page_fault,
+    ExitReason.SHADOW_FILL: shadow_fill,
+    ExitReason.ILLEGAL_ACCESS: illegal_access,
+    ExitReason.ILLEGAL_INSN: illegal_insn,
+    ExitReason.TIMER: timer,
+}
+

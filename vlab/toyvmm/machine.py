@@ -1,0 +1,541 @@
+"""The VMM proper: guests, the trap hooks, the virtual clock and the scheduling loop.
+
+One Unicorn instance per guest (each has its own address space); the host's frame pool is
+mapped into each at :data:`~vlab.toyvmm.memory.POOL_BASE` and reachable only through the
+TLB-fill hook, which applies the guest's page table and the VMM's bounds check. Three hooks
+turn hardware events into exits:
+
+* interrupt hook -- ``ecall`` (intno 8) and illegal instructions (intno 2: CSR access, ``wfi``,
+  ``sret``, ``sfence.vma`` from U-mode). The PC is already past the instruction and no
+  architectural trap entry happened, so the VMM fetches and decodes the word itself.
+* MMIO callbacks -- loads/stores to the UART page.
+* TLB-fill hook -- every TLB miss: shadow or nested translation, isolation check, copy-on-write.
+  Returning ``False`` makes ``emu_start`` fail with the PC on the faulting instruction; the VMM
+  then delivers a page fault or an access fault (an isolation violation) to the guest.
+
+Virtual time is instructions executed (``emu_start(count=...)``), never the wall clock
+(``timeout=`` is wall-clock and non-deterministic). A slice runs in *chunks* of at most
+``chunk`` instructions, cut at timer deadlines; a vCPU that stops early (yield, ``wfi``,
+fault) is charged its whole chunk, because Unicorn does not report how many instructions of a
+count it executed. ``emu_stop()`` only takes effect at the end of a translation block; every
+trapping instruction ends one, so a stop requested in a trap handler is immediate.
+Write-protection is done with TLB permissions, not ``mem_protect`` + a protection hook
+(returning True there silently drops the store, unicorn #2368). All hooks are installed before
+any code is translated (hooks added later may not fire, unicorn #2200).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+import unicorn
+from unicorn import (
+    UC_ARCH_RISCV,
+    UC_CTL_IO_WRITE,
+    UC_CTL_TLB_FLUSH,
+    UC_ERR_INSN_INVALID,
+    UC_HOOK_INTR,
+    UC_HOOK_TLB_FILL,
+    UC_MODE_RISCV64,
+    UC_PROT_ALL,
+    UC_PROT_EXEC,
+    UC_PROT_READ,
+    UC_TLB_VIRTUAL,
+)
+from unicorn.riscv_const import (
+    UC_RISCV_REG_A0,
+    UC_RISCV_REG_A1,
+    UC_RISCV_REG_PC,
+    UC_RISCV_REG_PRIV,
+    UC_RISCV_REG_X0,
+)
+
+from vlab.errors import StateError, VlabError
+from vlab.toyvmm.asm import RAM_BASE
+from vlab.toyvmm.devices import UART, UART_BASE
+from vlab.toyvmm.exits import Exit, ExitReason, ExitRecord, HandlerTable
+from vlab.toyvmm.handlers import DEFAULT_HANDLERS
+from vlab.toyvmm.isa import CSR, decode
+from vlab.toyvmm.memory import PAGE, POOL_BASE, GuestMemory, HostMemory, MemoryReport, share_pages
+from vlab.toyvmm.mmu import MMU, PagingMode, PagingStats, walk
+from vlab.toyvmm.sched import Scheduler, make_scheduler
+from vlab.toyvmm.sched import ms as to_insns
+from vlab.toyvmm.trace import Slice, Trace
+from vlab.toyvmm.vcpu import VCPU, Mode, VCPUState
+
+__all__ = ["Machine", "Guest", "GuestState", "Violation", "MAILBOX"]
+
+_Uc: Any = unicorn.Uc  # type: ignore[attr-defined]  # the binding's typing is partial
+UcError: type[Exception] = unicorn.UcError  # type: ignore[attr-defined]
+
+#: Guest-physical address of the guest programs' progress counters (8 bytes per hart).
+MAILBOX = 0x8000_F000
+#: The "sink": a VMM-owned page with ``1: addi t0, t0, 1; j 1b``. When a trap handler ends a
+#: chunk early, the vCPU's context is saved and the rest of the chunk's instruction count is
+#: burnt here; t0 then tells exactly how many guest instructions really ran.
+_SINK_VA, _SINK_PA = 0xFFFF_FFFF_FFFF_F000, 0x2000_0000
+_SINK_CODE = (0x00128293).to_bytes(4, "little") + (0xFFDFF06F).to_bytes(4, "little")
+_REG_T0 = UC_RISCV_REG_X0 + 5
+_SYSTEM_REASONS = {"wfi": ExitReason.WFI, "sret": ExitReason.SRET, "sfence": ExitReason.SFENCE}
+
+
+class GuestState(enum.Enum):
+    RUNNING = "running"
+    HALTED = "halted"   #: shut down by hypercall
+    KILLED = "killed"   #: terminated by the VMM
+
+
+class Violation(NamedTuple):
+    """An attempt to reach memory that is not the guest's (the isolation audit trail)."""
+
+    time: int
+    guest: str
+    vcpu: int
+    pc: int
+    addr: int
+    access: str
+    what: str
+
+
+class Guest:
+    """A virtual machine: its Unicorn instance, memory, UART and vCPUs (see :meth:`Machine.add_guest`)."""
+
+    def __init__(self, machine: Machine, name: str, program: bytes, *, vcpus: int, ram: int,
+                 weight: int, cap: int) -> None:
+        self.machine, self.name, self.weight, self.cap = machine, name, weight, cap
+        self.state = GuestState.RUNNING
+        self.exit_code: int | None = None
+        self.uart = UART()
+        self.exit_counts = [0] * len(ExitReason)
+        self.memory = GuestMemory(machine.host, ram, weak_bounds=machine.weak_bounds)
+        if len(program) > ram or not self.memory.write(RAM_BASE, program):
+            raise VlabError("the program does not fit in guest RAM", field="ram", value=ram)
+        self.uc: Any = _Uc(UC_ARCH_RISCV, UC_MODE_RISCV64)
+        uc = self.uc
+        uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+        uc.mem_map_ptr(POOL_BASE, machine.host.frames * PAGE, UC_PROT_ALL, machine.host.address)
+        uc.mmio_map(UART_BASE, PAGE, machine._on_mmio_read, self, machine._on_mmio_write, self)
+        uc.mem_map(_SINK_PA, PAGE, UC_PROT_READ | UC_PROT_EXEC)
+        uc.mem_write(_SINK_PA, _SINK_CODE)
+        uc.hook_add(UC_HOOK_INTR, machine._on_interrupt)
+        uc.hook_add(UC_HOOK_TLB_FILL, machine._on_tlb_fill)
+        self.fetch_cache: dict[int, int] = {}
+        self._boot(vcpus)
+
+    def _boot(self, vcpus: int) -> None:
+        """Fresh vCPUs in boot state: PC at RAM, a0 = hart id, a1 = RAM size, really in U-mode."""
+        uc = self.uc
+        self.vcpus = [VCPU(self, i) for i in range(vcpus)]
+        for vcpu in self.vcpus:
+            uc.reg_write(UC_RISCV_REG_PRIV, 0)
+            uc.reg_write(UC_RISCV_REG_PC, RAM_BASE)
+            uc.reg_write(UC_RISCV_REG_A0, vcpu.index)
+            uc.reg_write(UC_RISCV_REG_A1, self.memory.size)
+            vcpu.context = uc.context_save()
+        self.loaded: VCPU | None = None
+        self.flush_tlb()
+        uc.ctl_flush_tb()
+
+    def reboot(self, program: bytes) -> None:
+        """Reset the guest with new RAM contents (zeroed, then ``program``) and fresh vCPUs.
+
+        The vCPU objects are replaced in place, so schedulers keep their run-queue slots.
+        """
+        if len(program) > self.memory.size:
+            raise VlabError("the program does not fit in guest RAM", field="ram", value=self.memory.size)
+        self.memory.balloon_take(RAM_BASE, len(self.memory.p2m))
+        self.memory.write(RAM_BASE, bytes(self.memory.size))
+        self.memory.write(RAM_BASE, program)
+        old = self.vcpus
+        self._boot(len(old))
+        for before, after in zip(old, self.vcpus, strict=True):
+            scheduler = self.machine.scheduler
+            scheduler.vcpus[scheduler.vcpus.index(before)] = after
+            scheduler.forget(before, after)
+        self.state, self.exit_code = GuestState.RUNNING, None
+
+    def __repr__(self) -> str:
+        return f"<Guest {self.name} {self.state.value} vcpus={len(self.vcpus)}>"
+
+    def load(self, vcpu: VCPU) -> None:
+        """Make ``vcpu`` the one whose registers are in the Unicorn CPU (a vCPU context switch)."""
+        if self.loaded is vcpu:
+            return
+        if self.loaded is not None:
+            self.loaded.context = self.uc.context_save()
+        self.uc.context_restore(vcpu.context)
+        self.loaded = vcpu
+        self.flush_tlb()
+
+    def flush_tlb(self) -> None:
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        self.fetch_cache.clear()
+
+    def halt(self, code: int) -> None:
+        """Shut down on the guest's request."""
+        self._stop(GuestState.HALTED, code, "halted")
+
+    def kill(self, why: str) -> None:
+        """Terminate the guest from the VMM side."""
+        self.uart.output += f"\n[toyvmm: guest {self.name} killed: {why}]\n".encode()
+        self._stop(GuestState.KILLED, -1, "killed")
+
+    def _stop(self, state: GuestState, code: int, reason: str) -> None:
+        self.state, self.exit_code = state, code
+        for vcpu in self.vcpus:
+            vcpu.state = VCPUState.HALTED
+        self.machine.request_stop(reason)
+
+    def mailbox(self, hart: int = 0) -> int:
+        """The guest program's progress counter for ``hart`` (see ``kernel.inc``)."""
+        return self.memory.read_u64(MAILBOX + 8 * hart) or 0
+
+    @property
+    def exits(self) -> dict[str, int]:
+        """Exit counts by reason name (only reasons that occurred)."""
+        return {r.name: n for r, n in zip(ExitReason, self.exit_counts, strict=True) if n}
+
+
+class Machine:
+    """The toy VMM. Add guests, then :meth:`run` them under a scheduler in virtual time.
+
+    :param scheduler: a :class:`~vlab.toyvmm.sched.Scheduler` or its name.
+    :param paging: ``"shadow"`` or ``"nested"`` (:class:`~vlab.toyvmm.mmu.PagingMode`).
+    :param chunk: longest run between two looks at timers and wake-ups (instructions).
+    :param host_memory: bytes in the host's frame pool.
+    :param log: record every exit in :attr:`log` (slower).
+    :param weak_bounds: the deliberately broken bounds check of lab 05 (off by default).
+    :param on_violation: ``"fault"`` (deliver an access fault) or ``"kill"`` the guest.
+    :param nested_levels: levels of the VMM's nested table, *m* in the 2-D walk cost.
+    """
+
+    def __init__(self, *, scheduler: Scheduler | str = "round-robin", paging: PagingMode | str = "shadow",
+                 chunk: int = to_insns(0.2), host_memory: int = 32 << 20, log: bool = False,
+                 weak_bounds: bool = False, on_violation: str = "fault", nested_levels: int = 3) -> None:
+        if on_violation not in ("fault", "kill"):
+            raise VlabError("unknown violation policy", field="on_violation", value=on_violation,
+                            fix='use "fault" or "kill"')
+        if chunk <= 0:
+            raise VlabError("chunk must be a positive instruction count", field="chunk", value=chunk)
+        self.scheduler = make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler
+        try:
+            self.mmu = MMU(self, PagingMode(paging), nested_levels)
+        except ValueError:
+            raise VlabError("unknown paging mode", field="paging", value=paging,
+                            fix='use "shadow" or "nested"') from None
+        self.chunk, self.weak_bounds, self.on_violation = chunk, weak_bounds, on_violation
+        self.host = HostMemory(host_memory // PAGE)
+        self.handlers = HandlerTable(DEFAULT_HANDLERS)
+        self.guests: list[Guest] = []
+        self.now = 0
+        self.logging = log
+        self.log: list[ExitRecord] = []
+        self.violations: list[Violation] = []
+        self.trace = Trace()
+        self._current: VCPU | None = None
+        self._stop_reason: str | None = None
+        self._in_trap_hook = False
+        self._sinking = False
+        self._closed = False
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def add_guest(self, program: bytes | str, *, name: str | None = None, vcpus: int = 1,
+                  ram: int = 1 << 20, weight: int = 256, cap: int = 0) -> Guest:
+        """Create a guest running ``program`` (flat binary, or a name from :data:`PROGRAMS`).
+
+        :param weight: share under weighted schedulers (Xen default 256).
+        :param cap: credit-scheduler cap in percent of the CPU (0 = uncapped).
+        """
+        if self._closed:
+            raise StateError("add a guest", "closed", ["open"])
+        if isinstance(program, str):
+            from vlab.toyvmm.programs import load_program
+
+            name = name or f"{program}{len(self.guests)}"
+            program = load_program(program)
+        if not 1 <= vcpus <= 8:
+            raise VlabError("a guest has 1 to 8 vCPUs", field="vcpus", value=vcpus)
+        if weight <= 0 or not 0 <= cap <= 100:
+            raise VlabError("weight must be > 0 and cap within 0..100", field="weight/cap",
+                            value=(weight, cap))
+        guest = Guest(self, name or f"guest{len(self.guests)}", program, vcpus=vcpus, ram=ram,
+                      weight=weight, cap=cap)
+        if any(g.name == guest.name for g in self.guests):
+            raise VlabError("guest names must be unique", field="name", value=guest.name)
+        self.guests.append(guest)
+        for vcpu in guest.vcpus:
+            self.scheduler.add(vcpu)
+        return guest
+
+    def guest(self, name: str) -> Guest:
+        for guest in self.guests:
+            if guest.name == name:
+                return guest
+        raise VlabError("no such guest", field="name", value=name,
+                        fix=f"one of: {', '.join(g.name for g in self.guests)}")
+
+    def close(self) -> None:
+        """Release every Unicorn instance and the host memory (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            for guest in self.guests:
+                guest.uc = None  # Unicorn closes the engine when the last reference goes
+            self.host.close()
+
+    def __enter__(self) -> Machine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- running ----------------------------------------------------------------------------
+    def run(self, *, ms: float | None = None, until: int | None = None) -> Trace:
+        """Run until every guest stopped, or for ``ms`` virtual ms / until time ``until``.
+
+        :returns: :attr:`trace`, the schedule so far.
+        """
+        if self._closed:
+            raise StateError("run", "closed", ["open"])
+        end = until if until is not None else self.now + to_insns(ms) if ms is not None else None
+        while end is None or self.now < end:
+            woken = self._wake_due()
+            if all(g.state is not GuestState.RUNNING for g in self.guests):
+                break
+            picked = self.scheduler.pick(self.now)
+            if picked is None:
+                if not self._idle(end):
+                    break
+                continue
+            vcpu, length = picked
+            if end is not None:
+                length = min(length, end - self.now)
+            self._run_slice(vcpu, max(length, 1), woken)
+        return self.trace
+
+    def _idle(self, end: int | None) -> bool:
+        """Nothing runnable: jump virtual time to the next event. False if there is none."""
+        events = [d for g in self.guests for v in g.vcpus
+                  if v.state is VCPUState.BLOCKED and (d := v.timer_deadline) is not None]
+        later = self.scheduler.idle_until(self.now)
+        if later is not None and later > self.now:
+            events.append(later)
+        if end is not None:
+            events.append(end)
+        if not events:
+            return False
+        target = max(min(events), self.now + 1)
+        self.trace.append(Slice(self.now, target, "idle", 0, "idle"))
+        self.now = target
+        return True
+
+    def _wake_due(self) -> list[VCPU]:
+        woken = []
+        for guest in self.guests:
+            for vcpu in guest.vcpus:
+                if vcpu.state is VCPUState.BLOCKED and vcpu.timer_due(self.now):
+                    vcpu.state = VCPUState.RUNNABLE
+                    vcpu.woken_at = vcpu.csrs[CSR.STIMECMP]
+                    self.scheduler.wake(vcpu, self.now)
+                    woken.append(vcpu)
+        return woken
+
+    def _next_deadline(self) -> int | None:
+        deadlines = [d for g in self.guests for v in g.vcpus
+                     if v.state is not VCPUState.HALTED and (d := v.timer_deadline) is not None
+                     and d > self.now]
+        return min(deadlines, default=None)
+
+    def _run_slice(self, vcpu: VCPU, length: int, woken: Iterable[VCPU]) -> None:
+        guest, start, ran, reason = vcpu.guest, self.now, 0, "slice"
+        guest.load(vcpu)
+        self._current = vcpu
+        if vcpu.woken_at is not None:
+            vcpu.wake_latencies.append(self.now - vcpu.woken_at)
+            vcpu.woken_at = None
+        while ran < length:
+            if vcpu.interrupt_deliverable(self.now):
+                self._dispatch(Exit(ExitReason.TIMER, vcpu, vcpu.regs.read(UC_RISCV_REG_PC)))
+            count = min(self.chunk, length - ran)
+            deadline = self._next_deadline()
+            if deadline is not None:
+                count = min(count, deadline - self.now)
+            self._stop_reason = None
+            executed = self._run_chunk(vcpu, count)
+            ran += executed
+            self.now += executed
+            if self._stop_reason is not None:
+                reason = self._stop_reason
+                break
+            if any(self.scheduler.preempts(vcpu, w, self.now) for w in self._wake_due()):
+                reason = "preempted"
+                break
+        vcpu.run_time += ran
+        self.scheduler.charge(vcpu, ran, self.now, reason)
+        self.trace.append(Slice(start, self.now, guest.name, vcpu.index, reason))
+        self._current = None
+
+    def _run_chunk(self, vcpu: VCPU, count: int) -> int:
+        """Run up to ``count`` instructions; returns how many the guest really executed."""
+        uc = vcpu.guest.uc
+        try:
+            uc.emu_start(vcpu.regs.read(UC_RISCV_REG_PC), 0, count=count)
+        except UcError as error:
+            self._sinking = False
+            self._on_emu_error(vcpu, error)
+            return count  # Unicorn does not say where in the count it failed: charge it all
+        if not self._sinking:
+            return count
+        self._sinking = False
+        t0, pc = vcpu.regs.read_many((_REG_T0, UC_RISCV_REG_PC))
+        burnt = 2 * t0 - (0 if pc == _SINK_VA else 1)
+        uc.context_restore(vcpu.context)
+        vcpu.guest.flush_tlb()
+        return count - burnt
+
+    def request_stop(self, reason: str) -> None:
+        """End the current chunk and slice (from a handler): ``yield``, ``blocked``, ``halted``…"""
+        self._stop_reason = reason
+        vcpu = self._current
+        if vcpu is None or self._sinking:
+            return
+        if self._in_trap_hook:  # exact accounting: park the vCPU, burn the rest in the sink
+            vcpu.context = vcpu.guest.uc.context_save()
+            self._sinking = True
+            vcpu.regs.write(_REG_T0, 0)
+            vcpu.regs.write(UC_RISCV_REG_PC, _SINK_VA)
+            vcpu.guest.flush_tlb()
+        else:  # from MMIO or TLB hooks: stop at the end of the translation block
+            vcpu.guest.uc.emu_stop()
+
+    # -- exits ------------------------------------------------------------------------------
+    def _dispatch(self, exit: Exit) -> None:
+        guest = exit.vcpu.guest
+        guest.exit_counts[exit.reason] += 1
+        if self.logging:
+            self.log.append(ExitRecord(self.now, guest.name, exit.vcpu.index, exit.reason, exit.pc,
+                                       exit.word, exit.addr))
+        self.handlers.by_number[exit.reason](exit)
+
+    def _fetch(self, vcpu: VCPU, pc: int) -> int:
+        """The instruction word at guest-virtual ``pc`` (0 if it cannot be read)."""
+        frame = vcpu.guest.fetch_cache.get(pc >> 12)
+        if frame is None:
+            gpa: int | None = pc
+            if vcpu.csrs[CSR.SATP] >> 60:
+                gpa = walk(vcpu.guest.memory, vcpu.csrs[CSR.SATP], pc).gpa
+            frame = vcpu.guest.memory.frame_of(gpa) if gpa is not None else None
+            if frame is None:
+                return 0
+            vcpu.guest.fetch_cache[pc >> 12] = frame
+        offset = frame * PAGE + (pc & (PAGE - 1))
+        return int.from_bytes(self.host.view[offset:offset + 4], "little")
+
+    def _on_interrupt(self, uc: Any, intno: int, _data: Any) -> None:
+        vcpu = self._current
+        assert vcpu is not None
+        if self._sinking:
+            return
+        self._in_trap_hook = True
+        try:
+            if intno == 8:
+                self._dispatch(Exit(ExitReason.HYPERCALL if vcpu.mode else ExitReason.SYSCALL, vcpu))
+            elif intno == 2:
+                pc = vcpu.regs.read(UC_RISCV_REG_PC) - 4  # Unicorn already stepped past it
+                word = self._fetch(vcpu, pc)
+                insn = decode(word)
+                if vcpu.mode == Mode.USER or insn.kind not in ("csr", "wfi", "sret", "sfence"):
+                    reason = ExitReason.ILLEGAL_INSN
+                elif insn.kind == "csr":
+                    reason = ExitReason.CSR_WRITE if insn.writes else ExitReason.CSR_READ
+                else:
+                    reason = _SYSTEM_REASONS[insn.kind]
+                self._dispatch(Exit(reason, vcpu, pc, insn, word))
+            else:  # other synchronous exceptions: reflect them to the guest kernel as they are
+                vcpu.inject_trap(intno, 0, vcpu.regs.read(UC_RISCV_REG_PC))
+        finally:
+            self._in_trap_hook = False
+
+    def _on_mmio_read(self, uc: Any, offset: int, size: int, guest: Guest) -> int:
+        exit = Exit(ExitReason.MMIO_READ, self._current, None, None, 0, offset, size)  # type: ignore[arg-type]
+        self._dispatch(exit)
+        return exit.value
+
+    def _on_mmio_write(self, uc: Any, offset: int, size: int, value: int, guest: Guest) -> None:
+        self._dispatch(Exit(ExitReason.MMIO_WRITE, self._current, None, None, 0, offset, size, value))  # type: ignore[arg-type]
+
+    def _on_tlb_fill(self, uc: Any, va: int, access: int, entry: Any, _data: Any) -> bool:
+        vcpu = self._current
+        assert vcpu is not None
+        if self._sinking:
+            if va & ~(PAGE - 1) != _SINK_VA:
+                return False
+            entry.paddr, entry.perms = _SINK_PA, UC_PROT_READ | UC_PROT_EXEC
+            return True
+        return self.mmu.fill(vcpu, va, access, entry)
+
+    def _on_emu_error(self, vcpu: VCPU, error: Any) -> None:
+        fault, vcpu.pending_fault = vcpu.pending_fault, None
+        pc = vcpu.regs.read(UC_RISCV_REG_PC)
+        guest = vcpu.guest
+        if fault is None:
+            if error.errno == UC_ERR_INSN_INVALID:  # e.g. ebreak: reflect as illegal instruction
+                self._dispatch(Exit(ExitReason.ILLEGAL_INSN, vcpu, pc, word=self._fetch(vcpu, pc)))
+            else:
+                self.record_violation(vcpu, pc, pc, "fetch", f"unicorn error: {error}")
+                guest.kill(f"unicorn error {error}")
+            return
+        va, kind, violation = fault
+        if violation:
+            self.record_violation(vcpu, pc, va, kind, "outside guest RAM")
+        if pc == vcpu.csrs[CSR.STVEC] and vcpu.mode == Mode.SUPERVISOR:
+            guest.kill("double fault: the trap handler itself faults")
+            return
+        reason = ExitReason.ILLEGAL_ACCESS if violation else ExitReason.PAGE_FAULT
+        self._dispatch(Exit(reason, vcpu, pc, addr=va, access=kind))
+
+    # -- services for handlers ----------------------------------------------------------------
+    def record_violation(self, vcpu: VCPU, pc: int, addr: int, access: str, what: str) -> None:
+        """Add an entry to :attr:`violations` (the isolation audit trail)."""
+        self.violations.append(Violation(self.now, vcpu.guest.name, vcpu.index, pc, addr, access, what))
+
+    def address_space_changed(self, vcpu: VCPU) -> None:
+        """``satp`` write or ``sfence.vma``: drop the shadow table and the TLB."""
+        self.mmu.flush(vcpu)
+
+    @property
+    def paging_stats(self) -> PagingStats:
+        """Shadow vs nested paging counters (see :mod:`vlab.toyvmm.mmu`)."""
+        return self.mmu.stats
+
+    @property
+    def cow_copies(self) -> int:
+        """Shared pages copied because a guest wrote to them."""
+        return self.mmu.cow_copies
+
+    def memory_changed(self, guest: Guest) -> None:
+        """The p2m of ``guest`` changed (balloon): no stale translation or translated code may stay."""
+        for other in self.guests:
+            other.flush_tlb()
+            other.uc.ctl_flush_tb()
+
+    # -- memory services --------------------------------------------------------------------
+    def share_pages(self) -> int:
+        """Merge identical pages across all guests (copy-on-write); returns the frames freed."""
+        freed = share_pages([g.memory for g in self.guests])
+        for guest in self.guests:
+            guest.flush_tlb()
+        return freed
+
+    def memory_report(self) -> MemoryReport:
+        """Guest pages vs host frames in use: what ballooning and sharing saved."""
+        pages = sum(len(g.memory.p2m) for g in self.guests)
+        frames = {f for g in self.guests for f in g.memory.p2m if f is not None}
+        shared = sum(1 for g in self.guests for f in g.memory.p2m if f is not None and self.host.refs[f] > 1)
+        return MemoryReport(pages, len(frames), sum(g.memory.ballooned for g in self.guests), shared)
+
+    def exit_counts(self) -> dict[str, int]:
+        """Exit counts by reason, summed over all guests."""
+        total = [sum(c) for c in zip(*(g.exit_counts for g in self.guests), strict=True)] if self.guests else []
+        return {r.name: n for r, n in zip(ExitReason, total, strict=False) if n}

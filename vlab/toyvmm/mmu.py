@@ -1,0 +1,187 @@
+"""Guest page tables: the Sv39/Sv48 walk, and the two ways a VMM can honour them.
+
+The guest kernel builds ordinary RISC-V page tables in its own RAM and writes ``satp`` (which
+traps). The VMM must then make the CPU translate guest-virtual addresses through *two* maps:
+guest-virtual -> guest-physical (the guest's table) and guest-physical -> host (the p2m).
+
+* **Shadow paging** (:attr:`PagingMode.SHADOW`): the VMM keeps a shadow table (here a dict per
+  vCPU) of composed translations. A miss is a hidden fault -- an exit (``SHADOW_FILL``) in which
+  the VMM walks the guest table. Every ``satp`` write or ``sfence.vma`` throws the shadow away.
+* **Nested paging** (:attr:`PagingMode.NESTED`): hardware does a 2-D walk on every TLB miss and
+  the VMM is not involved. Each of the guest's *n* page-table reads is itself a guest-physical
+  address that must go through the *m*-level nested table, so one miss costs
+  ``(n + 1) * (m + 1) - 1`` memory references: 15 for Sv39-on-Sv39, 24 for 4-on-4.
+
+Unicorn runs in its "virtual TLB" mode: on every TLB miss it calls the VMM's TLB-fill hook, which
+is where both strategies live (their costs are counted, not timed).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from unicorn import UC_MEM_FETCH, UC_MEM_WRITE, UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE
+
+from vlab.toyvmm.devices import UART_BASE
+from vlab.toyvmm.exits import Exit, ExitReason
+from vlab.toyvmm.isa import CSR
+from vlab.toyvmm.memory import PAGE, POOL_BASE, GuestMemory
+from vlab.toyvmm.vcpu import Mode
+
+if TYPE_CHECKING:
+    from vlab.toyvmm.machine import Machine
+    from vlab.toyvmm.vcpu import VCPU
+
+__all__ = ["MMU", "PagingMode", "PagingStats", "Walk", "walk", "nested_walk_refs",
+           "PTE_V", "PTE_R", "PTE_W", "PTE_X", "PTE_U"]
+
+PTE_V, PTE_R, PTE_W, PTE_X, PTE_U = 1, 2, 4, 8, 16
+_PPN_MASK = (1 << 44) - 1
+_LEVELS = {8: 3, 9: 4}  # satp.MODE -> levels (Sv39, Sv48)
+_ACCESS = {UC_MEM_FETCH: "fetch", UC_MEM_WRITE: "write"}
+_NEED = {"read": PTE_R, "write": PTE_W, "fetch": PTE_X}
+
+
+class PagingMode(enum.Enum):
+    SHADOW = "shadow"
+    NESTED = "nested"
+
+
+def nested_walk_refs(guest_levels: int, host_levels: int) -> int:
+    """Memory references of one full 2-D walk: ``(n + 1)(m + 1) - 1``."""
+    return (guest_levels + 1) * (host_levels + 1) - 1
+
+
+class Walk(NamedTuple):
+    """Result of walking the guest's page table for one virtual address.
+
+    :ivar gpa: guest-physical address, or ``None`` on a fault.
+    :ivar flags: the leaf PTE's permission bits (V/R/W/X/U).
+    :ivar pte_reads: how many page-table entries were read (the *n* of the 2-D walk).
+    :ivar fault: ``""``, ``"page"`` (the guest's table forbids it) or ``"access"`` (the table
+        itself points outside guest RAM).
+    """
+
+    gpa: int | None
+    flags: int
+    pte_reads: int
+    fault: str
+
+
+def walk(memory: GuestMemory, satp: int, va: int) -> Walk:
+    """Walk the guest's Sv39/Sv48 table rooted at ``satp`` (A/D bits are taken as set)."""
+    levels = _LEVELS.get(satp >> 60, 0)
+    bits = 12 + 9 * levels
+    if levels == 0 or (va >> (bits - 1)) not in (0, (1 << (65 - bits)) - 1):
+        return Walk(None, 0, 0, "page")  # not a canonical (sign-extended) address
+    table = (satp & _PPN_MASK) << 12
+    for level in range(levels - 1, -1, -1):
+        shift = 12 + 9 * level
+        pte = memory.read_u64(table + ((va >> shift) & 511) * 8)
+        reads = levels - level
+        if pte is None:
+            return Walk(None, 0, reads, "access")
+        if not pte & PTE_V or (pte & PTE_W and not pte & PTE_R):
+            return Walk(None, 0, reads, "page")
+        ppn = (pte >> 10) & _PPN_MASK
+        if pte & (PTE_R | PTE_X):
+            if ppn & ((1 << (9 * level)) - 1):
+                return Walk(None, 0, reads, "page")  # misaligned superpage
+            return Walk((ppn << 12) | (va & ((1 << shift) - 1)), pte & 0xFF, reads, "")
+        table = ppn << 12
+    return Walk(None, 0, levels, "page")
+
+
+@dataclass
+class PagingStats:
+    """Counters lab 03 compares between the two strategies (per machine)."""
+
+    tlb_fills: int = 0        #: Unicorn TLB misses served by the fill hook
+    shadow_fills: int = 0     #: shadow: hidden faults that walked the guest table (exits)
+    shadow_flushes: int = 0   #: shadow: satp writes / sfence.vma that dropped the shadow table
+    guest_pte_reads: int = 0  #: page-table entries of the guest read by a walk
+    nested_refs: int = 0      #: nested: memory references of the 2-D walks
+    nested_walks: int = 0     #: nested: 2-D walks performed
+
+
+class MMU:
+    """What the TLB-fill hook does on every TLB miss: guest table (shadow or nested), then the
+    p2m with its isolation check, then copy-on-write. Returns False to make the access fault
+    (the reason waits in ``vcpu.pending_fault`` for the machine to deliver)."""
+
+    def __init__(self, machine: Machine, mode: PagingMode, nested_levels: int = 3) -> None:
+        self.machine, self.mode, self.nested_levels = machine, mode, nested_levels
+        self.stats = PagingStats()
+        self.cow_copies = 0
+
+    def fill(self, vcpu: VCPU, va: int, access: int, entry: Any) -> bool:
+        self.stats.tlb_fills += 1
+        kind = _ACCESS.get(access, "read")
+        satp = vcpu.csrs[CSR.SATP]
+        perms = UC_PROT_ALL
+        if satp >> 60:
+            translated = self._translate(vcpu, satp, va, kind)
+            if translated is None:
+                return False
+            gpa, flags = translated
+            if (vcpu.mode == Mode.USER and not flags & PTE_U) or not flags & _NEED[kind]:
+                return self._fault(vcpu, va, kind, violation=False)
+            perms = ((UC_PROT_READ if flags & PTE_R else 0) | (UC_PROT_WRITE if flags & PTE_W else 0)
+                     | (UC_PROT_EXEC if flags & PTE_X else 0))
+        else:
+            gpa = va & ~(PAGE - 1)
+            if self.mode is PagingMode.NESTED:  # guest paging off: only the nested walk
+                self.stats.nested_walks += 1
+                self.stats.nested_refs += self.nested_levels
+        if gpa == UART_BASE and kind != "fetch":
+            entry.paddr, entry.perms = UART_BASE, UC_PROT_READ | UC_PROT_WRITE
+            return True
+        memory = vcpu.guest.memory
+        frame = memory.frame_of(gpa)
+        if frame is None:
+            return self._fault(vcpu, va, kind, violation=True)
+        if memory.host.refs[frame] > 1:  # shared: read-only until the first write copies it
+            index = (gpa - memory.base) >> 12
+            if kind == "write" and 0 <= index < len(memory.p2m):
+                frame = memory.break_cow(index)
+                self.cow_copies += 1
+            else:
+                perms &= ~UC_PROT_WRITE
+        entry.paddr, entry.perms = POOL_BASE + frame * PAGE, perms
+        return True
+
+    def _translate(self, vcpu: VCPU, satp: int, va: int, kind: str) -> tuple[int, int] | None:
+        """Guest-virtual page -> (guest-physical page address, PTE flags), shadow or nested."""
+        if self.mode is PagingMode.SHADOW:
+            hit = vcpu.shadow.get(va >> 12)
+            if hit is None:  # the hidden fault: an exit in which the VMM walks the guest table
+                self.stats.shadow_fills += 1
+                self.machine._dispatch(Exit(ExitReason.SHADOW_FILL, vcpu, vcpu.pc, addr=va, access=kind))
+                hit = vcpu.shadow.get(va >> 12)
+                if hit is None:
+                    self._fault(vcpu, va, kind, violation=walk(vcpu.guest.memory, satp, va).fault == "access")
+                    return None
+            return hit[0] << 12, hit[1]
+        result = walk(vcpu.guest.memory, satp, va)  # what nested-paging hardware does, counted
+        m = self.nested_levels
+        self.stats.nested_walks += 1
+        self.stats.guest_pte_reads += result.pte_reads
+        self.stats.nested_refs += result.pte_reads * (m + 1) + (m if result.gpa is not None else 0)
+        if result.gpa is None:
+            self._fault(vcpu, va, kind, violation=result.fault == "access")
+            return None
+        return result.gpa & ~(PAGE - 1), result.flags
+
+    @staticmethod
+    def _fault(vcpu: VCPU, va: int, kind: str, *, violation: bool) -> bool:
+        vcpu.pending_fault = (va, kind, violation)
+        return False
+
+    def flush(self, vcpu: VCPU) -> None:
+        """``satp`` write or ``sfence.vma``: drop the vCPU's shadow table and the TLB."""
+        if vcpu.shadow:
+            self.stats.shadow_flushes += 1
+            vcpu.shadow.clear()
+        vcpu.guest.flush_tlb()

@@ -1,0 +1,218 @@
+"""A virtual CPU: saved registers, the *virtual* privileged state, and virtual trap entry/return.
+
+The real CPU (Unicorn) always runs the guest in U-mode. What the guest kernel believes -- that
+it is in S-mode, what its ``sstatus``/``stvec``/``satp`` hold -- lives here, in :attr:`VCPU.csrs`
+and :attr:`VCPU.mode`. Because Unicorn performs no architectural trap entry for us, delivering a
+trap to the guest (:meth:`VCPU.inject_trap`) and ``sret`` (:meth:`VCPU.sret`) are done here by
+hand, exactly as the privileged spec describes them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+from typing import TYPE_CHECKING, Any
+
+from unicorn.riscv_const import UC_RISCV_REG_PC, UC_RISCV_REG_X0
+
+from vlab.toyvmm.isa import CSR
+
+if TYPE_CHECKING:
+    from vlab.toyvmm.machine import Guest
+
+__all__ = ["VCPU", "VCPUState", "Mode", "FastRegs", "SSTATUS_SIE", "SSTATUS_SPIE", "SSTATUS_SPP",
+           "SIE_STIE", "INTERRUPT", "Cause"]
+
+MASK64 = (1 << 64) - 1
+SSTATUS_SIE, SSTATUS_SPIE, SSTATUS_SPP = 1 << 1, 1 << 5, 1 << 8
+_SSTATUS_WRITABLE = SSTATUS_SIE | SSTATUS_SPIE | SSTATUS_SPP | (3 << 13) | (1 << 18) | (1 << 19)
+SIE_STIE = 1 << 5
+_SIE_WRITABLE = (1 << 1) | SIE_STIE | (1 << 9)
+INTERRUPT = 1 << 63
+
+
+class Cause:
+    """``scause`` values the VMM injects into the guest."""
+
+    FETCH_ACCESS, ILLEGAL, LOAD_ACCESS, STORE_ACCESS, ECALL_U = 1, 2, 5, 7, 8
+    FETCH_PAGE, LOAD_PAGE, STORE_PAGE = 12, 13, 15
+    TIMER = INTERRUPT | 5
+
+
+class Mode(enum.IntEnum):
+    """The privilege the guest *believes* it runs at."""
+
+    USER = 0
+    SUPERVISOR = 1
+
+
+class VCPUState(enum.Enum):
+    RUNNABLE = "runnable"
+    BLOCKED = "blocked"   #: in ``wfi`` until its timer fires
+    HALTED = "halted"
+
+
+class FastRegs:
+    """Register access for the hot trap path: direct C calls instead of the binding's generic path.
+
+    Uses a private ctypes view of the Unicorn library with no ``argtypes`` (argument conversion
+    costs as much as the call itself); falls back to ``uc.reg_read``/``reg_write`` if the
+    binding's internals change.
+    """
+
+    def __init__(self, uc: Any) -> None:
+        self._uc = uc
+        self._lib: Any = None
+        try:
+            from unicorn.unicorn_py3.unicorn import uclib
+
+            lib = ctypes.CDLL(uclib._name)
+            self._read, self._write, self._batch = lib.uc_reg_read, lib.uc_reg_write, lib.uc_reg_read_batch
+            self._handle = uc._uch
+            self._buf = ctypes.c_uint64()
+            self._ref = ctypes.byref(self._buf)
+            self._batches: dict[tuple[int, ...], Any] = {}
+            self._lib = lib
+        except (ImportError, AttributeError, OSError):  # pragma: no cover - binding internals changed
+            self._lib = None
+
+    def read(self, reg: int) -> int:
+        if self._lib is None:  # pragma: no cover
+            return int(self._uc.reg_read(reg))
+        self._read(self._handle, reg, self._ref)
+        return self._buf.value
+
+    def read_many(self, regs: tuple[int, ...]) -> tuple[int, ...]:
+        """Several registers in one call (``uc_reg_read_batch``)."""
+        if self._lib is None:  # pragma: no cover
+            return tuple(int(self._uc.reg_read(r)) for r in regs)
+        batch = self._batches.get(regs)
+        if batch is None:
+            values = (ctypes.c_uint64 * len(regs))()
+            ids = (ctypes.c_int32 * len(regs))(*regs)
+            pointers = (ctypes.c_void_p * len(regs))(*(ctypes.addressof(values) + 8 * i
+                                                        for i in range(len(regs))))
+            batch = self._batches[regs] = (ctypes.byref(ids), ctypes.byref(pointers), values, len(regs),
+                                           (ids, pointers))
+        ids_ref, pointers_ref, values, count, _keep = batch
+        self._batch(self._handle, ids_ref, pointers_ref, count)
+        return tuple(values)
+
+    def write(self, reg: int, value: int) -> None:
+        if self._lib is None:  # pragma: no cover
+            self._uc.reg_write(reg, value & MASK64)
+            return
+        self._buf.value = value & MASK64
+        self._write(self._handle, reg, self._ref)
+
+
+class VCPU:
+    """One virtual CPU of a guest.
+
+    :ivar csrs: the virtual supervisor CSRs (what the guest reads and writes).
+    :ivar mode: the virtual privilege (:class:`Mode`).
+    :ivar shadow: shadow page table of this vCPU's address space: virtual page -> (gpa page, PTE bits).
+    :ivar wake_latencies: virtual instructions from each timer wake-up to being scheduled.
+    """
+
+    def __init__(self, guest: Guest, index: int) -> None:
+        self.guest = guest
+        self.index = index
+        self.regs = FastRegs(guest.uc)
+        self.csrs: dict[int, int] = {
+            CSR.SSTATUS: 0, CSR.SIE: 0, CSR.STVEC: 0, CSR.SCOUNTEREN: 0, CSR.SSCRATCH: 0,
+            CSR.SEPC: 0, CSR.SCAUSE: 0, CSR.STVAL: 0, CSR.STIMECMP: MASK64, CSR.SATP: 0,
+        }
+        self.mode = Mode.SUPERVISOR
+        self.state = VCPUState.RUNNABLE
+        self.context: Any = None
+        self.shadow: dict[int, tuple[int, int]] = {}
+        self.pending_fault: tuple[int, str, bool] | None = None  # (addr, access, violation)
+        self.woken_at: int | None = None
+        self.wake_latencies: list[int] = []
+        self.run_time = 0
+
+    def __repr__(self) -> str:
+        return f"<VCPU {self.guest.name}/{self.index} {self.state.value} mode={self.mode.name}>"
+
+    @property
+    def runnable(self) -> bool:
+        return self.state is VCPUState.RUNNABLE
+
+    # -- registers (valid while this vCPU is loaded into its guest's Unicorn) ---------------
+    def read_reg(self, index: int) -> int:
+        """General-purpose register ``x<index>`` (x0 reads as 0)."""
+        if self.guest.loaded is not self:
+            self.guest.load(self)
+        return self.regs.read(UC_RISCV_REG_X0 + index) if index else 0
+
+    def write_reg(self, index: int, value: int) -> None:
+        """Set ``x<index>``; writes to x0 are ignored, as in hardware."""
+        if index:
+            if self.guest.loaded is not self:
+                self.guest.load(self)
+            self.regs.write(UC_RISCV_REG_X0 + index, value)
+
+    @property
+    def pc(self) -> int:
+        self.guest.load(self)
+        return self.regs.read(UC_RISCV_REG_PC)
+
+    def set_pc(self, value: int) -> None:
+        self.guest.load(self)
+        self.regs.write(UC_RISCV_REG_PC, value)
+
+    # -- virtual privileged state -------------------------------------------------------------
+    def csr_write(self, number: int, value: int) -> None:
+        """Store ``value`` into a virtual CSR, keeping only the bits the spec makes writable."""
+        value &= MASK64
+        if number == CSR.SSTATUS:
+            value = (self.csrs[CSR.SSTATUS] & ~_SSTATUS_WRITABLE) | (value & _SSTATUS_WRITABLE)
+        elif number == CSR.SIE:
+            value &= _SIE_WRITABLE
+        elif number in (CSR.STVEC, CSR.SEPC):
+            value &= ~3
+        elif number == CSR.SATP and value >> 60 not in (0, 8, 9):
+            return  # WARL: unsupported modes leave satp unchanged
+        self.csrs[number] = value
+
+    def set_mode(self, mode: Mode) -> None:
+        if mode != self.mode:
+            self.mode = mode
+            self.guest.flush_tlb()  # user and supervisor see different permissions
+
+    def inject_trap(self, cause: int, tval: int, epc: int) -> None:
+        """Virtual trap entry: what hardware would do on a trap into S-mode."""
+        csrs = self.csrs
+        status = csrs[CSR.SSTATUS]
+        spie = SSTATUS_SPIE if status & SSTATUS_SIE else 0
+        spp = SSTATUS_SPP if self.mode == Mode.SUPERVISOR else 0
+        csrs[CSR.SSTATUS] = (status & ~(SSTATUS_SIE | SSTATUS_SPIE | SSTATUS_SPP)) | spie | spp
+        csrs[CSR.SEPC], csrs[CSR.SCAUSE], csrs[CSR.STVAL] = epc & ~3 & MASK64, cause, tval & MASK64
+        self.set_mode(Mode.SUPERVISOR)
+        self.set_pc(csrs[CSR.STVEC])
+
+    def sret(self) -> None:
+        """Virtual ``sret``: back to the mode in SPP, at ``sepc``, restoring SIE from SPIE."""
+        status = self.csrs[CSR.SSTATUS]
+        mode = Mode.SUPERVISOR if status & SSTATUS_SPP else Mode.USER
+        sie = SSTATUS_SIE if status & SSTATUS_SPIE else 0
+        self.csrs[CSR.SSTATUS] = (status & ~(SSTATUS_SIE | SSTATUS_SPP)) | sie | SSTATUS_SPIE
+        self.set_mode(mode)
+        self.set_pc(self.csrs[CSR.SEPC])
+
+    def timer_due(self, now: int) -> bool:
+        """The virtual timer has fired and ``sie.STIE`` lets it wake the vCPU."""
+        return bool(self.csrs[CSR.SIE] & SIE_STIE) and now >= self.csrs[CSR.STIMECMP]
+
+    def interrupt_deliverable(self, now: int) -> bool:
+        """A due timer interrupt that the guest currently accepts (SIE set, or in user mode)."""
+        enabled = self.mode == Mode.USER or self.csrs[CSR.SSTATUS] & SSTATUS_SIE
+        return bool(enabled) and self.timer_due(now)
+
+    @property
+    def timer_deadline(self) -> int | None:
+        """When the armed timer fires (virtual instructions), or ``None``."""
+        if self.csrs[CSR.SIE] & SIE_STIE and self.csrs[CSR.STIMECMP] != MASK64:
+            return self.csrs[CSR.STIMECMP]
+        return None
