@@ -67,10 +67,10 @@ case "$job" in
         step "tour: boot a guest, run uptime, power off"
         exec vlab tour ;;
     test)
-        step "tests: ruff, mypy, pytest"
+        step "tests: ruff, mypy, pytest (unit, QEMU and Unicorn integration, grading, browser) and nbval (labs)"
         ruff check vlab tests bench
         mypy
-        exec pytest -q tests ;;
+        exec pytest -q --durations=15 tests labs --nbval-lax --nbval-sanitize-with labs/nbval-sanitize.cfg ;;
     *)
         echo "usage: ./setup.sh [--headless | test]" >&2; exit 2 ;;
 esac

@@ -63,47 +63,46 @@ def bench_boot(config: VMConfig, repeats: int) -> list[float]:
     return boots
 
 
-def qmp_baselines(sockets: dict[str, str], repeats: int) -> dict[str, list[float]]:
-    """Round trips of query-status through the raw clients, each on its own monitor socket."""
-    results: dict[str, list[float]] = {}
+class RawClients:
+    """The baselines, each connected to its own extra QMP monitor of the same VM."""
 
-    async def async_client() -> list[float]:
-        client = QMPClient("bench")
-        await client.connect(sockets["async"])
-        samples = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            await client.execute("query-status")
-            samples.append(time.perf_counter() - started)
-        await client.disconnect()
-        return samples
+    def __init__(self, sockets: dict[str, str]) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.client = QMPClient("bench")
+        self.loop.run_until_complete(self.client.connect(sockets["async"]))
+        self.legacy = QEMUMonitorProtocol(sockets["legacy"])
+        self.legacy.connect()
+        self.raw = socket.socket(socket.AF_UNIX)
+        self.raw.connect(sockets["raw"])
+        self.stream = self.raw.makefile("rwb")
+        self.stream.readline()  # greeting
+        self.raw_round_trip("qmp_capabilities")
 
-    results["qemu.qmp async client"] = asyncio.run(async_client())
+    def raw_round_trip(self, command: str = "query-status") -> None:
+        self.stream.write(json.dumps({"execute": command}).encode() + b"\n")
+        self.stream.flush()
+        json.loads(self.stream.readline())
 
-    legacy = QEMUMonitorProtocol(sockets["legacy"])
-    legacy.connect()
-    results["qemu.qmp legacy sync"] = timed(lambda: legacy.cmd("query-status"), repeats)
-    legacy.close()
+    def async_samples(self, repeats: int) -> list[float]:
+        async def run() -> list[float]:
+            samples = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                await self.client.execute("query-status")
+                samples.append(time.perf_counter() - started)
+            return samples
 
-    raw = socket.socket(socket.AF_UNIX)
-    raw.connect(sockets["raw"])
-    stream = raw.makefile("rwb")
-    stream.readline()  # greeting
-    stream.write(b'{"execute": "qmp_capabilities"}\n')
-    stream.flush()
-    stream.readline()
+        return self.loop.run_until_complete(run())
 
-    def raw_round_trip() -> None:
-        stream.write(b'{"execute": "query-status"}\n')
-        stream.flush()
-        json.loads(stream.readline())
-
-    results["raw socket"] = timed(raw_round_trip, repeats)
-    raw.close()
-    return results
+    def close(self) -> None:
+        self.loop.run_until_complete(self.client.disconnect())
+        self.loop.close()
+        self.legacy.close()
+        self.raw.close()
 
 
-def bench_qmp(config: VMConfig, repeats: int) -> dict[str, list[float]]:
+def bench_qmp(config: VMConfig, repeats: int, rounds: int = 10) -> dict[str, list[float]]:
+    """Round trips of query-status, the methods interleaved in rounds so load drift hits all of them alike."""
     with tempfile.TemporaryDirectory(prefix="vlabq") as tmp:
         sockets = {name: f"{tmp}/{name}.sock" for name in ("async", "legacy", "raw")}
         extra: list[str] = []
@@ -111,22 +110,33 @@ def bench_qmp(config: VMConfig, repeats: int) -> dict[str, list[float]]:
             extra += ["-qmp", f"unix:{path},server=on,wait=off"]
         with VM(config.replace(extra_args=tuple(extra))) as vm:
             vm.pause()  # no guest activity competing with the measurement
-            for _ in range(50):
-                vm.qmp("query-status")  # warm-up
-            results = {"vlab VM.qmp (sync)": timed(lambda: vm.qmp("query-status"), repeats)}
+            raw = RawClients(sockets)
 
-            async def in_loop() -> list[float]:
+            async def vlab_async(count: int) -> list[float]:
                 samples = []
-                for _ in range(repeats):
+                for _ in range(count):
                     started = time.perf_counter()
                     await vm.aqmp("query-status")
                     samples.append(time.perf_counter() - started)
                 return samples
 
-            results["vlab VM.aqmp (async)"] = asyncio.run(in_loop())
-            results.update(qmp_baselines(sockets, repeats))
-            # vlab again after the baselines, so drift in the machine's load shows up as a spread
-            results["vlab VM.qmp (sync), again"] = timed(lambda: vm.qmp("query-status"), repeats)
+            user_loop = asyncio.new_event_loop()  # stands for Jupyter's loop
+            methods: dict[str, Callable[[int], list[float]]] = {
+                "vlab VM.qmp (sync)": lambda n: timed(lambda: vm.qmp("query-status"), n),
+                "vlab VM.aqmp (async)": lambda n: user_loop.run_until_complete(vlab_async(n)),
+                "qemu.qmp async client": raw.async_samples,
+                "qemu.qmp legacy sync": lambda n: timed(lambda: raw.legacy.cmd("query-status"), n),
+                "raw socket": lambda n: timed(raw.raw_round_trip, n),
+            }
+            results: dict[str, list[float]] = {name: [] for name in methods}
+            for method in methods.values():
+                method(50)  # warm-up
+            per_round = max(1, repeats // rounds)
+            for _ in range(rounds):
+                for name, method in methods.items():
+                    results[name] += method(per_round)
+            user_loop.close()
+            raw.close()
     return results
 
 

@@ -394,12 +394,18 @@ def show(fig: go.Figure) -> None:
     """Display *fig*: interactively in a notebook, as a plain-text summary elsewhere.
 
     Plain text is used when :func:`vlab.progress.display_mode` is not
-    ``"notebook"``: in terminals, in CI logs and whenever ``VLAB_PLAIN=1``.
+    ``"notebook"``: in terminals, in CI logs and whenever ``VLAB_PLAIN=1``. In a
+    notebook the plotly MIME bundle is displayed directly, with the summary as
+    its ``text/plain`` part: ``fig.show()`` would first load plotly's renderer
+    machinery, about 5 s in a fresh kernel.
     """
-    if display_mode() == "notebook":
-        fig.show()
-    else:
+    if display_mode() != "notebook":
         print(summarize(fig))
+        return
+    from IPython.display import display
+
+    bundle = {"application/vnd.plotly.v1+json": fig.to_plotly_json(), "text/plain": summarize(fig)}
+    display(bundle, raw=True)
 
 
 def summarize(fig: go.Figure) -> str:

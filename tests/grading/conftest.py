@@ -6,7 +6,10 @@ tests in test_sandbox.py, test_gradebook.py and test_runner.py assert on its res
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,7 +52,7 @@ def vm_marker() -> str:
 
 @pytest.fixture(scope="session")
 def batch(
-    lab: Assignment, secret_file: Path, vm_marker: str, tmp_path_factory: pytest.TempPathFactory
+    lab: Assignment, secret_file: Path, vm_marker: str, batch_tmp: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, dict[str, Any]]:
     """Every synthetic submission graded in one batch: student name → result."""
     root = tmp_path_factory.mktemp("submissions")
@@ -75,5 +78,29 @@ def batch(
     assert not skipped
     hide = [str(root), str(lab.bundle_path), str(secret_file)]
     jobs = make_jobs(found, lab.bundle, hide=hide)
-    results = grade_all(jobs, workers=2, progress=False)
+    with private_tmpdir(batch_tmp):
+        results = grade_all(jobs, workers=2, progress=False)
     return {r["student"]: r for r in results}
+
+
+@pytest.fixture(scope="session")
+def batch_tmp() -> Iterator[Path]:
+    """The TMPDIR of the batch's graders, to check they leave nothing behind (other sessions share /tmp)."""
+    path = Path(tempfile.mkdtemp(prefix="vlab-test-tmp-"))
+    path.chmod(0o711)  # the throw-away uid must reach its working directory inside
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def private_tmpdir(path: Path) -> Iterator[None]:
+    old_env, old_cached = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = str(path), str(path)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = old_cached
+        if old_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = old_env

@@ -102,3 +102,24 @@ def test_notebook_check_runs_public_checks_against_the_notebook_names(capsys: py
         assert "qtest: 0/1 points" in capsys.readouterr().out
     finally:
         checks._NOTEBOOK._checks.clear()
+
+
+def test_notebook_check_shows_an_ipywidget_table_in_a_real_kernel() -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell(
+            "import vlab.grading\n\n"
+            "@vlab.grading.check_for('q1')\n"
+            "def answer_is_42(sub, params):\n"
+            "    vlab.grading.expect_equal(sub.answer, 42, 'the answer')\n\n"
+            "answer = 41\n"
+            "vlab.check('q1')"
+        )
+    ]
+    NotebookClient(notebook, timeout=60, kernel_name="python3").execute()
+    (output,) = notebook.cells[0].outputs
+    assert "application/vnd.jupyter.widget-view+json" in output["data"]
+    assert "<b>q1</b>: 0/1 points<table>" in output["data"]["text/plain"]  # the repr is truncated after this

@@ -84,3 +84,29 @@ def test_grade_keys_prints_keys_and_seeds(
     assert lines[0] == "student,key,seed"
     assert lines[1].startswith(f"alice,{student_key('alice', 'course')},")
     assert len(lines) == 3
+
+
+def test_grade_sends_jobs_to_a_dask_scheduler_by_address(lab: Assignment, tmp_path: Path) -> None:
+    from distributed import LocalCluster
+
+    subs = tmp_path / "subs"
+    s.write(subs, "dora", s.build_submission(lab.student_text, s.CORRECT, []))
+    out = tmp_path / "gradebook.csv"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        code = main(
+            [
+                "grade",
+                str(subs),
+                "--lab",
+                "00",
+                "--bundle",
+                str(lab.bundle_path),
+                "--out",
+                str(out),
+                "--dask",
+                cluster.scheduler_address,
+                "--no-progress",
+            ]
+        )
+    assert code == 0
+    assert out.read_text().splitlines()[1] == "dora,00,3,3,2,8,8,ok"

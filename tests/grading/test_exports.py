@@ -56,6 +56,7 @@ def test_host_runs_functions_in_another_process_with_a_timeout(tmp_path: Path) -
     exported = export_namespace(_notebook_namespace(), ["answer"])
     exported["functions"]["loops"] = "def loops():\n    while True:\n        pass\n"
     exported["functions"]["fails"] = "def fails():\n    return 1 / 0\n"
+    exported["functions"]["huge"] = "def huge():\n    return 'x' * (33 * 2**20)\n"  # over the 32 MiB cap
     path = tmp_path / "exports.json"
     path.write_text(json.dumps(exported))
     host = StudentHost(
@@ -68,5 +69,8 @@ def test_host_runs_functions_in_another_process_with_a_timeout(tmp_path: Path) -
         with pytest.raises(StudentCodeError, match="did not return within 2 s"):
             host.call("loops", [], {})
         assert host.call("answer", [4], {}) == 6  # a fresh process after the kill
+        with pytest.raises(StudentCodeError, match="cannot read"):
+            host.call("huge", [], {})
+        assert host.call("answer", [4], {}) == 6
     finally:
         host.close()

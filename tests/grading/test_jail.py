@@ -95,3 +95,18 @@ def test_sweep_kills_daemonized_descendants() -> None:
     killed = sweep(None)
     assert {p.pid for p in killed} >= orphans
     assert descendants(os.getpid()) == set()
+
+
+@root_only
+def test_cgroup_memory_limit_kills_what_the_rlimit_lets_through(tmp_path: Path) -> None:
+    group = Cgroup.create(f"vlab-test-mem-{os.getpid()}", memory_mb=64, processes=16, cpu_percent=100)
+    if group is None or "memory" not in group.paths:
+        pytest.skip("no usable memory cgroup here")
+    try:
+        touch = "block = bytearray(200 * 2**20)\nblock[::4096] = b'x' * len(block[::4096])\nprint('survived')"
+        done = _run(_spec(tmp_path, cgroup_procs=group.procs_files), touch)
+        assert done.returncode == -9 and "survived" not in done.stdout
+        assert group.counter("memory", "memory.oom_control", "oom_kill") >= 1
+    finally:
+        sweep(group)
+        group.remove()

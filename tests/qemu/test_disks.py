@@ -22,7 +22,7 @@ def _write_and_read_back(vm: VM) -> str:
 
 
 def test_luks_image_is_ciphertext_on_the_host_and_plaintext_in_the_guest(config: VMConfig, tmp_path: Path) -> None:
-    image = create_image(tmp_path / "secret.qcow2", "16M", secret="correct horse")
+    image = create_image(tmp_path / "secret.qcow2", "16M", secret="correct horse", iter_time_ms=10)
     assert image_info(image)["format-specific"]["data"]["encrypt"]["format"] == "luks"  # type: ignore[index]
     with VM(config.replace(disks=(Disk(image, secret="correct horse"),))) as vm:
         assert _write_and_read_back(vm) == PLAINTEXT
@@ -51,7 +51,7 @@ def test_overlay_keeps_the_base_image_unchanged(config: VMConfig, tmp_path: Path
 
 
 def test_wrong_passphrase_fails_with_qemu_message(config: VMConfig, tmp_path: Path) -> None:
-    image = create_image(tmp_path / "secret.qcow2", "16M", secret="right")
+    image = create_image(tmp_path / "secret.qcow2", "16M", secret="right", iter_time_ms=10)
     vm = VM(config.replace(disks=(Disk(image, secret="wrong"),)))
     with pytest.raises(VlabError) as caught:
         vm.start(timeout=20)

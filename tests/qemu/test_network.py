@@ -5,20 +5,28 @@ Traffic stays inside QEMU's user-mode network and the namespaces vlab creates.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from vlab.qemu import VM, Nic, VMConfig
-from vlab.qemu.network import bridge_supported
+from vlab.qemu.network import bridge_supported, namespace_for
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
 
-def _namespaces() -> set[str]:
+def _our_namespaces() -> set[str]:
+    """Namespaces this test process made (other processes on the host may make their own meanwhile)."""
     listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return {line.split()[0] for line in listing.splitlines() if line.strip()}
+    names = {line.split()[0] for line in listing.splitlines() if line.strip()}
+    return {name for name in names if name.startswith(f"vlab{os.getpid()}-")}
+
+
+def _our_taps() -> list[str]:
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    return [line for line in links.splitlines() if f": vt{os.getpid()}n" in line]
 
 
 def test_user_mode_nic_reaches_the_slirp_gateway(guest_images: tuple[Path, Path]) -> None:
@@ -32,16 +40,15 @@ def test_same_bridge_pings_other_bridge_does_not_and_all_is_removed(guest_images
     supported, why = bridge_supported()
     if not supported:
         pytest.skip(f"{why}; run the tests as root to cover bridge NICs")
-    before = _namespaces()
 
     def on(bridge: str, name: str, ip: str) -> VMConfig:
         return VMConfig(name=name, accel="tcg", nics=(Nic("bridge", bridge, ip),))
 
     with VM(on("lab", "a", "10.77.0.1/24")) as a, VM(on("lab", "b", "10.77.0.2/24")) as b, \
             VM(on("other", "c", "10.77.0.3/24")) as c:
-        assert len(_namespaces() - before) == 2  # one namespace per bridge
+        assert _our_namespaces() == {namespace_for("lab"), namespace_for("other")}  # one per bridge
         assert a.console.run("ping -c 1 -W 3 10.77.0.2").ok
         assert b.console.run("ping -c 1 -W 3 10.77.0.1").ok
         assert not c.console.run("ping -c 1 -W 1 10.77.0.1").ok
-    assert _namespaces() == before
-    assert "vt" not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.split(": vt")[0][-3:]
+    assert _our_namespaces() == set()
+    assert _our_taps() == []

@@ -113,6 +113,16 @@ def test_async_qmp_and_sync_api_inside_a_running_event_loop(shared_vm: VM) -> No
     assert asyncio.run(notebook_cell()) == ("running", "running")
 
 
+def test_events_are_recorded_oldest_first(shared_vm: VM) -> None:
+    cursor = shared_vm.event_cursor()
+    shared_vm.pause()
+    shared_vm.resume()
+    assert [event.name for event in shared_vm.events(cursor)] == ["STOP", "RESUME"]
+    assert shared_vm.wait_event("RESUME", since=cursor).timestamp > 0
+    with pytest.raises(VlabError, match="no SHUTDOWN event"):
+        shared_vm.wait_event("SHUTDOWN", timeout=0.2, since=cursor)
+
+
 def test_balloon_shrinks_the_guest_and_emits_events(vm: VM) -> None:
     cursor = vm.event_cursor()
     assert vm.balloon("128M") == 128

@@ -63,3 +63,15 @@ def test_logging_off_keeps_no_log() -> None:
         machine.add_guest(READ_SSCRATCH)
         machine.run(ms=1)
         assert machine.log == []
+
+
+def test_a_failing_handler_surfaces_with_a_note_naming_it() -> None:
+    def broken(exit: Exit) -> None:
+        raise ZeroDivisionError("student bug")
+
+    with Machine() as machine:
+        machine.handlers[ExitReason.CSR_READ] = broken
+        machine.add_guest(READ_SSCRATCH)
+        with pytest.raises(ZeroDivisionError) as info:
+            machine.run(ms=1)
+        assert any("CSR_READ exit handler" in note for note in info.value.__notes__)

@@ -61,3 +61,28 @@ def test_vmm_side_write_breaks_sharing_instead_of_changing_every_guest() -> None
         assert a.memory.write(RAM_BASE, b"\xff\xff\xff\xff")
         assert a.memory.p2m[0] != b.memory.p2m[0]
         assert b.memory.read(RAM_BASE, 4) != b"\xff\xff\xff\xff"
+
+
+ALIAS = kernel_program("""
+    li a0, 0x100000
+    call enable_paging
+    li t0, PT_L2
+    li t1, (RAM_BASE >> 2) | 0xcf     # L2[1]: a 1 GiB alias of RAM at VA 0x40000000
+    sd t1, 8(t0)
+    call switch_address_space
+    li t0, 0x80040000
+    li t2, 0x40040000
+    ld t1, 0(t2)                      # read through the alias: it is cached read-only (shared)
+    li t1, 77
+    sd t1, 0(t0)                      # write through the main mapping: copy-on-write
+    ld a0, 0(t2)                      # the alias must see the private copy, not the old frame
+    j shutdown
+""")
+
+
+def test_copy_on_write_is_seen_through_every_virtual_alias() -> None:
+    with Machine() as machine:
+        guests = [machine.add_guest(ALIAS, name=name) for name in "ab"]
+        machine.share_pages()
+        machine.run(ms=5)
+        assert [g.exit_code for g in guests] == [77, 77] and machine.cow_copies > 0

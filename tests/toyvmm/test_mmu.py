@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from vlab.toyvmm import Machine, nested_walk_refs
+from vlab.toyvmm.isa import CSR
 from vlab.toyvmm.memory import GuestMemory, HostMemory
 from vlab.toyvmm.mmu import PTE_R, PTE_V, PTE_W, walk
 
@@ -84,4 +85,4 @@ def test_a_guest_page_fault_is_delivered_to_the_guest_kernel_in_both_modes() -> 
             assert guest.exit_code == 139  # the guest kernel killed its user program
             assert guest.exits["PAGE_FAULT"] == 1 and machine.violations == []
             vcpu = guest.vcpus[0]
-            assert (vcpu.csrs[0x142], vcpu.csrs[0x143]) == (13, 0x8020_0000)  # load page fault, stval
+            assert (vcpu.csrs[CSR.SCAUSE], vcpu.csrs[CSR.STVAL]) == (13, 0x8020_0000)  # load page fault

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from tests.toyvmm.toyvmm_guests import kernel_program
-from vlab.toyvmm import Machine, patch_counter_reads
+from vlab.toyvmm import Machine, patch_counter_reads, x86_popf_at_cpl3
 from vlab.toyvmm.nonvirt import is_counter_read
 
 COUNTER = kernel_program("rdcycle a0\nsrli a0, a0, 20\nj shutdown\n")
@@ -31,3 +31,10 @@ def test_paravirtual_fix_asks_the_vmm_for_the_time() -> None:
         guest = machine.add_guest(kernel_program("HYPERCALL HC_GET_TIME\nj shutdown\n"))
         machine.run(ms=1)
         assert guest.exit_code is not None and guest.exit_code < 100
+
+
+def test_x86_popf_at_cpl3_ignores_the_interrupt_flag_without_trapping() -> None:
+    result = x86_popf_at_cpl3()
+    assert result.flags_loaded & 0x200 == 0  # the guest kernel asked to disable interrupts
+    assert result.flags_after & 0x200        # ...but IF is still set, and nobody was told
+    assert result.traps == [(13, 0x1010B)]   # the only trap: #GP on the cli that follows

@@ -54,8 +54,8 @@ BUNDLE_FORMAT = "vlab-autograder/1"
 DEFAULT_LIMITS: dict[str, float] = {
     "cell_timeout": 60,
     "notebook_timeout": 600,
-    "memory_mb": 2048,
-    "address_space_mb": 8192,
+    "memory_mb": 4096,
+    "address_space_mb": 32768,  # QEMU and Unicorn reserve ~1 GiB of address space per JIT
     "processes": 256,
     "cpu_percent": 100,
     "call_timeout": 5,
@@ -126,9 +126,9 @@ def _student_cell(cell: dict[str, Any], spec: CellSpec, cid: str, index: int) ->
 
 
 def check_namespace() -> dict[str, Any]:
-    """Globals for running check cells outside a notebook: ``vlab`` (with ``vlab.grading``) imported.
+    """Globals for running a lab's cells outside the notebook: ``vlab`` (with ``vlab.grading``) imported.
 
-    The check cells of a lab run in order in one such namespace, as they would in the notebook.
+    The ``params`` cell and then the check cells run in order in one such namespace, as in the notebook.
     """
     import vlab
     import vlab.grading
@@ -136,10 +136,22 @@ def check_namespace() -> dict[str, Any]:
     return {"__name__": "vlab_checks", "vlab": vlab}
 
 
-def _collect_checks(sources: list[dict[str, Any]], lab: str) -> list[dict[str, Any]]:
-    """Run the check cells' definitions (never ``vlab.check`` calls) to list checks and points."""
+def _collect_checks(sources: list[dict[str, Any]], lab: str, params_source: str | None) -> list[dict[str, Any]]:
+    """Run the params cell and the check cells' definitions (``vlab.check`` does nothing meanwhile),
+    in one namespace as in the notebook, to list the checks and their points."""
     found: list[dict[str, Any]] = []
     namespace = check_namespace()
+    namespace["STUDENT_ID"] = "self-study"
+    if params_source:
+        try:
+            exec(compile(params_source, f"<lab {lab} params>", "exec"), namespace)
+        except Exception as exc:
+            raise VlabError(
+                "the params cell fails when it runs outside the notebook",
+                field="params cell",
+                detail=f"{type(exc).__name__}: {exc}",
+                fix="it may use only STUDENT_ID and what it imports itself",
+            ) from exc
     for entry in sources:
         with Registry(hidden=entry["hidden"]) as registry:
             try:
@@ -196,7 +208,7 @@ def build(source: Path | str, out_dir: Path | str | None = None) -> Assignment:
         if spec.role not in ("hidden", "omit"):
             student_cells.append(_student_cell(cell, spec, cid, index))
 
-    checks = _collect_checks(check_sources, lab)
+    checks = _collect_checks(check_sources, lab, params_source)
     for one in checks:
         questions.setdefault(one["question"], {"title": f"question {one['question']}"})
     for qid, info in questions.items():

@@ -197,8 +197,8 @@ def load_exports(path: Path) -> dict[str, Any]:
         return {**empty, "error": "the exports are larger than 32 MiB"}
     try:
         data = json.loads(raw.decode("utf-8"))
-    except ValueError:
-        return {**empty, "error": "the exports are not valid JSON"}
+    except (ValueError, RecursionError):
+        return {**empty, "error": "the exports are not valid JSON (or nested too deeply)"}
     if not isinstance(data, dict):
         return {**empty, "error": "malformed exports"}
     clean = dict(empty)
@@ -332,7 +332,13 @@ class StudentHost:
         if line is None:
             self.close()
             raise StudentCodeError(f"{shown} did not return within {self._timeout:g} s (or crashed its process)")
-        reply = json.loads(line)
+        try:
+            reply = json.loads(line)
+        except (ValueError, RecursionError):
+            reply = None
+        if not isinstance(reply, dict):
+            self.close()  # the rest of an oversized reply would still be in the pipe
+            raise StudentCodeError(f"{shown} returned something the grader cannot read (too large?)")
         if reply.get("unanswered"):
             raise NotImplementedError(name)
         if "error" in reply:
@@ -347,7 +353,7 @@ class StudentHost:
                 return None
             ready, _, _ = select.select([stream], [], [], remaining)
             if ready:
-                line = stream.readline()
+                line = stream.readline(_MAX_EXPORTS_BYTES)  # a huge return value is not read whole
                 return line or None
 
     def close(self) -> None:

@@ -194,6 +194,8 @@ class _Run:
     leftovers: list[dict[str, Any]] = field(default_factory=list)
     exported: bool = False
     errors: list[dict[str, Any]] = field(default_factory=list)
+    kernel_stderr: str = ""
+    export_errors: list[str] = field(default_factory=list)
 
     def record(self, cell: Any, cell_index: int, execute_reply: dict[str, Any] | None) -> None:
         """nbclient's ``on_cell_executed`` hook: keep each failing cell's error from its reply."""
@@ -219,7 +221,6 @@ async def _execute(
     notebook: Any, export_cell: Any, spec: JailSpec, env: dict[str, str], limits: Limits, cgroup: Cgroup | None
 ) -> _Run:
     from nbclient import NotebookClient
-    from nbclient.exceptions import DeadKernelError
 
     run = _Run()
     manager = _kernel_manager(spec, Path(spec.workdir))
@@ -240,78 +241,103 @@ async def _execute(
         iopub_timeout=2,
         on_cell_executed=run.record,
     )
-    deadline = time.monotonic() + limits.notebook_timeout
-    async with client.async_setup_kernel(
-        env=env, cwd=spec.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    ):
-        run.kernel_pid = manager.provisioner.process.pid if manager.provisioner else None
-        student_cells = len(notebook.cells)
-        notebook.cells.append(export_cell)
-        for index, cell in enumerate(notebook.cells[:student_cells]):
-            if cell.cell_type != "code":
-                continue
-            remaining = deadline - time.monotonic()
-            if remaining <= 1:
-                run.notebook_timeout = True
-                break
-            client.timeout = max(1, int(min(limits.cell_timeout, remaining)))
-            try:
-                await asyncio.wait_for(client.async_execute_cell(cell, index), remaining + 5)
-            except DeadKernelError:
-                run.died = True
-                break
-            except TimeoutError:
-                run.notebook_timeout = True
-                break
-        if not run.died:
-            client.timeout = 20
-            try:
-                await asyncio.wait_for(client.async_execute_cell(export_cell, student_cells), 25)
-                run.exported = True
-            except DeadKernelError:
-                run.died = True
-            except TimeoutError:
-                run.notebook_timeout = True
-        # what the notebook leaves running (a VM, a fork bomb's children) is counted, then killed
-        others = survivors(cgroup, exclude={run.kernel_pid} if run.kernel_pid else set())
-        run.leftovers = [{"pid": p.pid, "command": p.command} for p in others]
-        notebook.cells.pop()
-    run.errors = [e for e in run.errors if e["cell"] < student_cells]
+    # the kernel's stderr goes to a file the supervisor reads if the kernel dies (never to our stdout)
+    stderr = open(Path(spec.workdir) / "kernel-stderr.log", "wb")  # noqa: SIM115 - closed below
+    try:
+        async with client.async_setup_kernel(env=env, cwd=spec.workdir, stdout=subprocess.DEVNULL, stderr=stderr):
+            await _run_cells(client, notebook, export_cell, limits, cgroup, run, manager)
+    finally:
+        stderr.close()
+    if run.died:
+        run.kernel_stderr = _tail(Path(spec.workdir) / "kernel-stderr.log")
     return run
+
+
+def _tail(path: Path, size: int = 1500) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(max(0, path.stat().st_size - size))
+            return handle.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+async def _run_cells(
+    client: Any, notebook: Any, export_cell: Any, limits: Limits, cgroup: Cgroup | None, run: _Run, manager: Any
+) -> None:
+    """Each code cell within the notebook's time budget, then the export cell; note what is left running."""
+    from nbclient.exceptions import DeadKernelError
+
+    deadline = time.monotonic() + limits.notebook_timeout
+    run.kernel_pid = manager.provisioner.process.pid if manager.provisioner else None
+    student_cells = len(notebook.cells)
+    notebook.cells.append(export_cell)
+    for index, cell in enumerate(notebook.cells[:student_cells]):
+        if cell.cell_type != "code":
+            continue
+        remaining = deadline - time.monotonic()
+        if remaining <= 1:
+            run.notebook_timeout = True
+            break
+        client.timeout = max(1, int(min(limits.cell_timeout, remaining)))
+        try:
+            await asyncio.wait_for(client.async_execute_cell(cell, index), remaining + 5)
+        except DeadKernelError:
+            run.died = True
+            break
+        except TimeoutError:
+            run.notebook_timeout = True
+            break
+    if not run.died:
+        client.timeout = 20
+        try:
+            await asyncio.wait_for(client.async_execute_cell(export_cell, student_cells), 25)
+            run.exported = True
+        except DeadKernelError:
+            run.died = True
+        except TimeoutError:
+            run.notebook_timeout = True
+    # what the notebook leaves running (a VM, a fork bomb's children) is counted, then killed
+    others = survivors(cgroup, exclude={run.kernel_pid} if run.kernel_pid else set())
+    run.leftovers = [{"pid": p.pid, "command": p.command} for p in others]
+    notebook.cells.pop()
+    run.export_errors = [f"{e['ename']}: {e['evalue']}" for e in run.errors if e["cell"] >= student_cells]
+    run.errors = [e for e in run.errors if e["cell"] < student_cells]
+    run.exported = run.exported and not run.export_errors
 
 
 # --- step 4: checks -----------------------------------------------------------------------------
 
 
-def _params(bundle: Mapping[str, Any], student: str, key: str) -> dict[str, Any]:
-    source = bundle.get("params_source")
-    if not source:
-        return {}
+def _lab_namespace(bundle: Mapping[str, Any], student: str, key: str) -> tuple[dict[str, Any], list[Any]]:
+    """Run the bundle's ``params`` cell, then its check cells, in one namespace as in the notebook.
+
+    :returns: the per-student parameters and the checks.
+    """
+    os.environ["VLAB_STUDENT_ID"] = student  # what the kernel had: seed_for() gives the same seed here
+    os.environ["VLAB_STUDENT_KEY"] = key
     namespace = check_namespace()
     namespace["STUDENT_ID"] = student
-    exec(compile(source, f"<lab {bundle['lab']} params>", "exec"), namespace)
-    if callable(namespace.get("params_for")):
-        params = namespace["params_for"](seed_for(student, str(bundle["lab"]), key=key))
-    else:
-        params = namespace.get("PARAMS", {})
-    return dict(params)
-
-
-def _grading_checks(bundle: Mapping[str, Any]) -> list[Any]:
+    source = bundle.get("params_source")
+    params: dict[str, Any] = {}
+    if source:
+        exec(compile(source, f"<lab {bundle['lab']} params>", "exec"), namespace)
+        if callable(namespace.get("params_for")):
+            params = dict(namespace["params_for"](seed_for(student, str(bundle["lab"]), key=key)))
+        else:
+            params = dict(namespace.get("PARAMS", {}))
     checks = []
-    namespace = check_namespace()  # one namespace, in cell order, as in the notebook
     for entry in bundle.get("check_sources", []):
         with Registry(hidden=bool(entry["hidden"])) as registry:
             exec(compile(entry["source"], f"<lab {bundle['lab']} checks {entry['cell']}>", "exec"), namespace)
         checks.extend(registry.checks)
-    return checks
+    return params, checks
 
 
 def _run_checks(
     job: Job, exports: dict[str, Any], spec: JailSpec, env: dict[str, str], limits: Limits, exports_path: Path
 ) -> list[CheckResult]:
-    params = _params(job.bundle, job.student, job.key)
-    checks = _grading_checks(job.bundle)
+    params, checks = _lab_namespace(job.bundle, job.student, job.key)
     host = None
     if exports["functions"]:
         command = spec.command([sys.executable, "-m", "vlab.grading.exports", "HOST", str(exports_path)])
@@ -361,9 +387,57 @@ def _score(result: dict[str, Any], checks: list[CheckResult], tampered: list[dic
     result["total"] = float(sum(e["score"] for e in result["questions"].values()))
 
 
-def _supervise(job: Job) -> dict[str, Any]:
+def _hideable(paths: tuple[str, ...], needed: tuple[str, ...]) -> tuple[str, ...]:
+    """The paths to hide, but none that holds something the student's process needs (Python, its workdir)."""
+    return tuple(h for h in paths if not any(Path(n).is_relative_to(os.path.realpath(h)) for n in needed))
+
+
+def _jail_spec(job: Job, limits: Limits, workdir: Path, uid: int | None, cgroup: Cgroup | None) -> JailSpec:
+    root = os.geteuid() == 0
+    reveal = python_paths() if uid is not None else ()
+    return JailSpec(
+        uid=uid,
+        address_space_mb=limits.address_space_mb,
+        cpu_seconds=int(limits.notebook_timeout * 2 + 10),
+        file_mb=limits.file_mb,
+        processes=limits.processes,
+        cgroup_procs=cgroup.procs_files if cgroup else (),
+        new_netns=root,
+        chown=(str(workdir / "kernel.json"),) if uid is not None else (),
+        workdir=str(workdir),
+        hide=_hideable(tuple(job.hide), (*reveal, os.path.realpath(workdir))) if uid is not None else (),
+        reveal=reveal,
+    )
+
+
+def _runnable(raw: dict[str, Any], exports: list[str], exports_path: Path) -> tuple[Any, Any]:
+    """The submission as an nbformat node without outputs, forced onto our kernel, and the export cell."""
     import nbformat
 
+    for cell in raw["cells"]:
+        cell["source"] = cell_source(cell)  # nbformat allows a list of lines; nbclient wants a str
+        cell.pop("outputs", None)
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = []
+            cell["execution_count"] = None
+    raw["metadata"] = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    notebook = nbformat.from_dict(raw)  # type: ignore[no-untyped-call]
+    export_cell = nbformat.v4.new_code_cell(export_cell_source(exports, exports_path))  # type: ignore[no-untyped-call]
+    return notebook, export_cell
+
+
+def _record_run(result: dict[str, Any], run: _Run, cgroup: Cgroup | None) -> None:
+    result["leftovers"] = run.leftovers
+    result["cell_errors"] = run.errors
+    _classify(result, run, run.errors, cgroup)
+    if run.kernel_stderr.strip():
+        result["notes"].append("the kernel died; the end of its stderr:\n" + run.kernel_stderr.strip())
+    if not run.exported:
+        why = f" ({'; '.join(run.export_errors)})" if run.export_errors else ""
+        result["notes"].append(f"the notebook's names could not be exported{why}: every question scores 0")
+
+
+def _supervise(job: Job) -> dict[str, Any]:
     started = time.monotonic()
     result = empty_result(job)
     limits = Limits.from_bundle(job.bundle.get("limits", {}))
@@ -381,13 +455,9 @@ def _supervise(job: Job) -> dict[str, Any]:
     root = os.geteuid() == 0
     uid = _throwaway_uid() if root and job.throwaway_uid else None
     workdir = Path(tempfile.mkdtemp(prefix="vlab-grade-"))
+    name = f"vlab-grade-{os.getpid()}"
     cgroup = (
-        Cgroup.create(
-            f"vlab-grade-{os.getpid()}",
-            memory_mb=limits.memory_mb,
-            processes=limits.processes,
-            cpu_percent=limits.cpu_percent,
-        )
+        Cgroup.create(name, memory_mb=limits.memory_mb, processes=limits.processes, cpu_percent=limits.cpu_percent)
         if root
         else None
     )
@@ -396,39 +466,13 @@ def _supervise(job: Job) -> dict[str, Any]:
         if uid is not None:
             for path in (workdir, workdir / "tmp"):
                 os.chown(path, uid, uid)
-        spec = JailSpec(
-            uid=uid,
-            address_space_mb=limits.address_space_mb,
-            cpu_seconds=int(limits.notebook_timeout * 2 + 10),
-            file_mb=limits.file_mb,
-            processes=limits.processes,
-            cgroup_procs=cgroup.procs_files if cgroup else (),
-            new_netns=root,
-            chown=(str(workdir / "kernel.json"),) if uid is not None else (),
-            workdir=str(workdir),
-            hide=tuple(job.hide) if uid is not None else (),
-            reveal=python_paths() if uid is not None else (),
-        )
+        spec = _jail_spec(job, limits, workdir, uid, cgroup)
         env = _student_env(workdir, job)
-        for cell in raw["cells"]:
-            cell["source"] = cell_source(cell)  # nbformat allows a list of lines; nbclient wants a str
-            cell.pop("outputs", None)
-            if cell.get("cell_type") == "code":
-                cell["outputs"] = []
-                cell["execution_count"] = None
-        raw["metadata"] = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
-        notebook = nbformat.from_dict(raw)  # type: ignore[no-untyped-call]
         exports_path = workdir / EXPORTS_FILE
-        export_source = export_cell_source(job.bundle.get("exports", []), exports_path)
-        export_cell = nbformat.v4.new_code_cell(export_source)  # type: ignore[no-untyped-call]
+        notebook, export_cell = _runnable(raw, job.bundle.get("exports", []), exports_path)
         run = asyncio.run(_execute(notebook, export_cell, spec, env, limits, cgroup))
         sweep(cgroup)
-        result["leftovers"] = run.leftovers
-        errors = run.errors
-        result["cell_errors"] = errors
-        _classify(result, run, errors, cgroup)
-        if not run.exported:
-            result["notes"].append("the notebook's names could not be exported: every question scores 0")
+        _record_run(result, run, cgroup)
         exports = load_exports(exports_path)
         result["export_problems"] = {
             **{name: "not defined" for name in exports["missing"]},

@@ -62,6 +62,7 @@ __all__ = [
     "BOUNDARIES",
     "LAB_PASSPHRASE",
     "NAMESPACES",
+    "ROOTLESS",
     "SPY_SOURCE",
     "AttackReport",
     "BoundsCheck",
@@ -74,16 +75,22 @@ __all__ = [
     "container_support",
     "dump_guest_memory",
     "file_occurrences",
+    "container_view",
     "guest_view",
+    "host_view",
     "install_bounds_check",
     "lab_vm_configs",
     "luks_image",
+    "median",
+    "namespace_flags",
     "params_for",
     "ping",
+    "python",
     "plain_process_seconds",
     "run_container",
     "running_vms",
     "socket_access",
+    "topology",
     "toy_attack",
     "workspace",
 ]
@@ -195,6 +202,7 @@ class AttackReport:
     :ivar violations: the violations the VMM recorded (attacker's machine, then spy's).
     :ivar audit: the exit-log lines of the attacks (illegal accesses and hypercalls).
     :ivar exit_counts: exits by reason of the attacker's machine.
+    :ivar victim_state: the victim's state after the attacker ran (``running``, or ``killed`` by the VMM).
     """
 
     mode: str
@@ -205,6 +213,7 @@ class AttackReport:
     violations: list[Violation] = field(default_factory=list)
     audit: list[str] = field(default_factory=list)
     exit_counts: dict[str, int] = field(default_factory=dict)
+    victim_state: str = "running"
 
     @property
     def blocked_addresses(self) -> list[int]:
@@ -215,7 +224,8 @@ class AttackReport:
         """A few lines for the notebook."""
         verdict = "LEAKED" if self.secret_leaked else "kept"
         lines = [f"{self.mode}: victim's secret {verdict}; victim's code "
-                 f"{'OVERWRITTEN' if self.victim_damaged else 'intact'}; {len(self.violations)} violations recorded",
+                 f"{'OVERWRITTEN' if self.victim_damaged else 'intact'}, victim {self.victim_state}; "
+                 f"{len(self.violations)} violations recorded",
                  "  attacker printed: " + _printable(self.attacker_output),
                  "  spy printed:      " + _printable(self.spy_output)]
         return "\n".join(lines)
@@ -234,11 +244,16 @@ def _printable(text: str) -> str:
 def install_bounds_check(machine: Machine, check: BoundsCheck) -> None:
     """Make ``check`` the bounds check of every guest of ``machine`` (the TLB-fill hook, the instruction
     fetcher and the hypercall buffer reads all go through ``GuestMemory.frame_of``)."""
+    frames = machine.host.frames
     for guest in machine.guests:
         memory = guest.memory
 
         def frame_of(gpa: int, memory: Any = memory) -> int | None:
             frame = check(gpa, memory.base, list(memory.p2m))
+            if frame is not None and not 0 <= frame < frames:
+                raise VlabError(f"the bounds check returned frame {frame} for address {gpa:#x}, but the host's "
+                                f"pool has frames 0..{frames - 1} only", field="frame_of", value=frame,
+                                fix="return p2m[index] for an index inside the guest's RAM, else None")
             return None if frame is None else int(frame)
 
         # an instance attribute shadows the method: the smallest adapter (toyvmm has no hook for this)
@@ -261,9 +276,10 @@ def _secret_gpa(params: dict[str, Any]) -> int:
 
 
 def _run_pair(program: bytes | str, params: dict[str, Any], weak_bounds: bool,
-              check: BoundsCheck | None) -> tuple[str, bool, list[Violation], list[str], dict[str, int]]:
+              check: BoundsCheck | None) -> tuple[str, bool, list[Violation], list[str], dict[str, int], str]:
     """One machine: the intruder in frames [0, 256), the victim right after it. Returns the intruder's
-    output, whether the victim's code changed, the violations, the audit lines and the exit counts."""
+    output, whether the victim's code changed, the violations, the audit lines, the exit counts and the
+    victim's state."""
     from vlab.toyvmm import RAM_BASE, ExitReason, GuestState, Machine
 
     with Machine(weak_bounds=weak_bounds, log=True) as machine:
@@ -274,13 +290,14 @@ def _run_pair(program: bytes | str, params: dict[str, Any], weak_bounds: bool,
         if check is not None:
             install_bounds_check(machine, check)
         for _ in range(40):  # the victim never stops: run until the intruder has finished
-            machine.run(ms_=2)
+            machine.run(ms=2)
             if intruder.state is not GuestState.RUNNING:
                 break
         damaged = victim.memory.read(RAM_BASE, 64) != code_before
         audit = [str(r) for r in machine.log if r.guest == intruder.name
                  and r.reason in (ExitReason.ILLEGAL_ACCESS, ExitReason.HYPERCALL)]
-        return intruder.uart.text, damaged, list(machine.violations), audit, machine.exit_counts()
+        return (intruder.uart.text, damaged, list(machine.violations), audit, machine.exit_counts(),
+                victim.state.value)
 
 
 def toy_attack(params: dict[str, Any], *, weak_bounds: bool = False, check: BoundsCheck | None = None) -> AttackReport:
@@ -292,35 +309,57 @@ def toy_attack(params: dict[str, Any], *, weak_bounds: bool = False, check: Boun
     mode = "weakened VMM" if weak_bounds else "sound VMM"
     if check is not None:
         mode += " + your check"
-    attacker_out, damaged, violations, audit, counts = _run_pair("attacker", params, weak_bounds, check)
-    spy_out, _, spy_violations, spy_audit, _ = _run_pair(_spy_program(params), params, weak_bounds, check)
+    attacker_out, damaged, violations, audit, counts, victim = _run_pair("attacker", params, weak_bounds, check)
+    spy_out, _, spy_violations, spy_audit, _, _ = _run_pair(_spy_program(params), params, weak_bounds, check)
     leaked = params["victim_secret"] in spy_out or params["victim_secret"][:8][::-1].encode().hex() in spy_out
     return AttackReport(mode, attacker_out, spy_out, leaked, damaged, violations + spy_violations,
-                        audit + spy_audit, counts)
+                        audit + spy_audit, counts, victim)
 
 
 # ---------------------------------------------------------------------------------------------- containers
 
 #: The namespaces of the lab's container, as ``unshare`` flags.
 NAMESPACES = ("--pid", "--fork", "--mount-proc", "--mount", "--net", "--uts", "--ipc")
+#: Without root: the same inside a new user namespace that maps you to its root (how rootless containers work).
+ROOTLESS = ("--user", "--map-root-user")
 #: Holds the command until the parent has moved it into the cgroup (``read`` returns at the newline).
 _GATE = ["sh", "-c", 'read go && exec "$@"', "gate"]
 _cgroup_ids = iter(range(1 << 30))
+_flags_cache: list[tuple[str, ...] | None] = []
+
+
+def namespace_flags() -> tuple[str, ...] | None:
+    """The ``unshare`` flags of the lab's container on this host: :data:`NAMESPACES` as root, prefixed by
+    :data:`ROOTLESS` otherwise; None if the host allows neither (Binder's container forbids ``unshare``)."""
+    if not _flags_cache:
+        choices: list[tuple[str, ...]] = [NAMESPACES] if os.geteuid() == 0 else []
+        choices.append(ROOTLESS + NAMESPACES)
+        found = None
+        for flags in choices:
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                if subprocess.run(["unshare", *flags, "true"], capture_output=True, timeout=10).returncode == 0:
+                    found = flags
+                    break
+        _flags_cache.append(found)
+    return _flags_cache[0]
 
 
 def container_support() -> tuple[bool, bool, str]:
     """(namespaces usable, memory+pids cgroups usable, an explanation for the notebook)."""
-    namespaces = detect_namespaces()
-    missing = [k for k in ("pid", "net", "mount", "uts", "ipc") if k not in namespaces.available]
+    flags = namespace_flags()
     groups = detect_cgroups()
     cgroups_ok = all(groups.where(c) for c in ("memory", "pids"))
-    parts = [namespaces.describe(), groups.describe()]
-    if missing:
-        parts.append("this host does not let this user create namespaces (as on Binder, where notebooks do not "
-                     "run as root): the container part is skipped")
-    elif not cgroups_ok:
-        parts.append("no writable memory and pids cgroup controllers here: the limits are skipped")
-    return not missing, cgroups_ok, "; ".join(parts)
+    if flags is None:
+        why = (f"{detect_namespaces().describe()}: this host does not let this user create namespaces (as on "
+               "Binder, whose notebooks run in a locked-down container): the container part is skipped")
+    elif flags[:1] == ROOTLESS[:1]:
+        why = "not root: a rootless container (a user namespace maps you to root inside it)"
+    else:
+        why = "root: PID, mount, network, UTS and IPC namespaces"
+    why += "; " + groups.describe()
+    if flags is not None and not cgroups_ok:
+        why += ": no writable memory and pids controllers, so the limits are skipped"
+    return flags is not None, cgroups_ok, why
 
 
 @dataclass(frozen=True)
@@ -351,7 +390,11 @@ def run_container(command: Sequence[str], *, hostname: str | None = None, memory
     """
     inner = ["sh", "-c", 'h="$1"; shift; [ -z "$h" ] || hostname "$h"; "$@"; echo "vlab-status=$?"',
              "container", hostname or "", *command]
-    argv = [*_GATE, "unshare", *NAMESPACES, *inner]
+    flags = namespace_flags()
+    if flags is None:
+        raise VlabError("this host does not allow namespaces for this user", field="namespaces",
+                        value=detect_namespaces().describe(), fix="run as root, or where user namespaces are allowed")
+    argv = [*_GATE, "unshare", *flags, *inner]
     limited = memory_limit_mib is not None or pids_max is not None
     group = Cgroup(f"vlab-lab05-{os.getpid()}-{next(_cgroup_ids)}", ("memory", "pids")) if limited else None
     try:
@@ -380,10 +423,7 @@ def _run_gated(argv: list[str], group: Cgroup | None, timeout: float) -> str:
     try:
         if group is not None:
             group.add(process.pid)
-        assert process.stdin is not None
-        process.stdin.write("go\n")
-        process.stdin.close()
-        output, _ = process.communicate(timeout=timeout)
+        output, _ = process.communicate("go\n", timeout=timeout)
     except subprocess.TimeoutExpired:
         raise VlabError("the container command did not finish", field="timeout", value=timeout,
                         fix="give it more time, or a command that ends") from None
@@ -393,7 +433,7 @@ def _run_gated(argv: list[str], group: Cgroup | None, timeout: float) -> str:
                 os.killpg(process.pid, 9)
             process.wait()
     if "unshare:" in output and "vlab-status=" not in output:
-        raise VlabError("unshare could not create the namespaces", field="namespaces", value=" ".join(NAMESPACES),
+        raise VlabError("unshare could not create the namespaces", field="namespaces", value=" ".join(argv),
                         fix="run as root (the lab skips this part where the host forbids it)", detail=output[-500:])
     return output
 
@@ -419,7 +459,7 @@ def _timed_runs(argv: list[str], repeats: int) -> list[float]:
 
 def container_start_seconds(repeats: int = 5) -> list[float]:
     """Seconds from spawn to exit of ``true`` in fresh namespaces (a container's whole start-up and exit)."""
-    return _timed_runs(["unshare", *NAMESPACES, "true"], repeats)
+    return _timed_runs(["unshare", *(namespace_flags() or NAMESPACES), "true"], repeats)
 
 
 def plain_process_seconds(repeats: int = 5) -> list[float]:
@@ -429,7 +469,7 @@ def plain_process_seconds(repeats: int = 5) -> list[float]:
 
 def container_memory_kib() -> list[int]:
     """Resident memory (KiB) of each process of an idle container running a shell, seen from the host."""
-    process = subprocess.Popen(["unshare", *NAMESPACES, "sh", "-c", "echo ready; read line"],
+    process = subprocess.Popen(["unshare", *(namespace_flags() or NAMESPACES), "sh", "-c", "echo ready; read line"],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert process.stdout is not None and process.stdin is not None
@@ -510,6 +550,14 @@ def lab_vm_configs(params: dict[str, Any], *, bridges: bool, disk: Path | None =
     return configs
 
 
+def topology(params: dict[str, Any], *, bridges: bool = True) -> dict[str, list[dict[str, str | None]]]:
+    """The lab VMs' NICs as plain data: VM name -> list of ``{"mode", "bridge", "ip"}`` (what q6 reasons on)."""
+    if not bridges:
+        return {"alpha": []}
+    return {name: [{"mode": "bridge", "bridge": params["bridges"][name], "ip": f"{params['addresses'][name]}/24"}]
+            for name in ("alpha", "beta", "gamma")}
+
+
 @contextlib.contextmanager
 def running_vms(configs: Sequence[VMConfig], timeout: float = 90.0) -> Iterator[list[VM]]:
     """Boot every config in parallel; yield the running VMs; stop them all, whatever happens."""
@@ -517,14 +565,18 @@ def running_vms(configs: Sequence[VMConfig], timeout: float = 90.0) -> Iterator[
 
     vms = [VM(c) for c in configs]
     try:
+        # leaving the pool waits for every start, even on an error or Ctrl-C: no VM boots on unnoticed
         with ThreadPoolExecutor(max_workers=len(vms)) as pool:
             for future in [pool.submit(vm.start, timeout) for vm in vms]:
                 future.result()
         yield vms
     finally:
         for vm in vms:
-            with contextlib.suppress(Exception):
+            try:
                 vm.stop()
+            except Exception:  # created, failed or already stopped: make sure no QEMU is left anyway
+                with contextlib.suppress(Exception):
+                    vm.kill()
 
 
 @dataclass(frozen=True)
@@ -538,12 +590,33 @@ class GuestView:
     sees_host_file: bool
 
 
+def _view_command(host_file: Path) -> str:
+    return (f"hostname; uname -r; cat /proc/sys/kernel/random/boot_id; ls -d /proc/[0-9]* | wc -l; "
+            f"cat {host_file} >/dev/null 2>&1 && echo visible || echo no-such-file")
+
+
+def _parse_view(text: str) -> GuestView:
+    lines = [line.strip() for line in text.strip().splitlines()]
+    if len(lines) < 5:
+        raise VlabError("unexpected answer to the view command", field="output", value=text[-300:])
+    hostname, kernel, boot_id, processes, marker = lines[-5:]
+    return GuestView(hostname, kernel, boot_id, int(processes), marker == "visible")
+
+
 def guest_view(vm: VM, host_file: Path) -> GuestView:
-    """Ask the guest for its hostname, kernel, boot id, process count, and the host's ``host_file``."""
-    out = vm.console.run(f"hostname; uname -r; cat /proc/sys/kernel/random/boot_id; ls -d /proc/[0-9]* | wc -l; "
-                         f"cat {host_file} 2>/dev/null || echo no-such-file").output.split("\n")
-    hostname, kernel, boot_id, processes, marker = (line.strip() for line in out[:5])
-    return GuestView(hostname, kernel, boot_id, int(processes), marker != "no-such-file")
+    """Ask the guest for its hostname, kernel, boot id, process count, and whether it can read ``host_file``."""
+    return _parse_view(vm.console.run(_view_command(host_file)).output)
+
+
+def container_view(host_file: Path, hostname: str) -> GuestView:
+    """The same questions asked inside a fresh container (:func:`run_container`) named ``hostname``."""
+    return _parse_view(run_container(["sh", "-c", _view_command(host_file)], hostname=hostname).output)
+
+
+def host_view(host_file: Path) -> GuestView:
+    """The same questions answered by the host itself."""
+    done = subprocess.run(["sh", "-c", _view_command(host_file)], capture_output=True, text=True, timeout=30)
+    return _parse_view(done.stdout)
 
 
 def ping(vm: VM, address: str) -> bool:
@@ -574,7 +647,10 @@ def socket_access(path: Path) -> SocketAccess:
         classes.append("its group")
     if info.st_mode & stat.S_IWOTH and parent.st_mode & stat.S_IXOTH:
         classes.append("every user")
-    owner = pwd.getpwuid(info.st_uid).pw_name
+    try:
+        owner = pwd.getpwuid(info.st_uid).pw_name
+    except KeyError:  # a uid without a passwd entry (the grader's throw-away uid)
+        owner = f"uid {info.st_uid}"
     return SocketAccess(str(path), stat.filemode(info.st_mode), owner, stat.filemode(parent.st_mode),
                         " and ".join(classes) or "nobody but root")
 
@@ -639,18 +715,31 @@ _template_lock = threading.Lock()
 def luks_image(path: Path, size: str = "8M") -> Path:
     """A fresh LUKS-encrypted qcow2 at ``path`` (passphrase :data:`LAB_PASSPHRASE`), copied from a cached
     template because ``qemu-img`` spends seconds of CPU on LUKS key-slot set-up whatever the iteration time."""
+    template = images_dir() / "lab05" / f"luks-{size}.qcow2"
+    with _template_lock:
+        try:
+            if not template.is_file():
+                template.parent.mkdir(parents=True, exist_ok=True)
+                _create_luks(template, size)
+            tmp = path.with_name(f".{path.name}.tmp")
+            shutil.copyfile(template, tmp)
+            tmp.rename(path)
+        except PermissionError:  # a cache this user cannot write (e.g. the grader's): make one here
+            _create_luks(path, size)
+    return path
+
+
+def _create_luks(path: Path, size: str) -> None:
     from vlab.qemu.disks import create_image
 
-    cache = images_dir() / "lab05"
-    template = cache / f"luks-{size}.qcow2"
-    with _template_lock:
-        if not template.is_file():
-            cache.mkdir(parents=True, exist_ok=True)
-            create_image(template, size, secret=LAB_PASSPHRASE, iter_time_ms=20)  # temp file + rename inside
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.copyfile(template, tmp)
-    tmp.rename(path)
-    return path
+    for attempt in range(5):
+        try:
+            create_image(path, size, secret=LAB_PASSPHRASE, iter_time_ms=50)  # temp file + rename inside
+            return
+        except VlabError as exc:
+            # qemu-img's PBKDF benchmark fails at random when the thread's CPU time has not ticked yet
+            if "accurate CPU usage" not in (exc.detail or "") or attempt == 4:
+                raise
 
 
 def file_occurrences(path: Path, needle: bytes) -> int:

@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Any
 
 from vlab.errors import StateError, VlabError
+from vlab.labs.create_vm import attempt
 from vlab.qemu import VM, MigrationResult, VMConfig, VMState
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "MigrationBench",
     "MigrationRun",
     "RoundSample",
+    "attempt",
     "comparison_table",
     "iter_records",
     "run_table",
@@ -55,6 +57,9 @@ PAGE_SIZE = 4096
 #: QEMU's default max-bandwidth (bytes/s)
 DEFAULT_BANDWIDTH = 128 * MIB
 _GUEST_LOG = "/tmp/memdirty.log"
+#: seconds a console command in the guest may take before the guest counts as dead
+_CONSOLE_TIMEOUT = 5.0
+_LOST_NOTE = "the guest did not survive on the destination (see the lab's notes on TCG)"
 
 
 @dataclass(frozen=True)
@@ -160,7 +165,6 @@ class MigrationBench:
         self.vm: VM | None = None
         self.boots = 0
         self._dirtier_pid: int | None = None
-        self._dirtier_started = 0.0
 
     # -- life cycle
 
@@ -205,33 +209,52 @@ class MigrationBench:
     # -- the guest's workload
 
     def start_dirtying(self, dirty_rate: int, wws_mib: int) -> int:
-        """(Re)start memdirty in the guest; returns its pid in the guest."""
+        """(Re)start memdirty in the guest; returns its pid in the guest.
+
+        A guest that does not answer (it crashed after an earlier migration) is replaced first.
+        """
         _check_workload(dirty_rate, wws_mib, self.config.mem)
+        for attempt_number in range(2):
+            try:
+                return self._spawn_dirtier(dirty_rate, wws_mib)
+            except VlabError:
+                if attempt_number == 1:
+                    raise
+                self._replace_guest()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _spawn_dirtier(self, dirty_rate: int, wws_mib: int) -> int:
         console = self.guest.console
         if self._dirtier_pid is not None:
-            console.run(f"kill {self._dirtier_pid} 2>/dev/null; true")
-        pid_text = console.run(f"memdirty {wws_mib} {dirty_rate} > {_GUEST_LOG} 2>&1 & echo $!").output
+            console.run(f"kill {self._dirtier_pid} 2>/dev/null; true", timeout=_CONSOLE_TIMEOUT)
+        pid_text = console.run(f"memdirty {wws_mib} {dirty_rate} > {_GUEST_LOG} 2>&1 & echo $!",
+                               timeout=_CONSOLE_TIMEOUT).output
         self._dirtier_pid = int(pid_text.strip().splitlines()[-1])
-        self._dirtier_started = time.monotonic()
         return self._dirtier_pid
 
     def dirtier_alive(self) -> bool:
-        """Whether the memdirty process still exists in the guest (the guest itself answers)."""
+        """Whether the memdirty process still exists in the guest (so the guest itself answers)."""
         if self._dirtier_pid is None:
             return False
         try:
-            return self.guest.console.run(f"kill -0 {self._dirtier_pid}", timeout=10).ok
+            return self.guest.console.run(f"kill -0 {self._dirtier_pid}", timeout=_CONSOLE_TIMEOUT).ok
         except VlabError:
             return False
 
     def counter(self, wait_s: float = 1.2) -> list[tuple[int, int]]:
-        """memdirty's ``(seconds, pages written)`` lines so far, after waiting ``wait_s`` for a fresh one."""
+        """memdirty's ``(seconds, pages written)`` lines so far, after waiting ``wait_s`` for a fresh one.
+
+        Empty if the guest does not answer.
+        """
         time.sleep(wait_s)
-        text = self.guest.console.run(f"cat {_GUEST_LOG}").output
+        try:
+            text = self.guest.console.run(f"cat {_GUEST_LOG}", timeout=_CONSOLE_TIMEOUT).output
+        except VlabError:
+            return []
         lines = []
         for line in text.splitlines():
             words = line.split()
-            if len(words) == 3 and words[0] == "memdirty":
+            if len(words) == 3 and words[0] == "memdirty" and words[1].isdigit() and words[2].isdigit():
                 lines.append((int(words[1]), int(words[2])))
         return lines
 
@@ -246,14 +269,15 @@ class MigrationBench:
         :param settle_s: seconds memdirty runs before the migration starts (its buffer is touched first).
         :param on_sample: called with every poll (e.g. ``view.add`` of a MigrationView, with ``as_record``).
         """
-        self._recover_if_dead()
+        self.ensure_alive()
         self.start_dirtying(dirty_rate, wws_mib)
         time.sleep(settle_s)
+        knobs = _Knobs(label, dirty_rate, wws_mib, bandwidth_mib * MIB, downtime_ms)
         source = self.guest
         destination = VM(source.config)
         outcome: dict[str, Any] = {}
         worker = threading.Thread(target=_migrate_into, name="vlab-migrate",
-                                  args=(source, destination, downtime_ms, bandwidth_mib * MIB, timeout, outcome))
+                                  args=(source, destination, downtime_ms, knobs.bandwidth, timeout, outcome))
         started = time.monotonic()
         worker.start()
         try:
@@ -262,16 +286,20 @@ class MigrationBench:
             worker.join()
         result = outcome.get("result")
         if isinstance(result, MigrationResult):
-            return self._completed(label, dirty_rate, wws_mib, result, samples, source, destination)
+            return self._completed(knobs, result, samples, source, destination)
+        info = _query_or_empty(source)
+        if info.get("status") == "completed":  # switched over, then the destination died at once
+            return self._completed_but_lost(knobs, info, samples, source, destination)
+        if info.get("status") in ("cancelled", "cancelling") or _was_cancelled(outcome.get("error")):
+            self._wait_cancelled(source)
+            last = samples[-1] if samples else None
+            return MigrationRun(label, dirty_rate, wws_mib, knobs.bandwidth, downtime_ms, False,
+                                (time.monotonic() - started) * 1000, None, last.transferred if last else 0,
+                                last.round if last else 0, None, tuple(samples),
+                                note=f"did not converge within {timeout:g} s: cancelled, the guest stayed on the "
+                                     "source")
         error = outcome.get("error")
-        if not _was_cancelled(error):
-            raise error if isinstance(error, BaseException) else VlabError("the migration failed", field="migrate")
-        self._wait_cancelled(source)
-        last = samples[-1] if samples else None
-        return MigrationRun(label, dirty_rate, wws_mib, bandwidth_mib * MIB, downtime_ms, False,
-                            (time.monotonic() - started) * 1000, None, last.transferred if last else 0,
-                            last.round if last else 0, None, tuple(samples),
-                            note=f"did not converge within {timeout:g} s: cancelled, the guest stayed on the source")
+        raise error if isinstance(error, BaseException) else VlabError("the migration failed", field="migrate")
 
     def _poll_until_done(self, source: VM, worker: threading.Thread, started: float,
                          on_sample: Callable[[RoundSample], object] | None) -> list[RoundSample]:
@@ -286,37 +314,73 @@ class MigrationBench:
             time.sleep(self.poll_s)
         return samples
 
-    def _completed(self, label: str, dirty_rate: int, wws_mib: int, result: MigrationResult,
-                   samples: list[RoundSample], source: VM, destination: VM) -> MigrationRun:
-        final = RoundSample(result.dirty_sync_count, 0, result.transferred_bytes, result.total_time_ms / 1000,
-                            "completed")
-        samples.append(final)
+    def _completed(self, knobs: _Knobs, result: MigrationResult, samples: list[RoundSample], source: VM,
+                   destination: VM) -> MigrationRun:
+        samples.append(RoundSample(result.dirty_sync_count, 0, result.transferred_bytes,
+                                   result.total_time_ms / 1000, "completed"))
         source.stop(timeout=2.0)  # paused in postmigrate: its guest lives on in the destination now
         self.vm = destination
         survived = self.dirtier_alive()
-        note = "" if survived else "the guest did not survive on the destination (see the lab's notes on TCG)"
-        return MigrationRun(label, dirty_rate, wws_mib, result.bandwidth, result.downtime_limit_ms, True,
-                            float(result.total_time_ms), float(result.downtime_ms), result.transferred_bytes,
-                            result.dirty_sync_count, survived, tuple(samples), note)
+        note = "" if survived else _LOST_NOTE
+        return MigrationRun(knobs.label, knobs.dirty_rate, knobs.wws_mib, result.bandwidth,
+                            result.downtime_limit_ms, True, float(result.total_time_ms), float(result.downtime_ms),
+                            result.transferred_bytes, result.dirty_sync_count, survived, tuple(samples), note)
+
+    def _completed_but_lost(self, knobs: _Knobs, info: Mapping[str, Any], samples: list[RoundSample], source: VM,
+                            destination: VM) -> MigrationRun:
+        ram = info.get("ram", {})
+        destination.kill()
+        source.stop(timeout=2.0)
+        self._dirtier_pid = None
+        samples.append(RoundSample(int(ram.get("dirty-sync-count", 0)), 0, int(ram.get("transferred", 0)),
+                                   float(info.get("total-time", 0)) / 1000, "completed"))
+        return MigrationRun(knobs.label, knobs.dirty_rate, knobs.wws_mib, knobs.bandwidth, knobs.downtime_ms, True,
+                            float(info.get("total-time", 0)), float(info.get("downtime", 0)),
+                            int(ram.get("transferred", 0)), int(ram.get("dirty-sync-count", 0)), False,
+                            tuple(samples), _LOST_NOTE)
 
     def _wait_cancelled(self, source: VM, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
-        while source.qmp("query-migrate").get("status") == "cancelling" and time.monotonic() < deadline:
+        while _query_or_empty(source).get("status") == "cancelling" and time.monotonic() < deadline:
             time.sleep(0.02)
 
-    def _recover_if_dead(self) -> None:
-        """A guest that crashed (or whose shell died) is replaced by a freshly booted one."""
-        vm = self.guest
-        alive = vm.state is VMState.RUNNING
-        if alive:
+    def ensure_alive(self) -> bool:
+        """Replace a guest that crashed (or whose shell no longer answers) by a freshly booted one.
+
+        :returns: True if the guest had to be replaced.
+        """
+        vm = self.vm
+        alive = vm is not None and vm.state is VMState.RUNNING
+        if alive and vm is not None:
             try:
-                alive = vm.console.run("true", timeout=5).ok
+                alive = vm.console.run("true", timeout=_CONSOLE_TIMEOUT).ok
             except VlabError:
                 alive = False
         if not alive:
-            vm.kill()
-            self.vm = None
-            self.start()
+            self._replace_guest()
+        return not alive
+
+    def _replace_guest(self) -> None:
+        if self.vm is not None:
+            self.vm.kill()
+        self.vm = None
+        self.start()
+
+
+@dataclass(frozen=True)
+class _Knobs:
+    label: str
+    dirty_rate: int
+    wws_mib: int
+    bandwidth: int
+    downtime_ms: int
+
+
+def _query_or_empty(vm: VM) -> dict[str, Any]:
+    try:
+        return dict(vm.qmp("query-migrate"))
+    except (VlabError, StateError):
+        return {}
 
 
 def _check_workload(dirty_rate: int, wws_mib: int, mem_mib: int) -> None:
@@ -377,9 +441,12 @@ def comparison_table(runs: Sequence[MigrationRun], predictions: Sequence[Mapping
         if model is None:
             lines.append(f"{run.label:<22} (no model yet)")
             continue
-        sent = f"{run.transferred_bytes / MIB:.1f} / {float(model['transferred']) / MIB:.1f}"
-        total = f"{run.total_time_ms / 1000:.2f} / {float(model['total_time']):.2f}"
-        rounds = f"{run.rounds} / {model['rounds']}"
+        never = not model["converged"]  # a model that never converges has no total to compare
+        model_sent = "never" if never else f"{float(model['transferred']) / MIB:.1f}"
+        model_total = "never" if never else f"{float(model['total_time']):.2f}"
+        sent = f"{run.transferred_bytes / MIB:.1f} / {model_sent}"
+        total = f"{run.total_time_ms / 1000:.2f} / {model_total}"
+        rounds = f"{run.rounds} / {'>' if never else ''}{model['rounds']}"
         conv = f"{'yes' if run.completed else 'no'} / {'yes' if model['converged'] else 'no'}"
         lines.append(f"{run.label:<22} {sent:>20} {total:>19} {rounds:>18} {conv:>21}")
     return "\n".join(lines)

@@ -24,6 +24,7 @@ Statistics come from :mod:`vlab.measure` (warm-up, repeats, median, bootstrap in
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -33,10 +34,12 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from vlab import plots
 from vlab.errors import VlabError
 from vlab.measure import Sample, repeat
+from vlab.progress import display_mode
 
 if TYPE_CHECKING:
     from vlab.qemu import VM
@@ -62,6 +65,7 @@ __all__ = [
     "instrument_sample",
     "native_sample",
     "params_for",
+    "show",
 ]
 
 def params_for(seed: int) -> dict[str, object]:
@@ -99,7 +103,7 @@ class Workload:
 
 WORKLOADS: dict[str, Workload] = {
     "compute": Workload(
-        "compute", "i=0; while [ $i -lt 8000 ]; do i=$((i+1)); done",
+        "compute", "i=0; while [ $i -lt 5000 ]; do i=$((i+1)); done",
         "user-mode instructions only: the shell interpreting arithmetic"),
     "syscall": Workload(
         "syscall", "dd if=/dev/zero of=/dev/null bs=1 count=20000 2>/dev/null",
@@ -334,3 +338,23 @@ def measure_cost_runs(plan: Sequence[tuple[int, int]], repeats: int = 5,
 
 #: the workloads the cost model is fitted to: (plain-work rounds per exit, iterations)
 COST_PLAN = ((0, 8000), (4, 8000), (16, 5000), (64, 3000), (256, 1500), (2048, 250))
+
+
+# ================================================================ display
+
+
+def show(fig: Any) -> None:
+    """Display a plotly figure like :func:`vlab.plots.show`, minus a 5–15 s stall.
+
+    Adapter: ``fig.show()`` imports ``plotly.io._renderers``, which imports ``nbformat`` and through
+    it ``jsonschema`` and ``rfc3987_syntax``, which builds a parser at import time (5 s on a quiet
+    2-core machine here, 14 s on a busy one). In a notebook the figure is sent as the same plotly
+    MIME bundle directly; elsewhere :func:`vlab.plots.show` prints its text summary.
+    """
+    if display_mode() != "notebook":
+        plots.show(fig)
+        return
+    from IPython.display import display
+
+    display({"application/vnd.plotly.v1+json": json.loads(fig.to_json()), "text/plain": plots.summarize(fig)},  # type: ignore[no-untyped-call]
+            raw=True)

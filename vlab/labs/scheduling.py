@@ -3,11 +3,13 @@
 Three scales of "who gets the CPU", each with its own section:
 
 * **vCPUs on one toy host** (:mod:`vlab.toyvmm`): guests with different workloads share
-  one physical CPU; :func:`run_mix` runs a seeded mix under a scheduler and
-  :func:`summarize_run` turns the trace into what a scheduler is judged on — each
-  guest's CPU share against its weight, Jain's fairness index of share ÷ entitlement,
-  and the wake-up latency of the guest that sleeps. :func:`lock_holder_preemption`
-  runs two vCPUs of one guest that hand a spin lock back and forth.
+  one physical CPU; :func:`run_mix` runs a seeded mix (:func:`seeded_mix`) under a
+  scheduler and returns a :class:`MixResult` with what a scheduler is judged on — each
+  guest's CPU share against its entitlement (weighted max-min fairness with caps), Jain's
+  fairness index of received ÷ entitled, and the wake-up latency of the guests that sleep.
+  :func:`score_scheduler` is the same as plain data, for the grader to judge a student's
+  scheduler. :func:`lock_holder_preemption` runs two vCPUs of one guest that hand a spin
+  lock back and forth, with or without yielding when they spin.
 * **VMs on many hosts**: placement as vector bin packing over (CPU, memory, disk).
   :class:`Demand` is a resource vector; :func:`seeded_vms` the lab's VM list;
   :func:`replay_article_example` replays the reference article's worked example with
@@ -23,17 +25,20 @@ Three scales of "who gets the CPU", each with its own section:
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from vlab import plots
 from vlab.errors import VlabError
 from vlab.host import Cgroup, detect_cgroups
 from vlab.measure import jain_index
 from vlab.plots import Slice
+from vlab.progress import display_mode
 
 if TYPE_CHECKING:
     from vlab.qemu import VM
@@ -63,11 +68,13 @@ __all__ = [
     "cpu_quota_support",
     "guest_loop_rate",
     "hosts_used",
+    "lower_bound_hint",
     "objective_counterexample",
     "placement_problems",
     "placement_table",
     "replay_article_example",
     "seeded_vms",
+    "show",
     "throttled_vcpus",
     "utilisation",
     "vcpu_threads",
@@ -648,3 +655,23 @@ def guest_loop_rate(vm: VM, iterations: int = 20_000) -> LoopRate:
             return LoopRate(iterations, float(end) - float(start))
     raise VlabError("the guest loop printed no timing line", field="guest output", value=result.output[-200:],
                     fix="check the guest shell answers: vm.console.run('echo hi')")
+
+
+# ================================================================ display
+
+
+def show(fig: Any) -> None:
+    """Display a plotly figure like :func:`vlab.plots.show`, minus a 5–15 s stall.
+
+    Adapter: ``fig.show()`` imports ``plotly.io._renderers``, which imports ``nbformat`` and through
+    it ``jsonschema`` and ``rfc3987_syntax``, which builds a parser at import time (5 s on a quiet
+    2-core machine here, 14 s on a busy one). In a notebook the figure is sent as the same plotly
+    MIME bundle directly; elsewhere :func:`vlab.plots.show` prints its text summary.
+    """
+    if display_mode() != "notebook":
+        plots.show(fig)
+        return
+    from IPython.display import display
+
+    display({"application/vnd.plotly.v1+json": json.loads(fig.to_json()), "text/plain": plots.summarize(fig)},  # type: ignore[no-untyped-call]
+            raw=True)

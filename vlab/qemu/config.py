@@ -187,8 +187,9 @@ class Nic:
 class LaunchIO:
     """How a launched QEMU talks to vlab: inherited fds for QMP and the serial console.
 
-    :param qmp_fd: a connected socket fd carrying QMP (``-chardev socket,fd=…``).
+    :param qmp_fd: a connected socket fd carrying QMP for the ``qemu.qmp`` client (``-chardev socket,fd=…``).
     :param console_fd: a connected socket fd carrying ttyS0.
+    :param qmp_sync_fd: a second QMP monitor, for vlab's direct synchronous calls (None: none).
     :param disk_paths: per disk, the file QEMU opens (the overlay when the disk has one).
     :param secret_files: per disk, the file holding its LUKS passphrase (None if not encrypted).
     :param nic_fds: per NIC, the tap fd for bridge NICs (None for user-mode NICs).
@@ -201,6 +202,7 @@ class LaunchIO:
     secret_files: Sequence[Path | None] = ()
     nic_fds: Sequence[int | None] = ()
     incoming: str | None = None
+    qmp_sync_fd: int | None = None
 
 
 # vm.conf keys as textbooks print them -> VMConfig fields
@@ -418,10 +420,10 @@ class VMConfig:
     def _io_args(io: LaunchIO | None) -> list[str]:
         if io is None:
             return ["-serial", "mon:stdio"]
-        return [
-            "-chardev", f"socket,id=qmp,fd={io.qmp_fd}", "-mon", "chardev=qmp,mode=control",
-            "-chardev", f"socket,id=console,fd={io.console_fd}", "-serial", "chardev:console",
-        ]
+        argv = ["-chardev", f"socket,id=qmp,fd={io.qmp_fd}", "-mon", "chardev=qmp,mode=control"]
+        if io.qmp_sync_fd is not None:
+            argv += ["-chardev", f"socket,id=qmp-sync,fd={io.qmp_sync_fd}", "-mon", "chardev=qmp-sync,mode=control"]
+        return [*argv, "-chardev", f"socket,id=console,fd={io.console_fd}", "-serial", "chardev:console"]
 
     def _disk_args(self, io: LaunchIO | None) -> list[str]:
         argv: list[str] = []

@@ -129,6 +129,7 @@ class VM:
         self._bridges: list[str] = []
         self._vmstate_ready = False
         self._qmp_sock: socket.socket | None = None
+        self._qmp_sync_sock: socket.socket | None = None
         self._incoming_uri = ""
         self.argv: list[str] = []
         #: how start() ended the boot: seconds from launch to the ready marker, and attempts used
@@ -259,14 +260,15 @@ class VM:
             for fd in keep:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        assert self._qmp_sock is not None
-        self._qmp.connect(self._qmp_sock, timeout=10.0)
+        assert self._qmp_sock is not None and self._qmp_sync_sock is not None
+        self._qmp.connect(self._qmp_sock, self._qmp_sync_sock, timeout=10.0)
 
     def _prepare_io(self, workdir: Path, keep: list[int], incoming: str | None) -> LaunchIO:
         qmp_ours, qmp_theirs = socket.socketpair()
+        sync_ours, sync_theirs = socket.socketpair()
         console_ours, console_theirs = socket.socketpair()
-        keep += [qmp_theirs.detach(), console_theirs.detach()]
-        self._qmp_sock = qmp_ours
+        keep += [qmp_theirs.detach(), console_theirs.detach(), sync_theirs.detach()]
+        self._qmp_sock, self._qmp_sync_sock = qmp_ours, sync_ours
         self._console = Console(console_ours, self._describe_failure)
         disk_paths, secret_files = self._prepare_disks(workdir)
         nic_fds: list[int | None] = []
@@ -278,7 +280,7 @@ class VM:
                 nic_fds.append(tap.fd)
             else:
                 nic_fds.append(None)
-        return LaunchIO(keep[0], keep[1], disk_paths, secret_files, nic_fds, incoming)
+        return LaunchIO(keep[0], keep[1], disk_paths, secret_files, nic_fds, incoming, qmp_sync_fd=keep[2])
 
     def _prepare_disks(self, workdir: Path) -> tuple[list[Path], list[Path | None]]:
         paths: list[Path] = []
@@ -356,8 +358,9 @@ class VM:
     def _release(self) -> None:
         """Close QMP and the console, remove the workdir and bridges (QEMU has exited or been killed)."""
         self._qmp.close()
-        if self._qmp_sock is not None:
-            self._qmp_sock.close()  # already closed by the QMP client unless the connect never happened
+        for sock in (self._qmp_sock, self._qmp_sync_sock):
+            if sock is not None:
+                sock.close()  # already closed by the QMP clients unless the connect never happened
         if self._console is not None:
             self._console.close()
         if self._process is not None:
@@ -494,10 +497,7 @@ class VM:
     def iter_events(self, timeout: float = 1.0) -> Iterator[Event]:
         """Yield events as they arrive until none comes for ``timeout`` s."""
         cursor = self.event_cursor()
-        while True:
-            with self._qmp.events._changed:
-                if self._qmp.events.count == cursor and not self._qmp.events._changed.wait(timeout):
-                    return
+        while self._qmp.events.wait_new(cursor, timeout):
             for event in self.events(cursor):
                 cursor += 1
                 yield event

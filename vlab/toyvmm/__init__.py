@@ -9,8 +9,20 @@ against the vCPU's *virtual* CSRs and resumes the guest -- which cannot tell the
 
 **Why RISC-V, not x86.** In Unicorn 2.1.4, RISC-V U-mode traps every CSR access and ``wfi``
 cleanly at ≈ 370 k traps/s. On x86 at CPL3, ``pushf``/``popf`` do not trap (the textbook
-non-virtualizable case) and #GP traps need a context-restore workaround (unicorn #1883) and run
-at ≈ 22 k/s. RISC-V still has one leak, used in lab 02: :mod:`~vlab.toyvmm.nonvirt`.
+non-virtualizable case, :func:`~vlab.toyvmm.nonvirt.x86_popf_at_cpl3`) and #GP traps need a
+context-restore workaround (unicorn #1883) and run at ≈ 22 k/s. RISC-V in Unicorn still has one
+leak, ``rdcycle`` -- lab 02's case for paravirtualization and scan-and-patch (:mod:`.nonvirt`).
+
+**Unicorn quirks handled here** (all measured with Unicorn 2.1.4): in the interrupt hook the PC is
+already past the trapping instruction and no architectural trap entry happened (``sepc``/``scause``
+untouched), so the VMM decodes the instruction itself and performs trap entry in software;
+``emu_stop()`` takes effect at the end of a translation block; returning True from a
+write-protection hook after ``mem_protect`` silently drops the store (unicorn #2368), so write
+protection (copy-on-write) is done with TLB permissions in the TLB-fill hook instead; hooks added
+after code was translated may not fire (unicorn #2200), so all are installed at guest creation;
+``emu_start(timeout=)`` is wall-clock, so slices use ``count=`` (virtual time = instructions);
+Unicorn does not report how far into a ``count`` it got when a hook stops early, so the VMM burns
+the remainder in a VMM-owned loop and reads the exact figure back (:mod:`.machine`).
 
 **Modules, and the concept each teaches.**
 
@@ -45,7 +57,7 @@ from vlab.toyvmm.exits import Exit, ExitHandler, ExitReason, ExitRecord, Handler
 from vlab.toyvmm.machine import MAILBOX, Guest, GuestState, Machine, Violation
 from vlab.toyvmm.memory import MemoryReport
 from vlab.toyvmm.mmu import PagingMode, PagingStats, nested_walk_refs
-from vlab.toyvmm.nonvirt import patch_counter_reads
+from vlab.toyvmm.nonvirt import patch_counter_reads, x86_popf_at_cpl3
 from vlab.toyvmm.programs import PROGRAMS, build_all, load_program
 from vlab.toyvmm.sched import INSNS_PER_MS, Credit, Lottery, RoundRobin, Scheduler, ms
 from vlab.toyvmm.trace import Slice, Trace
@@ -56,5 +68,5 @@ __all__ = [
     "ExitReason", "ExitRecord", "Guest", "GuestState", "HandlerTable", "Lottery", "Machine",
     "MemoryReport", "Mode", "PagingMode", "PagingStats", "RoundRobin", "Scheduler", "Slice", "Trace",
     "VCPUState", "Violation", "assemble", "build_all", "load_program", "ms", "nested_walk_refs",
-    "patch_counter_reads",
+    "patch_counter_reads", "x86_popf_at_cpl3",
 ]

@@ -47,6 +47,7 @@ def _run(args: argparse.Namespace) -> int:
             print(guest.uart.text, end="" if guest.uart.text.endswith("\n") or not guest.uart.text else "\n")
             print(f"   exits: {guest.exits}")
         print(f"virtual time {machine.now} instructions; CPU shares {trace.shares()}")
+        print(f"paging ({machine.mmu.mode.value}): {machine.paging_stats}")
         for violation in machine.violations:
             print(f"violation: {violation}")
     return 0

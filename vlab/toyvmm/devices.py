@@ -12,7 +12,8 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING
 
-from unicorn.riscv_const import UC_RISCV_REG_A0, UC_RISCV_REG_A1, UC_RISCV_REG_A7
+from vlab.toyvmm.isa import CSR
+from vlab.toyvmm.vcpu import SIE_STIE
 
 if TYPE_CHECKING:
     from vlab.toyvmm.exits import Exit
@@ -21,8 +22,7 @@ __all__ = ["UART_BASE", "UART", "Hypercall", "handle_hypercall"]
 
 UART_BASE = 0x1000_0000
 _THR, _LSR, _LSR_IDLE = 0, 5, 0x60
-_A0 = 10
-_ARGS = (UC_RISCV_REG_A7, UC_RISCV_REG_A0, UC_RISCV_REG_A1)
+_A0, _A7 = 10, 17
 _MAX_WRITE = 4096
 
 
@@ -62,12 +62,13 @@ def handle_hypercall(exit: Exit) -> None:
     """Default :attr:`ExitReason.HYPERCALL` handler."""
     vcpu = exit.vcpu
     guest = vcpu.guest
-    guest.load(vcpu)
-    number, a0, a1 = vcpu.regs.read_many(_ARGS)
+    number = vcpu.read_reg(_A7)
     result = 0
     if number == 0:  # Hypercall.NOP, tested first: it is the hot path of the trap benchmarks
-        pass
-    elif number == Hypercall.PUTCHAR:
+        vcpu.write_reg(_A0, 0)
+        return
+    a0, a1 = vcpu.read_reg(_A0), vcpu.read_reg(_A0 + 1)
+    if number == Hypercall.PUTCHAR:
         guest.uart.output.append(a0 & 0xFF)
     elif number == Hypercall.CONSOLE_WRITE:
         data = guest.memory.read(a0, min(a1, _MAX_WRITE))
@@ -80,15 +81,15 @@ def handle_hypercall(exit: Exit) -> None:
     elif number == Hypercall.YIELD:
         guest.machine.request_stop("yield")
     elif number == Hypercall.SET_TIMER:
-        vcpu.csrs[0x14D] = a0
-        vcpu.csrs[0x104] |= 1 << 5
+        vcpu.csrs[CSR.STIMECMP] = a0
+        vcpu.csrs[CSR.SIE] |= SIE_STIE
     elif number == Hypercall.SHUTDOWN:
         guest.halt(a0)
     elif number == Hypercall.BALLOON_GIVE:
         result = guest.memory.balloon_give(a0, a1)
         guest.machine.memory_changed(guest)
     elif number == Hypercall.BALLOON_TAKE:
-        result = guest.memory.balloon_take(a0, a1) if guest.machine.host.frames else 0
+        result = guest.memory.balloon_take(a0, a1)  # fewer if the host has run out of frames
         guest.machine.memory_changed(guest)
     elif number == Hypercall.GET_TIME:
         result = guest.machine.now

@@ -15,10 +15,12 @@ turn hardware events into exits:
 
 Virtual time is instructions executed (``emu_start(count=...)``), never the wall clock
 (``timeout=`` is wall-clock and non-deterministic). A slice runs in *chunks* of at most
-``chunk`` instructions, cut at timer deadlines; a vCPU that stops early (yield, ``wfi``,
-fault) is charged its whole chunk, because Unicorn does not report how many instructions of a
-count it executed. ``emu_stop()`` only takes effect at the end of a translation block; every
-trapping instruction ends one, so a stop requested in a trap handler is immediate.
+``chunk`` instructions, cut at timer deadlines. Unicorn does not report how many instructions
+of a count it executed before a hook stopped it, so when a trap handler ends a chunk early
+(yield, ``wfi``, shutdown) the VMM does not call ``emu_stop()`` (which would only take effect at
+the end of a translation block anyway): it parks the vCPU's context and lets the rest of the
+count run in a VMM-owned counting loop (the *sink*), which tells exactly how much was left.
+Only a chunk ended by a memory fault is charged in full.
 Write-protection is done with TLB permissions, not ``mem_protect`` + a protection hook
 (returning True there silently drops the store, unicorn #2368). All hooks are installed before
 any code is translated (hooks added later may not fire, unicorn #2200).
@@ -26,8 +28,10 @@ any code is translated (hooks added later may not fire, unicorn #2200).
 
 from __future__ import annotations
 
+import ctypes
 import enum
-from collections.abc import Iterable
+import functools
+import struct
 from typing import Any, NamedTuple
 
 import unicorn
@@ -51,13 +55,21 @@ from unicorn.riscv_const import (
     UC_RISCV_REG_PRIV,
     UC_RISCV_REG_X0,
 )
+from unicorn.unicorn_py3.unicorn import (
+    HOOK_INTR_CFUNC,
+    HOOK_TLB_FILL_CFUNC,
+    MMIO_READ_CFUNC,
+    MMIO_WRITE_CFUNC,
+    uc_hook_h,
+    uclib,
+)
 
 from vlab.errors import StateError, VlabError
 from vlab.toyvmm.asm import RAM_BASE
 from vlab.toyvmm.devices import UART, UART_BASE
 from vlab.toyvmm.exits import Exit, ExitReason, ExitRecord, HandlerTable
 from vlab.toyvmm.handlers import DEFAULT_HANDLERS
-from vlab.toyvmm.isa import CSR, decode
+from vlab.toyvmm.isa import CSR, Insn, decode
 from vlab.toyvmm.memory import PAGE, POOL_BASE, GuestMemory, HostMemory, MemoryReport, share_pages
 from vlab.toyvmm.mmu import MMU, PagingMode, PagingStats, walk
 from vlab.toyvmm.sched import Scheduler, make_scheduler
@@ -79,6 +91,38 @@ _SINK_VA, _SINK_PA = 0xFFFF_FFFF_FFFF_F000, 0x2000_0000
 _SINK_CODE = (0x00128293).to_bytes(4, "little") + (0xFFDFF06F).to_bytes(4, "little")
 _REG_T0 = UC_RISCV_REG_X0 + 5
 _SYSTEM_REASONS = {"wfi": ExitReason.WFI, "sret": ExitReason.SRET, "sfence": ExitReason.SFENCE}
+# Module-level names for the reasons the hooks use: an enum class attribute lookup per trap adds up.
+_HYPERCALL, _SYSCALL, _ILLEGAL_INSN = ExitReason.HYPERCALL, ExitReason.SYSCALL, ExitReason.ILLEGAL_INSN
+_MMIO_READ, _MMIO_WRITE = ExitReason.MMIO_READ, ExitReason.MMIO_WRITE
+_unpack_word = struct.Struct("<I").unpack_from
+
+
+@functools.lru_cache(maxsize=4096)
+def _classify(word: int) -> tuple[ExitReason, Insn]:
+    """Exit reason of an instruction word that trapped in the guest's (virtual) S-mode, and its
+    decoding: a pure function of the word, so cached (from U-mode every such trap is ILLEGAL_INSN)."""
+    insn = decode(word)
+    if insn.kind == "csr":
+        return (ExitReason.CSR_WRITE if insn.writes else ExitReason.CSR_READ), insn
+    return _SYSTEM_REASONS.get(insn.kind, ExitReason.ILLEGAL_INSN), insn
+
+
+def _install_hooks(uc: Any, machine: Machine) -> tuple[Any, ...]:
+    """Register the trap hooks with the C library directly, not through ``hook_add``/``mmio_map``.
+
+    The binding wraps every callback in two more Python frames and an exception guard: without
+    them a bare hook runs 2.5x faster (``bench/bench_toyvmm.py``), which matters on the trap path.
+    The guard is therefore the machine's own (:meth:`Machine._hook_failed`). Returns the ctypes
+    callbacks, which must live as long as the engine.
+    """
+    callbacks = (HOOK_INTR_CFUNC(machine._on_interrupt), HOOK_TLB_FILL_CFUNC(machine._tlb_fill_guard),
+                 MMIO_READ_CFUNC(machine._on_mmio_read), MMIO_WRITE_CFUNC(machine._on_mmio_write))
+    statuses = [uclib.uc_hook_add(uc._uch, ctypes.byref(uc_hook_h()), kind, callback, None, 1, 0)
+                for kind, callback in ((UC_HOOK_INTR, callbacks[0]), (UC_HOOK_TLB_FILL, callbacks[1]))]
+    statuses.append(uclib.uc_mmio_map(uc._uch, UART_BASE, PAGE, callbacks[2], None, callbacks[3], None))
+    if any(statuses):
+        raise UcError(max(statuses))
+    return callbacks
 
 
 class GuestState(enum.Enum):
@@ -98,6 +142,10 @@ class Violation(NamedTuple):
     access: str
     what: str
 
+    def __str__(self) -> str:
+        return (f"t={self.time:>10} {self.guest}/{self.vcpu} {self.access:<5} {self.addr:#018x} "
+                f"pc={self.pc:#x}: {self.what}")
+
 
 class Guest:
     """A virtual machine: its Unicorn instance, memory, UART and vCPUs (see :meth:`Machine.add_guest`)."""
@@ -110,17 +158,14 @@ class Guest:
         self.uart = UART()
         self.exit_counts = [0] * len(ExitReason)
         self.memory = GuestMemory(machine.host, ram, weak_bounds=machine.weak_bounds)
-        if len(program) > ram or not self.memory.write(RAM_BASE, program):
-            raise VlabError("the program does not fit in guest RAM", field="ram", value=ram)
+        self.memory.write(RAM_BASE, program)
         self.uc: Any = _Uc(UC_ARCH_RISCV, UC_MODE_RISCV64)
         uc = self.uc
         uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
         uc.mem_map_ptr(POOL_BASE, machine.host.frames * PAGE, UC_PROT_ALL, machine.host.address)
-        uc.mmio_map(UART_BASE, PAGE, machine._on_mmio_read, self, machine._on_mmio_write, self)
         uc.mem_map(_SINK_PA, PAGE, UC_PROT_READ | UC_PROT_EXEC)
         uc.mem_write(_SINK_PA, _SINK_CODE)
-        uc.hook_add(UC_HOOK_INTR, machine._on_interrupt)
-        uc.hook_add(UC_HOOK_TLB_FILL, machine._on_tlb_fill)
+        self._callbacks = _install_hooks(uc, machine)
         self.fetch_cache: dict[int, int] = {}
         self._boot(vcpus)
 
@@ -211,6 +256,9 @@ class Machine:
     :param nested_levels: levels of the VMM's nested table, *m* in the 2-D walk cost.
     """
 
+    #: Bound of :meth:`run` when it is given none (virtual milliseconds).
+    RUN_LIMIT_MS = 10_000
+
     def __init__(self, *, scheduler: Scheduler | str = "round-robin", paging: PagingMode | str = "shadow",
                  chunk: int = to_insns(0.2), host_memory: int = 32 << 20, log: bool = False,
                  weak_bounds: bool = False, on_violation: str = "fault", nested_levels: int = 3) -> None:
@@ -238,6 +286,7 @@ class Machine:
         self._stop_reason: str | None = None
         self._in_trap_hook = False
         self._sinking = False
+        self._hook_error: BaseException | None = None
         self._closed = False
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -255,15 +304,18 @@ class Machine:
 
             name = name or f"{program}{len(self.guests)}"
             program = load_program(program)
+        name = name or f"guest{len(self.guests)}"
         if not 1 <= vcpus <= 8:
             raise VlabError("a guest has 1 to 8 vCPUs", field="vcpus", value=vcpus)
         if weight <= 0 or not 0 <= cap <= 100:
             raise VlabError("weight must be > 0 and cap within 0..100", field="weight/cap",
                             value=(weight, cap))
-        guest = Guest(self, name or f"guest{len(self.guests)}", program, vcpus=vcpus, ram=ram,
-                      weight=weight, cap=cap)
-        if any(g.name == guest.name for g in self.guests):
-            raise VlabError("guest names must be unique", field="name", value=guest.name)
+        if any(g.name == name for g in self.guests):
+            raise VlabError("guest names must be unique", field="name", value=name)
+        if len(program) > ram:
+            raise VlabError("the program does not fit in guest RAM", field="ram", value=ram,
+                            fix=f"give the guest at least {len(program)} bytes of RAM")
+        guest = Guest(self, name, program, vcpus=vcpus, ram=ram, weight=weight, cap=cap)
         self.guests.append(guest)
         for vcpu in guest.vcpus:
             self.scheduler.add(vcpu)
@@ -292,15 +344,20 @@ class Machine:
 
     # -- running ----------------------------------------------------------------------------
     def run(self, *, ms: float | None = None, until: int | None = None) -> Trace:
-        """Run until every guest stopped, or for ``ms`` virtual ms / until time ``until``.
+        """Run for ``ms`` virtual milliseconds, or until virtual time ``until`` (instructions).
+
+        Stops earlier when every guest has halted. With neither bound, runs at most
+        :attr:`RUN_LIMIT_MS` virtual ms (a guest that never halts must not hang a notebook).
 
         :returns: :attr:`trace`, the schedule so far.
         """
         if self._closed:
             raise StateError("run", "closed", ["open"])
-        end = until if until is not None else self.now + to_insns(ms) if ms is not None else None
-        while end is None or self.now < end:
-            woken = self._wake_due()
+        if until is None:
+            until = self.now + to_insns(ms if ms is not None else self.RUN_LIMIT_MS)
+        end = until
+        while self.now < end:
+            self._wake_due()
             if all(g.state is not GuestState.RUNNING for g in self.guests):
                 break
             picked = self.scheduler.pick(self.now)
@@ -309,22 +366,19 @@ class Machine:
                     break
                 continue
             vcpu, length = picked
-            if end is not None:
-                length = min(length, end - self.now)
-            self._run_slice(vcpu, max(length, 1), woken)
+            self._run_slice(vcpu, max(min(length, end - self.now), 1))
         return self.trace
 
-    def _idle(self, end: int | None) -> bool:
+    def _idle(self, end: int) -> bool:
         """Nothing runnable: jump virtual time to the next event. False if there is none."""
         events = [d for g in self.guests for v in g.vcpus
                   if v.state is VCPUState.BLOCKED and (d := v.timer_deadline) is not None]
         later = self.scheduler.idle_until(self.now)
         if later is not None and later > self.now:
             events.append(later)
-        if end is not None:
-            events.append(end)
         if not events:
             return False
+        events.append(end)
         target = max(min(events), self.now + 1)
         self.trace.append(Slice(self.now, target, "idle", 0, "idle"))
         self.now = target
@@ -347,7 +401,7 @@ class Machine:
                      and d > self.now]
         return min(deadlines, default=None)
 
-    def _run_slice(self, vcpu: VCPU, length: int, woken: Iterable[VCPU]) -> None:
+    def _run_slice(self, vcpu: VCPU, length: int) -> None:
         guest, start, ran, reason = vcpu.guest, self.now, 0, "slice"
         guest.load(vcpu)
         self._current = vcpu
@@ -379,11 +433,18 @@ class Machine:
     def _run_chunk(self, vcpu: VCPU, count: int) -> int:
         """Run up to ``count`` instructions; returns how many the guest really executed."""
         uc = vcpu.guest.uc
+        failure: Exception | None = None
         try:
             uc.emu_start(vcpu.regs.read(UC_RISCV_REG_PC), 0, count=count)
         except UcError as error:
+            failure = error
+        if self._hook_error is not None:  # a hook raised (see _hook_failed): it is the real cause
             self._sinking = False
-            self._on_emu_error(vcpu, error)
+            error, self._hook_error = self._hook_error, None
+            raise error
+        if failure is not None:
+            self._sinking = False
+            self._on_emu_error(vcpu, failure)
             return count  # Unicorn does not say where in the count it failed: charge it all
         if not self._sinking:
             return count
@@ -416,7 +477,13 @@ class Machine:
         if self.logging:
             self.log.append(ExitRecord(self.now, guest.name, exit.vcpu.index, exit.reason, exit.pc,
                                        exit.word, exit.addr))
-        self.handlers.by_number[exit.reason](exit)
+        handler = self.handlers.by_number[exit.reason]
+        try:
+            handler(exit)
+        except Exception as error:  # a lab's handler failed: say which one, keep the traceback
+            if not any("exit handler" in note for note in getattr(error, "__notes__", [])):
+                error.add_note(f"raised by the {exit.reason.name} exit handler {handler!r} for {exit!r}")
+            raise
 
     def _fetch(self, vcpu: VCPU, pc: int) -> int:
         """The instruction word at guest-virtual ``pc`` (0 if it cannot be read)."""
@@ -429,41 +496,58 @@ class Machine:
             if frame is None:
                 return 0
             vcpu.guest.fetch_cache[pc >> 12] = frame
-        offset = frame * PAGE + (pc & (PAGE - 1))
-        return int.from_bytes(self.host.view[offset:offset + 4], "little")
+        return _unpack_word(self.host.view, frame * PAGE + (pc & (PAGE - 1)))[0]
 
+    # The hooks below are called by C through ctypes, which would print and drop an exception:
+    # each catches everything and hands it to _hook_failed, which stops the engine so that
+    # _run_chunk raises it (what the binding's wrapper did, without its cost per call).
     def _on_interrupt(self, uc: Any, intno: int, _data: Any) -> None:
         vcpu = self._current
-        assert vcpu is not None
-        if self._sinking:
+        if self._sinking or vcpu is None:
             return
         self._in_trap_hook = True
         try:
             if intno == 8:
-                self._dispatch(Exit(ExitReason.HYPERCALL if vcpu.mode else ExitReason.SYSCALL, vcpu))
+                self._dispatch(Exit(_HYPERCALL if vcpu.mode else _SYSCALL, vcpu))
             elif intno == 2:
                 pc = vcpu.regs.read(UC_RISCV_REG_PC) - 4  # Unicorn already stepped past it
                 word = self._fetch(vcpu, pc)
-                insn = decode(word)
-                if vcpu.mode == Mode.USER or insn.kind not in ("csr", "wfi", "sret", "sfence"):
-                    reason = ExitReason.ILLEGAL_INSN
-                elif insn.kind == "csr":
-                    reason = ExitReason.CSR_WRITE if insn.writes else ExitReason.CSR_READ
-                else:
-                    reason = _SYSTEM_REASONS[insn.kind]
-                self._dispatch(Exit(reason, vcpu, pc, insn, word))
+                reason, insn = _classify(word)
+                self._dispatch(Exit(reason if vcpu.mode else _ILLEGAL_INSN, vcpu, pc, insn, word))
             else:  # other synchronous exceptions: reflect them to the guest kernel as they are
                 vcpu.inject_trap(intno, 0, vcpu.regs.read(UC_RISCV_REG_PC))
+        except BaseException as error:
+            self._hook_failed(error)
         finally:
             self._in_trap_hook = False
 
-    def _on_mmio_read(self, uc: Any, offset: int, size: int, guest: Guest) -> int:
-        exit = Exit(ExitReason.MMIO_READ, self._current, None, None, 0, offset, size)  # type: ignore[arg-type]
-        self._dispatch(exit)
-        return exit.value
+    def _on_mmio_read(self, uc: Any, offset: int, size: int, _data: Any) -> int:
+        try:
+            exit = Exit(_MMIO_READ, self._current, None, None, 0, offset, size)  # type: ignore[arg-type]
+            self._dispatch(exit)
+            return exit.value
+        except BaseException as error:
+            self._hook_failed(error)
+            return 0
 
-    def _on_mmio_write(self, uc: Any, offset: int, size: int, value: int, guest: Guest) -> None:
-        self._dispatch(Exit(ExitReason.MMIO_WRITE, self._current, None, None, 0, offset, size, value))  # type: ignore[arg-type]
+    def _on_mmio_write(self, uc: Any, offset: int, size: int, value: int, _data: Any) -> None:
+        try:
+            self._dispatch(Exit(_MMIO_WRITE, self._current, None, None, 0, offset, size, value))  # type: ignore[arg-type]
+        except BaseException as error:
+            self._hook_failed(error)
+
+    def _tlb_fill_guard(self, uc: Any, va: int, access: int, entry: Any, data: Any) -> bool:
+        try:
+            return bool(self._on_tlb_fill(uc, va, access, entry.contents, data))
+        except BaseException as error:
+            self._hook_failed(error)
+            return False
+
+    def _hook_failed(self, error: BaseException) -> None:
+        if self._hook_error is None:  # the first one is the cause; later ones are consequences
+            self._hook_error = error
+        if self._current is not None:
+            self._current.guest.uc.emu_stop()
 
     def _on_tlb_fill(self, uc: Any, va: int, access: int, entry: Any, _data: Any) -> bool:
         vcpu = self._current

@@ -79,6 +79,11 @@ class HostMemory:
         return self.view[frame * PAGE:(frame + 1) * PAGE]
 
     @property
+    def available(self) -> int:
+        """Frames that can still be allocated."""
+        return len(self._free) + self.frames - self._next
+
+    @property
     def used(self) -> int:
         """Frames currently holding guest data."""
         return sum(1 for r in self.refs if r > 0)
@@ -170,7 +175,7 @@ class GuestMemory:
         """The guest asks for ballooned pages back (zeroed); returns how many it got."""
         taken = 0
         for index in self._indices(gpa, pages):
-            if self.p2m[index] is None:
+            if self.p2m[index] is None and self.host.available:
                 self.p2m[index] = self.host.alloc()
                 taken += 1
         return taken

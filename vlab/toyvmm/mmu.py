@@ -147,6 +147,7 @@ class MMU:
             if kind == "write" and 0 <= index < len(memory.p2m):
                 frame = memory.break_cow(index)
                 self.cow_copies += 1
+                vcpu.guest.flush_tlb()  # other virtual aliases of this page must not keep the old frame
             else:
                 perms &= ~UC_PROT_WRITE
         entry.paddr, entry.perms = POOL_BASE + frame * PAGE, perms
