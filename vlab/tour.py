@@ -21,7 +21,6 @@ def run_tour(command: str = "uptime") -> int:
     print("QEMU command line:\n  " + " ".join(config.qemu_argv()))
     started = time.monotonic()
     with VM(config) as vm:
-        vm.start()
         print(f"guest ready in {time.monotonic() - started:.2f} s ({vm.accel})")
         result = vm.console.run(command)
         print(f"$ {command}\n{result.output.rstrip()}\n(exit status {result.status})")

@@ -74,3 +74,20 @@ def test_host_runs_functions_in_another_process_with_a_timeout(tmp_path: Path) -
         assert host.call("answer", [4], {}) == 6
     finally:
         host.close()
+
+
+
+def test_a_parameter_named_like_a_global_is_not_a_dependency() -> None:
+    """Lab 05's bug: a parameter ``dump`` made the exporter ship a 128 MiB global ``dump`` too."""
+    from vlab.grading.exports import _used_names
+
+    source = (
+        "def leak_offsets(dump, secret):\n"
+        "    found = [i for i in range(len(dump)) if dump.startswith(secret, i)]\n"
+        "    return found[:limit]\n"
+    )
+    namespace: dict[str, object] = {}
+    exec(source, namespace)
+    used = _used_names(source, namespace["leak_offsets"])
+    assert "limit" in used and "len" in used and "range" in used
+    assert "dump" not in used and "secret" not in used and "found" not in used

@@ -63,6 +63,7 @@ def test_real_pids_limit_refuses_a_fork() -> None:
         group.add(proc.pid)
         proc.communicate("go\n", timeout=20)
         assert proc.returncode == 3
+        assert group.pids_refused() >= 1
 
 
 @pytest.mark.skipif(not detect_cgroups().where("cpu"), reason="this host offers no writable cpu cgroup")
@@ -82,3 +83,15 @@ def test_real_cpu_quota_throttles_a_busy_loop() -> None:
         group.add(proc.pid)
         proc.communicate("go\n", timeout=20)
         assert group.throttled_periods() > 0
+
+
+@pytest.mark.skipif(not detect_cgroups().where("memory"), reason="this host offers no writable memory cgroup")
+def test_real_memory_limit_oom_kills_a_hog() -> None:
+    with Cgroup(f"vlab-test-mem-{os.getpid()}", ("memory",)) as group:
+        group.set_memory_limit(64 << 20)
+        proc = subprocess.Popen([sys.executable, "-c", "import sys\nsys.stdin.readline()\nx = bytearray(200 << 20)"],
+                                stdin=subprocess.PIPE, text=True)
+        group.add(proc.pid)
+        proc.communicate("go\n", timeout=30)
+        assert proc.returncode == -9
+        assert group.oom_kills() >= 1

@@ -17,3 +17,4 @@ def test_root_can_create_pid_and_net_namespaces() -> None:
     if os.geteuid() != 0:
         return  # as a normal user the verdict depends on the host's user-namespace policy
     assert {"pid", "net"} <= set(detect_namespaces().available)
+

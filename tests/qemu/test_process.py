@@ -17,7 +17,7 @@ import pytest
 from vlab.errors import VlabError
 from vlab.paths import runtime_dir
 from vlab.qemu import VM, VMConfig, VMState
-from vlab.qemu.process import process_start_time, sweep_orphans
+from vlab.qemu.process import make_workdir, process_start_time, sweep_orphans
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
@@ -74,6 +74,26 @@ def test_kill_9_of_the_python_process_takes_qemu_down_within_2_s(guest_images: t
         holder.wait()
     sweep_orphans()  # the holder's workdir is left; the next start of any VM removes it
     assert not list(runtime_dir().glob(f"vm{holder.pid}-*"))
+
+
+def test_normal_interpreter_exit_stops_running_vms(guest_images: tuple[Path, Path]) -> None:
+    script = "import vlab; vm = vlab.VM(accel='tcg').start(); print(vm.pid, vm.workdir, flush=True)"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    qemu_pid, workdir = done.stdout.split()
+    assert done.returncode == 0, done.stderr
+    assert not os.path.exists(f"/proc/{qemu_pid}") and not Path(workdir).exists()
+
+
+def test_workdir_moves_to_tmp_when_the_runtime_dir_is_too_deep_for_sockets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    monkeypatch.setenv("VLAB_RUNTIME", str(deep))
+    workdir = make_workdir()
+    try:
+        assert len(str(workdir / "mig.sock")) < 108
+        assert not workdir.is_relative_to(deep)
+    finally:
+        workdir.rmdir()
 
 
 def test_sweep_kills_a_qemu_whose_owner_died(tmp_path: Path) -> None:
@@ -156,3 +176,22 @@ def test_hundred_start_stop_cycles_leak_no_process_fd_thread_or_dir(config: VMCo
         cycle()
     after = (open_fds(), child_pids(), threading.active_count(), sorted(runtime_dir().glob(f"vm{os.getpid()}-*")))
     assert after == before
+
+
+def test_sync_api_in_a_real_jupyter_kernel_and_qemu_dies_with_the_kernel(guest_images: tuple[Path, Path]) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    cell = nbformat.v4.new_code_cell(
+        "import os, vlab\n"
+        "vm = vlab.VM(accel='tcg').start()\n"  # sync API while the kernel's own asyncio loop runs
+        "print(os.getpid(), vm.pid, vm.console.run('echo in-guest').output.strip(), vm.status())"
+    )
+    notebook = nbformat.v4.new_notebook(cells=[cell])
+    client = nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3")
+    with client.setup_kernel():
+        client.execute_cell(cell, 0)
+        kernel_pid, qemu_pid, guest_says, status = cell.outputs[0]["text"].split()
+        assert (guest_says, status) == ("in-guest", "running")
+        qemu_start = process_start_time(int(qemu_pid))
+        os.kill(int(kernel_pid), signal.SIGKILL)  # the kernel dies without running any Python cleanup
+        assert _gone_within(int(qemu_pid), qemu_start, 2.0)

@@ -105,12 +105,32 @@ def _hashable(value: Any) -> Any:
     return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
 
 
-def _used_names(source: str) -> list[str]:
+def _code_globals(code: types.CodeType) -> set[str]:
+    """Names a code object (and the functions, lambdas and comprehensions nested in it) looks up globally.
+
+    Parameters and local variables are ``co_varnames``, not ``co_names``, so they are never included.
+    """
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_globals(const)
+    return names
+
+
+def _used_names(source: str, func: Any = None) -> list[str]:
+    """The global names a function's source needs: read as plain names (not attributes), and -- when the
+    function object is known -- looked up globally by its code (so a parameter named like a global is not one)."""
     try:
         tree = ast.parse(source)
     except SyntaxError:
         return []
-    return sorted({node.id for node in ast.walk(tree) if isinstance(node, ast.Name)})
+    plain = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    code = getattr(inspect.unwrap(func), "__code__", None) if func is not None else None
+    if code is None:
+        return sorted(plain)
+    decorators = {node.id for fn in ast.walk(tree) if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
+                  for dec in fn.decorator_list for node in ast.walk(dec) if isinstance(node, ast.Name)}
+    return sorted(plain & (_code_globals(code) | decorators))
 
 
 def _function_source(obj: Any) -> str | None:
@@ -150,7 +170,7 @@ def export_namespace(namespace: Mapping[str, Any], names: Sequence[str]) -> dict
             out["modules"][name] = obj.__name__
         elif source is not None:
             out["functions"][name] = source
-            queue.extend((used, False) for used in _used_names(source) if used != name)
+            queue.extend((used, False) for used in _used_names(source, obj) if used != name)
         elif callable(obj) and getattr(obj, "__module__", None) and getattr(obj, "__qualname__", None):
             out["imports"][name] = [obj.__module__, obj.__qualname__]
         else:

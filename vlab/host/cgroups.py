@@ -165,6 +165,27 @@ class Cgroup:
                     return int(value)
         return 0
 
+    def _counter(self, controller: str, v1_file: str, v1_key: str | None, v2_file: str, v2_key: str) -> int:
+        """A counter from a flat-keyed cgroup file (or a single-value file when the key is None)."""
+        version, path = self.dirs[controller]
+        name, key = (v1_file, v1_key) if version == 1 else (v2_file, v2_key)
+        with contextlib.suppress(OSError, ValueError):
+            text = (path / name).read_text()
+            if key is None:
+                return int(text.strip())
+            for line in text.splitlines():
+                if line.split()[0] == key:
+                    return int(line.split()[1])
+        return 0
+
+    def oom_kills(self) -> int:
+        """Processes the memory limit killed (v1 ``memory.oom_control``, v2 ``memory.events``)."""
+        return self._counter("memory", "memory.oom_control", "oom_kill", "memory.events", "oom_kill")
+
+    def pids_refused(self) -> int:
+        """Forks refused by the pids limit (v1/v2 ``pids.events``: ``max``)."""
+        return self._counter("pids", "pids.events", "max", "pids.events", "max")
+
     def remove(self, timeout: float = 2.0) -> None:
         """Remove the group's directories (waiting briefly for its processes to exit)."""
         deadline = time.monotonic() + timeout

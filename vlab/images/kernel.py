@@ -140,7 +140,20 @@ def fetch_package(workdir: Path) -> Path:
     debs = sorted(workdir.glob(f"{name}_*.deb"))
     if not debs:
         raise VlabError(f"apt-get download {name} produced no .deb", field="images", fix="check apt's sources")
+    modules = modules_package(name)
+    if _in_archive(modules, options):  # Ubuntu: the modules live in a package of their own, beside the image
+        _run(["apt-get", *options, "download", "-qq", modules], cwd=workdir)
     return debs[0]
+
+
+def modules_package(image: str) -> str:
+    """Ubuntu's modules package for an image package (``linux-image-X`` -> ``linux-modules-X``); Debian has none."""
+    return "linux-modules-" + image.removeprefix("linux-image-")
+
+
+def _in_archive(name: str, options: list[str]) -> bool:
+    done = subprocess.run(["apt-cache", *options, "show", name], capture_output=True, text=True, check=False)
+    return done.returncode == 0 and bool(done.stdout.strip())
 
 
 def package_of(deb: Path) -> KernelPackage:
@@ -213,25 +226,32 @@ def extract_kernel(deb: Path, workdir: Path, wanted_modules: list[str]) -> Extra
     """
     root = workdir / "pkg"
     _run(["dpkg-deb", "-x", str(deb), str(root)])
+    # Ubuntu ships the modules (and modules.builtin) in linux-modules-X, fetched next to the image package.
+    for extra in sorted(deb.parent.glob(f"{modules_package(package_of(deb).name)}_*.deb")):
+        _run(["dpkg-deb", "-x", str(extra), str(root)])
     images = sorted((root / "boot").glob("vmlinuz-*"))
     if not images:
         raise VlabError(
             f"{deb.name} holds no boot/vmlinuz-*", field="VLAB_KERNEL_PACKAGE", fix="use a linux-image package"
         )
-    trees = sorted((root / "lib" / "modules").glob("*"))
+    # /lib/modules (Debian 12, Ubuntu 24.04) or /usr/lib/modules (merged-/usr packages: Debian 13, Ubuntu 25.04).
+    trees = sorted([*(root / "lib" / "modules").glob("*"), *(root / "usr" / "lib" / "modules").glob("*")])
     available = _module_files(trees[0]) if trees else {}
     builtin_file = trees[0] / "modules.builtin" if trees else None
     builtin_text = builtin_file.read_text() if builtin_file and builtin_file.exists() else ""
-    builtin = [Path(line).name.split(".ko")[0].replace("-", "_") for line in builtin_text.split()]
-    missing = [m for m in wanted_modules if m.replace("-", "_") not in available and m.replace("-", "_") not in builtin]
+    builtin = {Path(line).name.split(".ko")[0].replace("-", "_") for line in builtin_text.split()}
+    # "name?" in the list marks a module the guest can live without (e.g. the ACPI button on a minimal flavour).
+    wanted = [(m.rstrip("?").replace("-", "_"), m.endswith("?")) for m in wanted_modules]
+    missing = [name for name, optional in wanted if name not in available and name not in builtin and not optional]
     if missing:
         raise VlabError(
             f"the kernel package has no module {', '.join(missing)}",
             field="vm-images/linux/modules",
             value=deb.name,
-            fix="use a kernel flavour that has them (VLAB_KERNEL_PACKAGE) or remove them from the list",
+            fix="use a kernel flavour that has them (VLAB_KERNEL_PACKAGE), or mark them optional with a trailing ?",
         )
     plain = workdir / "modules"
     plain.mkdir(exist_ok=True)
-    ordered = [_decompressed(available[name], plain / f"{name}.ko") for name in load_order(wanted_modules, available)]
-    return ExtractedKernel(images[0], ordered, [m for m in wanted_modules if m.replace("-", "_") in builtin])
+    present = [name for name, _ in wanted if name in available]
+    ordered = [_decompressed(available[name], plain / f"{name}.ko") for name in load_order(present, available)]
+    return ExtractedKernel(images[0], ordered, sorted(name for name, _ in wanted if name in builtin))

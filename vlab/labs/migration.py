@@ -241,16 +241,26 @@ class MigrationBench:
         except VlabError:
             return False
 
-    def counter(self, wait_s: float = 1.2) -> list[tuple[int, int]]:
-        """memdirty's ``(seconds, pages written)`` lines so far, after waiting ``wait_s`` for a fresh one.
+    def counter(self, until_second: int = 0, timeout: float = 3.0) -> list[tuple[int, int]]:
+        """memdirty's ``(seconds, pages written)`` lines so far.
 
-        Empty if the guest does not answer.
+        :param until_second: wait (up to ``timeout`` s) until memdirty has printed the line of this second.
+        :returns: the lines; empty if the guest does not answer.
         """
-        time.sleep(wait_s)
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = self._read_counter()
+            if lines is None:
+                return []
+            if (lines and lines[-1][0] >= until_second) or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.1)
+
+    def _read_counter(self) -> list[tuple[int, int]] | None:
         try:
             text = self.guest.console.run(f"cat {_GUEST_LOG}", timeout=_CONSOLE_TIMEOUT).output
         except VlabError:
-            return []
+            return None
         lines = []
         for line in text.splitlines():
             words = line.split()

@@ -86,6 +86,15 @@ class EventLog:
         with self._changed:
             return self._changed.wait_for(lambda: self._dropped + len(self._events) > cursor, timeout)
 
+    def wait_contains(self, stamps: list[tuple[str, float]], timeout: float) -> bool:
+        """Wait until events with these (name, timestamp) pairs are in the log (they travel on another socket)."""
+        def present() -> bool:
+            recent = {(event.name, event.timestamp) for event in self._events[-200:]}
+            return all(stamp in recent for stamp in stamps)
+
+        with self._changed:
+            return self._changed.wait_for(present, timeout)
+
     def wait_for(self, name: str, timeout: float, cursor: int = 0) -> Event | None:
         """The first event called ``name`` after ``cursor``, waiting up to ``timeout`` s; None on timeout."""
         deadline = time.monotonic() + timeout
@@ -108,9 +117,12 @@ class _RecordingListener(EventListener):  # type: ignore[misc]
         self._log = log
 
     async def put(self, event: Mapping[str, Any]) -> None:
-        stamp = event.get("timestamp", {})
-        when = float(stamp.get("seconds", 0)) + float(stamp.get("microseconds", 0)) / 1e6
-        self._log.add(Event(str(event["event"]), dict(event.get("data", {})), when))
+        self._log.add(Event(str(event["event"]), dict(event.get("data", {})), _timestamp(event)))
+
+
+def _timestamp(event: Mapping[str, Any]) -> float:
+    stamp = event.get("timestamp", {})
+    return float(stamp.get("seconds", 0)) + float(stamp.get("microseconds", 0)) / 1e6
 
 
 class QMPChannel:
@@ -155,7 +167,12 @@ class QMPChannel:
         sync = self._sync
         if sync is None:
             raise VlabError("QMP is not connected", field=command, fix="start the VM first: vm.start()")
-        return sync.execute(command, args, timeout)
+        result, seen = sync.execute(command, args, timeout)
+        if seen:
+            # events QEMU emitted before this reply: make them visible in the log before returning, so
+            # `vm.pause(); vm.events()` shows the STOP (the recording client reads another socket)
+            self.events.wait_contains(seen, 1.0)
+        return result
 
     async def aexecute(self, command: str, args: Mapping[str, Any] | None = None,
                        timeout: float = DEFAULT_QMP_TIMEOUT) -> Any:
@@ -200,8 +217,9 @@ class _SyncMonitor:
     Why: a synchronous call through the ``qemu.qmp`` client on vlab's loop costs two thread hand-offs
     (≈ 1.35x the async client's round trip); here the caller writes the command and reads the reply
     itself, as fast as a raw socket. Calls are serialised by a lock; each carries an ``id`` so a reply
-    that arrives after a timeout is recognised and skipped. Events arrive here too and are dropped:
-    the ``qemu.qmp`` client on the other monitor records them.
+    that arrives after a timeout is recognised and skipped. Events arrive here too and are only noted:
+    the ``qemu.qmp`` client on the other monitor records them (:meth:`QMPChannel.execute` waits until it
+    has, so events still appear in the log before the reply that follows them).
     """
 
     def __init__(self, sock: socket.socket, failure: Callable[[str, Mapping[str, Any], BaseException], VlabError]):
@@ -212,6 +230,7 @@ class _SyncMonitor:
         self._ids = itertools.count(1)
 
     def negotiate(self, timeout: float) -> None:
+        """Read QEMU's greeting and leave capabilities negotiation mode."""
         with self._lock:
             self._sock.settimeout(timeout)
             try:
@@ -222,15 +241,18 @@ class _SyncMonitor:
                 raise self._failure("QMP greeting", {}, EOFError("QEMU closed the monitor"))
         self.execute("qmp_capabilities", None, timeout)
 
-    def execute(self, command: str, args: Mapping[str, Any] | None, timeout: float) -> Any:
+    def execute(self, command: str, args: Mapping[str, Any] | None,
+                timeout: float) -> tuple[Any, list[tuple[str, float]]]:
+        """Run one command; returns its ``return`` value and the (name, timestamp) of events seen meanwhile."""
         message: dict[str, Any] = {"execute": command, "id": next(self._ids)}
+        seen: list[tuple[str, float]] = []
         if args:
             message["arguments"] = dict(args)
         with self._lock:
             try:
                 self._sock.settimeout(timeout)
                 self._sock.sendall(json.dumps(message).encode() + b"\n")
-                reply = self._read_reply(message["id"], time.monotonic() + timeout)
+                reply = self._read_reply(message["id"], time.monotonic() + timeout, seen)
             except TimeoutError:
                 raise VlabError(f"QEMU did not answer within {timeout} s", field=command, value=timeout,
                                 fix="QEMU is stuck or very busy; check vm.console.tail(), or stop the VM") from None
@@ -241,9 +263,9 @@ class _SyncMonitor:
             raise VlabError(f"QEMU refused the command: {error.get('desc')}", field=command,
                             value=dict(args or {}), fix="check the command's arguments in QEMU's QMP reference",
                             detail=f"error class {error.get('class')}")
-        return reply.get("return")
+        return reply.get("return"), seen
 
-    def _read_reply(self, wanted: int, deadline: float) -> dict[str, Any]:
+    def _read_reply(self, wanted: int, deadline: float, seen: list[tuple[str, float]]) -> dict[str, Any]:
         while True:
             self._sock.settimeout(max(0.001, deadline - time.monotonic()))
             line = self._reader.readline()
@@ -252,7 +274,9 @@ class _SyncMonitor:
             message = json.loads(line)
             if message.get("id") == wanted:
                 return dict(message)
-            # an event, or a late reply to a command that timed out: not ours
+            if "event" in message:
+                seen.append((str(message["event"]), _timestamp(message)))
+            # else: a late reply to a command that timed out
 
     def close(self) -> None:
         self._reader.close()

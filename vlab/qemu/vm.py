@@ -390,18 +390,24 @@ class VM:
 
     # -- QMP ------------------------------------------------------------------------------------------
 
-    def qmp(self, command: str, timeout: float = DEFAULT_QMP_TIMEOUT, **args: Any) -> Any:
-        """Run any QMP command; ``args`` use QMP's names with ``_`` for ``-`` (``vm.qmp("balloon", value=…)``).
+    def qmp(self, command: str, arguments: Mapping[str, Any] | None = None, *,
+            timeout: float = DEFAULT_QMP_TIMEOUT, **args: Any) -> Any:
+        """Run any QMP command and return QEMU's ``return`` value.
 
-        :returns: QEMU's ``return`` value.
+        Arguments go either as keywords, with ``_`` standing for QMP's ``-``
+        (``vm.qmp("human-monitor-command", command_line="info mtree")``), or verbatim in ``arguments``
+        (for the few commands whose argument names contain ``_``).
+
+        :raises VlabError: if QEMU refuses the command (with its reason), dies, or does not answer in time.
         """
         self._require(command, *_ACTIVE)
-        return self._qmp.execute(command, _qmp_args(args), timeout)
+        return self._qmp.execute(command, {**(arguments or {}), **_qmp_args(args)}, timeout)
 
-    async def aqmp(self, command: str, timeout: float = DEFAULT_QMP_TIMEOUT, **args: Any) -> Any:
+    async def aqmp(self, command: str, arguments: Mapping[str, Any] | None = None, *,
+                   timeout: float = DEFAULT_QMP_TIMEOUT, **args: Any) -> Any:
         """``await vm.aqmp("query-status")``: :meth:`qmp` for async code (any event loop, e.g. Jupyter's)."""
         self._require(command, *_ACTIVE)
-        return await self._qmp.aexecute(command, _qmp_args(args), timeout)
+        return await self._qmp.aexecute(command, {**(arguments or {}), **_qmp_args(args)}, timeout)
 
     def _execute(self, command: str, args: Mapping[str, Any] | None = None) -> Any:
         return self._qmp.execute(command, args)

@@ -28,34 +28,20 @@ _INSTALL_FIX = "sudo apt-get install binutils-riscv64-unknown-elf"
 def _tool(name: str) -> str:
     path = shutil.which(TOOL_PREFIX + name)
     if path is None:
-        raise VlabError(
-            f"the RISC-V assembler tool {TOOL_PREFIX + name} is not installed",
-            field="toolchain",
-            value=TOOL_PREFIX + name,
-            fix=_INSTALL_FIX,
-        )
+        raise VlabError(f"the RISC-V assembler tool {TOOL_PREFIX + name} is not installed", field="toolchain",
+                        value=TOOL_PREFIX + name, fix=_INSTALL_FIX)
     return path
 
 
 def _run(argv: Sequence[str], what: str, source_name: str) -> None:
     result = subprocess.run(argv, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise VlabError(
-            f"the RISC-V {what} rejected the program",
-            field="source",
-            value=source_name,
-            fix="correct the line named in the message below",
-            detail=(result.stderr or result.stdout).strip(),
-        )
+        raise VlabError(f"the RISC-V {what} rejected the program", field="source", value=source_name,
+                        fix="correct the line named in the message below",
+                        detail=(result.stderr or result.stdout).strip())
 
 
-def assemble(
-    source: str,
-    *,
-    base: int = RAM_BASE,
-    include_dirs: Sequence[Path] = (),
-    name: str = "snippet.S",
-) -> bytes:
+def assemble(source: str, *, base: int = RAM_BASE, include_dirs: Sequence[Path] = (), name: str = "snippet.S") -> bytes:
     """Assemble RISC-V source text into a flat binary that runs at ``base``.
 
     :param source: GNU ``as`` syntax; ``.include`` files are searched in ``include_dirs``.

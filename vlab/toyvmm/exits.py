@@ -25,7 +25,7 @@ from vlab.toyvmm.isa import Insn, disassemble
 if TYPE_CHECKING:
     from vlab.toyvmm.vcpu import VCPU
 
-__all__ = ["ExitReason", "Exit", "ExitHandler", "ExitRecord", "HandlerTable"]
+__all__ = ["ExitReason", "Exit", "ExitHandler", "ExitRecord", "HandlerTable", "count_names"]
 
 
 class ExitReason(enum.IntEnum):
@@ -86,6 +86,11 @@ class Exit:
 
     def __repr__(self) -> str:
         return f"<Exit {self.reason.name} guest={self.vcpu.guest.name} vcpu={self.vcpu.index} pc={self.pc:#x}>"
+
+
+def count_names(counts: list[int]) -> dict[str, int]:
+    """Exit counts indexed by reason number -> ``{reason name: count}`` for the reasons that occurred."""
+    return {r.name: n for r, n in zip(ExitReason, counts, strict=False) if n}
 
 
 #: A handler receives the exit and emulates it by changing vCPU / guest / device state.

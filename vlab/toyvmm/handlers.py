@@ -19,9 +19,9 @@ __all__ = ["DEFAULT_HANDLERS", "csr_access", "wfi", "sret", "sfence", "syscall",
 _SUPERVISOR_CSRS = frozenset({CSR.SSTATUS, CSR.SIE, CSR.STVEC, CSR.SCOUNTEREN, CSR.SSCRATCH,
                               CSR.SEPC, CSR.SCAUSE, CSR.STVAL, CSR.STIMECMP, CSR.SATP})
 _COUNTERS = frozenset({CSR.CYCLE, CSR.TIME, CSR.INSTRET, CSR.PATCHED_COUNTER})
-_FAULT_CAUSE = {("fetch", False): Cause.FETCH_PAGE, ("read", False): Cause.LOAD_PAGE,
-                ("write", False): Cause.STORE_PAGE, ("fetch", True): Cause.FETCH_ACCESS,
-                ("read", True): Cause.LOAD_ACCESS, ("write", True): Cause.STORE_ACCESS}
+#: access -> scause of (a page fault: the guest's own table refused, an access fault: outside guest RAM)
+_FAULT_CAUSE = {"fetch": (Cause.FETCH_PAGE, Cause.FETCH_ACCESS), "read": (Cause.LOAD_PAGE, Cause.LOAD_ACCESS),
+                "write": (Cause.STORE_PAGE, Cause.STORE_ACCESS)}
 
 
 def _csr_value(exit: Exit, number: int) -> int | None:
@@ -82,7 +82,7 @@ def mmio_write(exit: Exit) -> None:
 
 def page_fault(exit: Exit) -> None:
     """The guest's own page table refused the access: deliver a page fault to the guest kernel."""
-    exit.vcpu.inject_trap(_FAULT_CAUSE[exit.access, False], exit.addr, exit.pc)
+    exit.vcpu.inject_trap(_FAULT_CAUSE[exit.access][0], exit.addr, exit.pc)
 
 
 def illegal_access(exit: Exit) -> None:
@@ -91,7 +91,7 @@ def illegal_access(exit: Exit) -> None:
     if guest.machine.on_violation == "kill":
         guest.kill("isolation violation")
     else:
-        exit.vcpu.inject_trap(_FAULT_CAUSE[exit.access, True], exit.addr, exit.pc)
+        exit.vcpu.inject_trap(_FAULT_CAUSE[exit.access][1], exit.addr, exit.pc)
 
 
 def illegal_insn(exit: Exit) -> None:
@@ -119,19 +119,9 @@ def shadow_fill(exit: Exit) -> None:
 
 
 DEFAULT_HANDLERS: dict[ExitReason, ExitHandler] = {
-    ExitReason.CSR_READ: csr_access,
-    ExitReason.CSR_WRITE: csr_access,
-    ExitReason.WFI: wfi,
-    ExitReason.SRET: sret,
-    ExitReason.SFENCE: sfence,
-    ExitReason.HYPERCALL: handle_hypercall,
-    ExitReason.SYSCALL: syscall,
-    ExitReason.MMIO_READ: mmio_read,
-    ExitReason.MMIO_WRITE: mmio_write,
-    ExitReason.PAGE_FAULT: page_fault,
-    ExitReason.SHADOW_FILL: shadow_fill,
-    ExitReason.ILLEGAL_ACCESS: illegal_access,
-    ExitReason.ILLEGAL_INSN: illegal_insn,
-    ExitReason.TIMER: timer,
+    ExitReason.CSR_READ: csr_access, ExitReason.CSR_WRITE: csr_access, ExitReason.WFI: wfi,
+    ExitReason.SRET: sret, ExitReason.SFENCE: sfence, ExitReason.HYPERCALL: handle_hypercall,
+    ExitReason.SYSCALL: syscall, ExitReason.MMIO_READ: mmio_read, ExitReason.MMIO_WRITE: mmio_write,
+    ExitReason.PAGE_FAULT: page_fault, ExitReason.SHADOW_FILL: shadow_fill,
+    ExitReason.ILLEGAL_ACCESS: illegal_access, ExitReason.ILLEGAL_INSN: illegal_insn, ExitReason.TIMER: timer,
 }
-

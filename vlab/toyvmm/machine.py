@@ -21,9 +21,13 @@ of a count it executed before a hook stopped it, so when a trap handler ends a c
 the end of a translation block anyway): it parks the vCPU's context and lets the rest of the
 count run in a VMM-owned counting loop (the *sink*), which tells exactly how much was left.
 Only a chunk ended by a memory fault is charged in full.
-Write-protection is done with TLB permissions, not ``mem_protect`` + a protection hook
-(returning True there silently drops the store, unicorn #2368). All hooks are installed before
-any code is translated (hooks added later may not fire, unicorn #2200).
+The hooks are registered on Unicorn's C library directly (ctypes), not through the binding's
+``hook_add``/``mmio_map``: its wrapper adds two Python frames and an exception guard to every
+call, and without them a bare hook runs 2.5x faster (``bench/bench_toyvmm.py``); the machine
+keeps its own exception guard (``_hook_failed``). Registers are read the same way
+(:class:`~vlab.toyvmm.vcpu.FastRegs`).
+Write-protection uses TLB permissions (unicorn #2368), and all hooks are installed before any
+code is translated (unicorn #2200): see the package docstring.
 """
 
 from __future__ import annotations
@@ -35,39 +39,14 @@ import struct
 from typing import Any, NamedTuple
 
 import unicorn
-from unicorn import (
-    UC_ARCH_RISCV,
-    UC_CTL_IO_WRITE,
-    UC_CTL_TLB_FLUSH,
-    UC_ERR_INSN_INVALID,
-    UC_HOOK_INTR,
-    UC_HOOK_TLB_FILL,
-    UC_MODE_RISCV64,
-    UC_PROT_ALL,
-    UC_PROT_EXEC,
-    UC_PROT_READ,
-    UC_TLB_VIRTUAL,
-)
-from unicorn.riscv_const import (
-    UC_RISCV_REG_A0,
-    UC_RISCV_REG_A1,
-    UC_RISCV_REG_PC,
-    UC_RISCV_REG_PRIV,
-    UC_RISCV_REG_X0,
-)
-from unicorn.unicorn_py3.unicorn import (
-    HOOK_INTR_CFUNC,
-    HOOK_TLB_FILL_CFUNC,
-    MMIO_READ_CFUNC,
-    MMIO_WRITE_CFUNC,
-    uc_hook_h,
-    uclib,
-)
+from unicorn import riscv_const as rv
+from unicorn import unicorn_const as uc_const
+from unicorn.unicorn_py3 import unicorn as binding
 
 from vlab.errors import StateError, VlabError
 from vlab.toyvmm.asm import RAM_BASE
 from vlab.toyvmm.devices import UART, UART_BASE
-from vlab.toyvmm.exits import Exit, ExitReason, ExitRecord, HandlerTable
+from vlab.toyvmm.exits import Exit, ExitReason, ExitRecord, HandlerTable, count_names
 from vlab.toyvmm.handlers import DEFAULT_HANDLERS
 from vlab.toyvmm.isa import CSR, Insn, decode
 from vlab.toyvmm.memory import PAGE, POOL_BASE, GuestMemory, HostMemory, MemoryReport, share_pages
@@ -89,7 +68,8 @@ MAILBOX = 0x8000_F000
 #: burnt here; t0 then tells exactly how many guest instructions really ran.
 _SINK_VA, _SINK_PA = 0xFFFF_FFFF_FFFF_F000, 0x2000_0000
 _SINK_CODE = (0x00128293).to_bytes(4, "little") + (0xFFDFF06F).to_bytes(4, "little")
-_REG_T0 = UC_RISCV_REG_X0 + 5
+_REG_T0, _PC = rv.UC_RISCV_REG_X0 + 5, rv.UC_RISCV_REG_PC
+_READ_EXEC = uc_const.UC_PROT_READ | uc_const.UC_PROT_EXEC
 _SYSTEM_REASONS = {"wfi": ExitReason.WFI, "sret": ExitReason.SRET, "sfence": ExitReason.SFENCE}
 # Module-level names for the reasons the hooks use: an enum class attribute lookup per trap adds up.
 _HYPERCALL, _SYSCALL, _ILLEGAL_INSN = ExitReason.HYPERCALL, ExitReason.SYSCALL, ExitReason.ILLEGAL_INSN
@@ -108,21 +88,19 @@ def _classify(word: int) -> tuple[ExitReason, Insn]:
 
 
 def _install_hooks(uc: Any, machine: Machine) -> tuple[Any, ...]:
-    """Register the trap hooks with the C library directly, not through ``hook_add``/``mmio_map``.
-
-    The binding wraps every callback in two more Python frames and an exception guard: without
-    them a bare hook runs 2.5x faster (``bench/bench_toyvmm.py``), which matters on the trap path.
-    The guard is therefore the machine's own (:meth:`Machine._hook_failed`). Returns the ctypes
-    callbacks, which must live as long as the engine.
-    """
-    callbacks = (HOOK_INTR_CFUNC(machine._on_interrupt), HOOK_TLB_FILL_CFUNC(machine._tlb_fill_guard),
-                 MMIO_READ_CFUNC(machine._on_mmio_read), MMIO_WRITE_CFUNC(machine._on_mmio_write))
-    statuses = [uclib.uc_hook_add(uc._uch, ctypes.byref(uc_hook_h()), kind, callback, None, 1, 0)
-                for kind, callback in ((UC_HOOK_INTR, callbacks[0]), (UC_HOOK_TLB_FILL, callbacks[1]))]
-    statuses.append(uclib.uc_mmio_map(uc._uch, UART_BASE, PAGE, callbacks[2], None, callbacks[3], None))
+    """Register the hooks on the C library (see the module docstring); returns the ctypes
+    callbacks, which must live as long as the engine."""
+    interrupt = binding.HOOK_INTR_CFUNC(machine._on_interrupt)
+    tlb_fill = binding.HOOK_TLB_FILL_CFUNC(machine._tlb_fill_guard)
+    mmio_read = binding.MMIO_READ_CFUNC(machine._on_mmio_read)
+    mmio_write = binding.MMIO_WRITE_CFUNC(machine._on_mmio_write)
+    lib, handle = binding.uclib, uc._uch
+    statuses = [lib.uc_hook_add(handle, ctypes.byref(ctypes.c_size_t()), kind, callback, None, 1, 0)
+                for kind, callback in ((uc_const.UC_HOOK_INTR, interrupt), (uc_const.UC_HOOK_TLB_FILL, tlb_fill))]
+    statuses.append(lib.uc_mmio_map(handle, UART_BASE, PAGE, mmio_read, None, mmio_write, None))
     if any(statuses):
         raise UcError(max(statuses))
-    return callbacks
+    return interrupt, tlb_fill, mmio_read, mmio_write
 
 
 class GuestState(enum.Enum):
@@ -155,33 +133,29 @@ class Guest:
         self.machine, self.name, self.weight, self.cap = machine, name, weight, cap
         self.state = GuestState.RUNNING
         self.exit_code: int | None = None
-        self.uart = UART()
-        self.exit_counts = [0] * len(ExitReason)
+        self.uart, self.exit_counts = UART(), [0] * len(ExitReason)
         self.memory = GuestMemory(machine.host, ram, weak_bounds=machine.weak_bounds)
         self.memory.write(RAM_BASE, program)
-        self.uc: Any = _Uc(UC_ARCH_RISCV, UC_MODE_RISCV64)
-        uc = self.uc
-        uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
-        uc.mem_map_ptr(POOL_BASE, machine.host.frames * PAGE, UC_PROT_ALL, machine.host.address)
-        uc.mem_map(_SINK_PA, PAGE, UC_PROT_READ | UC_PROT_EXEC)
-        uc.mem_write(_SINK_PA, _SINK_CODE)
-        self._callbacks = _install_hooks(uc, machine)
+        self.uc: Any = _Uc(uc_const.UC_ARCH_RISCV, uc_const.UC_MODE_RISCV64)
+        self.uc.ctl_set_tlb_mode(uc_const.UC_TLB_VIRTUAL)
+        self.uc.mem_map_ptr(POOL_BASE, machine.host.frames * PAGE, uc_const.UC_PROT_ALL, machine.host.address)
+        self.uc.mem_map(_SINK_PA, PAGE, _READ_EXEC)
+        self.uc.mem_write(_SINK_PA, _SINK_CODE)
+        self._callbacks = _install_hooks(self.uc, machine)
         self.fetch_cache: dict[int, int] = {}
         self._boot(vcpus)
 
     def _boot(self, vcpus: int) -> None:
         """Fresh vCPUs in boot state: PC at RAM, a0 = hart id, a1 = RAM size, really in U-mode."""
-        uc = self.uc
         self.vcpus = [VCPU(self, i) for i in range(vcpus)]
         for vcpu in self.vcpus:
-            uc.reg_write(UC_RISCV_REG_PRIV, 0)
-            uc.reg_write(UC_RISCV_REG_PC, RAM_BASE)
-            uc.reg_write(UC_RISCV_REG_A0, vcpu.index)
-            uc.reg_write(UC_RISCV_REG_A1, self.memory.size)
-            vcpu.context = uc.context_save()
+            for reg, value in ((rv.UC_RISCV_REG_PRIV, 0), (_PC, RAM_BASE), (rv.UC_RISCV_REG_A0, vcpu.index),
+                               (rv.UC_RISCV_REG_A1, self.memory.size)):
+                self.uc.reg_write(reg, value)
+            vcpu.context = self.uc.context_save()
         self.loaded: VCPU | None = None
         self.flush_tlb()
-        uc.ctl_flush_tb()
+        self.uc.ctl_flush_tb()
 
     def reboot(self, program: bytes) -> None:
         """Reset the guest with new RAM contents (zeroed, then ``program``) and fresh vCPUs.
@@ -193,10 +167,9 @@ class Guest:
         self.memory.balloon_take(RAM_BASE, len(self.memory.p2m))
         self.memory.write(RAM_BASE, bytes(self.memory.size))
         self.memory.write(RAM_BASE, program)
-        old = self.vcpus
+        old, scheduler = self.vcpus, self.machine.scheduler
         self._boot(len(old))
         for before, after in zip(old, self.vcpus, strict=True):
-            scheduler = self.machine.scheduler
             scheduler.vcpus[scheduler.vcpus.index(before)] = after
             scheduler.forget(before, after)
         self.state, self.exit_code = GuestState.RUNNING, None
@@ -215,7 +188,7 @@ class Guest:
         self.flush_tlb()
 
     def flush_tlb(self) -> None:
-        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        self.uc.ctl(uc_const.UC_CTL_TLB_FLUSH, uc_const.UC_CTL_IO_WRITE)
         self.fetch_cache.clear()
 
     def halt(self, code: int) -> None:
@@ -240,7 +213,7 @@ class Guest:
     @property
     def exits(self) -> dict[str, int]:
         """Exit counts by reason name (only reasons that occurred)."""
-        return {r.name: n for r, n in zip(ExitReason, self.exit_counts, strict=True) if n}
+        return count_names(self.exit_counts)
 
 
 class Machine:
@@ -277,17 +250,13 @@ class Machine:
         self.host = HostMemory(host_memory // PAGE)
         self.handlers = HandlerTable(DEFAULT_HANDLERS)
         self.guests: list[Guest] = []
-        self.now = 0
-        self.logging = log
+        self.now, self.logging, self.trace = 0, log, Trace()
         self.log: list[ExitRecord] = []
         self.violations: list[Violation] = []
-        self.trace = Trace()
         self._current: VCPU | None = None
         self._stop_reason: str | None = None
-        self._in_trap_hook = False
-        self._sinking = False
         self._hook_error: BaseException | None = None
-        self._closed = False
+        self._in_trap_hook = self._sinking = self._closed = False
 
     # -- set-up ---------------------------------------------------------------------------------
     def add_guest(self, program: bytes | str, *, name: str | None = None, vcpus: int = 1,
@@ -308,8 +277,7 @@ class Machine:
         if not 1 <= vcpus <= 8:
             raise VlabError("a guest has 1 to 8 vCPUs", field="vcpus", value=vcpus)
         if weight <= 0 or not 0 <= cap <= 100:
-            raise VlabError("weight must be > 0 and cap within 0..100", field="weight/cap",
-                            value=(weight, cap))
+            raise VlabError("weight must be > 0 and cap within 0..100", field="weight/cap", value=(weight, cap))
         if any(g.name == name for g in self.guests):
             raise VlabError("guest names must be unique", field="name", value=name)
         if len(program) > ram:
@@ -353,53 +321,41 @@ class Machine:
         """
         if self._closed:
             raise StateError("run", "closed", ["open"])
-        if until is None:
-            until = self.now + to_insns(ms if ms is not None else self.RUN_LIMIT_MS)
-        end = until
+        end = until if until is not None else self.now + to_insns(ms if ms is not None else self.RUN_LIMIT_MS)
         while self.now < end:
             self._wake_due()
             if all(g.state is not GuestState.RUNNING for g in self.guests):
                 break
             picked = self.scheduler.pick(self.now)
-            if picked is None:
-                if not self._idle(end):
-                    break
-                continue
-            vcpu, length = picked
-            self._run_slice(vcpu, max(min(length, end - self.now), 1))
+            if picked is not None:
+                self._run_slice(picked[0], max(min(picked[1], end - self.now), 1))
+            elif not self._idle(end):
+                break
         return self.trace
+
+    def _deadlines(self, *states: VCPUState) -> list[int]:
+        """Armed timer deadlines of the vCPUs in ``states``."""
+        return [d for g in self.guests for v in g.vcpus if v.state in states and (d := v.timer_deadline) is not None]
 
     def _idle(self, end: int) -> bool:
         """Nothing runnable: jump virtual time to the next event. False if there is none."""
-        events = [d for g in self.guests for v in g.vcpus
-                  if v.state is VCPUState.BLOCKED and (d := v.timer_deadline) is not None]
+        events = self._deadlines(VCPUState.BLOCKED)
         later = self.scheduler.idle_until(self.now)
         if later is not None and later > self.now:
             events.append(later)
         if not events:
             return False
-        events.append(end)
-        target = max(min(events), self.now + 1)
+        target = max(min(*events, end), self.now + 1)
         self.trace.append(Slice(self.now, target, "idle", 0, "idle"))
         self.now = target
         return True
 
     def _wake_due(self) -> list[VCPU]:
-        woken = []
-        for guest in self.guests:
-            for vcpu in guest.vcpus:
-                if vcpu.state is VCPUState.BLOCKED and vcpu.timer_due(self.now):
-                    vcpu.state = VCPUState.RUNNABLE
-                    vcpu.woken_at = vcpu.csrs[CSR.STIMECMP]
-                    self.scheduler.wake(vcpu, self.now)
-                    woken.append(vcpu)
+        woken = [v for g in self.guests for v in g.vcpus if v.state is VCPUState.BLOCKED and v.timer_due(self.now)]
+        for vcpu in woken:
+            vcpu.state, vcpu.woken_at = VCPUState.RUNNABLE, vcpu.csrs[CSR.STIMECMP]
+            self.scheduler.wake(vcpu, self.now)
         return woken
-
-    def _next_deadline(self) -> int | None:
-        deadlines = [d for g in self.guests for v in g.vcpus
-                     if v.state is not VCPUState.HALTED and (d := v.timer_deadline) is not None
-                     and d > self.now]
-        return min(deadlines, default=None)
 
     def _run_slice(self, vcpu: VCPU, length: int) -> None:
         guest, start, ran, reason = vcpu.guest, self.now, 0, "slice"
@@ -410,13 +366,10 @@ class Machine:
             vcpu.woken_at = None
         while ran < length:
             if vcpu.interrupt_deliverable(self.now):
-                self._dispatch(Exit(ExitReason.TIMER, vcpu, vcpu.regs.read(UC_RISCV_REG_PC)))
-            count = min(self.chunk, length - ran)
-            deadline = self._next_deadline()
-            if deadline is not None:
-                count = min(count, deadline - self.now)
+                self._dispatch(Exit(ExitReason.TIMER, vcpu, vcpu.regs.read(_PC)))
+            future = [d for d in self._deadlines(VCPUState.RUNNABLE, VCPUState.BLOCKED) if d > self.now]
             self._stop_reason = None
-            executed = self._run_chunk(vcpu, count)
+            executed = self._run_chunk(vcpu, min(self.chunk, length - ran, *(d - self.now for d in future)))
             ran += executed
             self.now += executed
             if self._stop_reason is not None:
@@ -435,25 +388,22 @@ class Machine:
         uc = vcpu.guest.uc
         failure: Exception | None = None
         try:
-            uc.emu_start(vcpu.regs.read(UC_RISCV_REG_PC), 0, count=count)
+            uc.emu_start(vcpu.regs.read(_PC), 0, count=count)
         except UcError as error:
             failure = error
+        sunk, self._sinking = self._sinking, False
         if self._hook_error is not None:  # a hook raised (see _hook_failed): it is the real cause
-            self._sinking = False
-            error, self._hook_error = self._hook_error, None
-            raise error
+            raised, self._hook_error = self._hook_error, None
+            raise raised
         if failure is not None:
-            self._sinking = False
             self._on_emu_error(vcpu, failure)
             return count  # Unicorn does not say where in the count it failed: charge it all
-        if not self._sinking:
+        if not sunk:
             return count
-        self._sinking = False
-        t0, pc = vcpu.regs.read_many((_REG_T0, UC_RISCV_REG_PC))
-        burnt = 2 * t0 - (0 if pc == _SINK_VA else 1)
+        t0, pc = vcpu.regs.read(_REG_T0), vcpu.regs.read(_PC)
         uc.context_restore(vcpu.context)
         vcpu.guest.flush_tlb()
-        return count - burnt
+        return count - (2 * t0 - (0 if pc == _SINK_VA else 1))
 
     def request_stop(self, reason: str) -> None:
         """End the current chunk and slice (from a handler): ``yield``, ``blocked``, ``halted``…"""
@@ -465,7 +415,7 @@ class Machine:
             vcpu.context = vcpu.guest.uc.context_save()
             self._sinking = True
             vcpu.regs.write(_REG_T0, 0)
-            vcpu.regs.write(UC_RISCV_REG_PC, _SINK_VA)
+            vcpu.regs.write(_PC, _SINK_VA)
             vcpu.guest.flush_tlb()
         else:  # from MMIO or TLB hooks: stop at the end of the translation block
             vcpu.guest.uc.emu_stop()
@@ -489,18 +439,18 @@ class Machine:
         """The instruction word at guest-virtual ``pc`` (0 if it cannot be read)."""
         frame = vcpu.guest.fetch_cache.get(pc >> 12)
         if frame is None:
-            gpa: int | None = pc
-            if vcpu.csrs[CSR.SATP] >> 60:
-                gpa = walk(vcpu.guest.memory, vcpu.csrs[CSR.SATP], pc).gpa
+            satp = vcpu.csrs[CSR.SATP]
+            gpa = walk(vcpu.guest.memory, satp, pc).gpa if satp >> 60 else pc
             frame = vcpu.guest.memory.frame_of(gpa) if gpa is not None else None
             if frame is None:
                 return 0
             vcpu.guest.fetch_cache[pc >> 12] = frame
-        return _unpack_word(self.host.view, frame * PAGE + (pc & (PAGE - 1)))[0]
+        word: int = _unpack_word(self.host.view, frame * PAGE + (pc & (PAGE - 1)))[0]
+        return word
 
-    # The hooks below are called by C through ctypes, which would print and drop an exception:
+    # The hooks below are called from C through ctypes, which would print and drop an exception:
     # each catches everything and hands it to _hook_failed, which stops the engine so that
-    # _run_chunk raises it (what the binding's wrapper did, without its cost per call).
+    # _run_chunk raises it (what the binding's wrapper does, without its cost on every call).
     def _on_interrupt(self, uc: Any, intno: int, _data: Any) -> None:
         vcpu = self._current
         if self._sinking or vcpu is None:
@@ -510,12 +460,12 @@ class Machine:
             if intno == 8:
                 self._dispatch(Exit(_HYPERCALL if vcpu.mode else _SYSCALL, vcpu))
             elif intno == 2:
-                pc = vcpu.regs.read(UC_RISCV_REG_PC) - 4  # Unicorn already stepped past it
+                pc = vcpu.regs.read(_PC) - 4  # Unicorn already stepped past it
                 word = self._fetch(vcpu, pc)
                 reason, insn = _classify(word)
                 self._dispatch(Exit(reason if vcpu.mode else _ILLEGAL_INSN, vcpu, pc, insn, word))
             else:  # other synchronous exceptions: reflect them to the guest kernel as they are
-                vcpu.inject_trap(intno, 0, vcpu.regs.read(UC_RISCV_REG_PC))
+                vcpu.inject_trap(intno, 0, vcpu.regs.read(_PC))
         except BaseException as error:
             self._hook_failed(error)
         finally:
@@ -552,32 +502,31 @@ class Machine:
     def _on_tlb_fill(self, uc: Any, va: int, access: int, entry: Any, _data: Any) -> bool:
         vcpu = self._current
         assert vcpu is not None
-        if self._sinking:
-            if va & ~(PAGE - 1) != _SINK_VA:
-                return False
-            entry.paddr, entry.perms = _SINK_PA, UC_PROT_READ | UC_PROT_EXEC
-            return True
-        return self.mmu.fill(vcpu, va, access, entry)
+        if not self._sinking:
+            return self.mmu.fill(vcpu, va, access, entry)
+        if va & ~(PAGE - 1) != _SINK_VA:
+            return False
+        entry.paddr, entry.perms = _SINK_PA, _READ_EXEC
+        return True
 
     def _on_emu_error(self, vcpu: VCPU, error: Any) -> None:
         fault, vcpu.pending_fault = vcpu.pending_fault, None
-        pc = vcpu.regs.read(UC_RISCV_REG_PC)
-        guest = vcpu.guest
+        pc = vcpu.regs.read(_PC)
         if fault is None:
-            if error.errno == UC_ERR_INSN_INVALID:  # e.g. ebreak: reflect as illegal instruction
+            if error.errno == uc_const.UC_ERR_INSN_INVALID:  # e.g. ebreak: reflect as illegal instruction
                 self._dispatch(Exit(ExitReason.ILLEGAL_INSN, vcpu, pc, word=self._fetch(vcpu, pc)))
             else:
                 self.record_violation(vcpu, pc, pc, "fetch", f"unicorn error: {error}")
-                guest.kill(f"unicorn error {error}")
+                vcpu.guest.kill(f"unicorn error {error}")
             return
         va, kind, violation = fault
         if violation:
             self.record_violation(vcpu, pc, va, kind, "outside guest RAM")
         if pc == vcpu.csrs[CSR.STVEC] and vcpu.mode == Mode.SUPERVISOR:
-            guest.kill("double fault: the trap handler itself faults")
-            return
-        reason = ExitReason.ILLEGAL_ACCESS if violation else ExitReason.PAGE_FAULT
-        self._dispatch(Exit(reason, vcpu, pc, addr=va, access=kind))
+            vcpu.guest.kill("double fault: the trap handler itself faults")
+        else:
+            reason = ExitReason.ILLEGAL_ACCESS if violation else ExitReason.PAGE_FAULT
+            self._dispatch(Exit(reason, vcpu, pc, addr=va, access=kind))
 
     # -- services for handlers ----------------------------------------------------------------
     def record_violation(self, vcpu: VCPU, pc: int, addr: int, access: str, what: str) -> None:
@@ -614,12 +563,11 @@ class Machine:
 
     def memory_report(self) -> MemoryReport:
         """Guest pages vs host frames in use: what ballooning and sharing saved."""
-        pages = sum(len(g.memory.p2m) for g in self.guests)
-        frames = {f for g in self.guests for f in g.memory.p2m if f is not None}
-        shared = sum(1 for g in self.guests for f in g.memory.p2m if f is not None and self.host.refs[f] > 1)
-        return MemoryReport(pages, len(frames), sum(g.memory.ballooned for g in self.guests), shared)
+        mapped = [f for g in self.guests for f in g.memory.p2m if f is not None]
+        shared = sum(1 for f in mapped if self.host.refs[f] > 1)
+        return MemoryReport(sum(len(g.memory.p2m) for g in self.guests), len(set(mapped)),
+                            sum(g.memory.ballooned for g in self.guests), shared)
 
     def exit_counts(self) -> dict[str, int]:
         """Exit counts by reason, summed over all guests."""
-        total = [sum(c) for c in zip(*(g.exit_counts for g in self.guests), strict=True)] if self.guests else []
-        return {r.name: n for r, n in zip(ExitReason, total, strict=False) if n}
+        return count_names([sum(c) for c in zip(*(g.exit_counts for g in self.guests), strict=True)])

@@ -63,8 +63,7 @@ class HostMemory:
             raise VlabError("not enough host memory for this guest", field="ram", value=count * PAGE,
                             fix="give the guest less RAM or the Machine more host_frames")
         first, self._next = self._next, self._next + count
-        for frame in range(first, first + count):
-            self.refs[frame] = 1
+        self.refs[first:first + count] = [1] * count
         return first
 
     def put(self, frame: int) -> None:

@@ -7,11 +7,10 @@ sources and otherwise assembles from source, so tests never depend on the cache.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from vlab.errors import VlabError
+from vlab.images.manifest import write_atomic
 from vlab.paths import images_dir, vm_images_src
 from vlab.toyvmm.asm import assemble
 
@@ -59,17 +58,8 @@ def build_all(out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     built: dict[str, Path] = {}
     for name in PROGRAMS:
-        binary = _build(name)
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(binary)
-            final = out_dir / f"{name}.bin"
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        built[name] = final
+        built[name] = out_dir / f"{name}.bin"
+        write_atomic(built[name], _build(name))
     return built
 
 

@@ -68,29 +68,13 @@ class FastRegs:
 
             FastRegs._lib = ctypes.PyDLL(uclib._name)
         self._read, self._write = self._lib.uc_reg_read, self._lib.uc_reg_write
-        self._batch_read = self._lib.uc_reg_read_batch
         self._handle = uc._uch
         self._buf = ctypes.c_uint64()
         self._ref = ctypes.byref(self._buf)
-        self._batches: dict[tuple[int, ...], Any] = {}
 
     def read(self, reg: int) -> int:
         self._read(self._handle, reg, self._ref)
         return self._buf.value
-
-    def read_many(self, regs: tuple[int, ...]) -> tuple[int, ...]:
-        """Several registers in one call (``uc_reg_read_batch``)."""
-        batch = self._batches.get(regs)
-        if batch is None:
-            values = (ctypes.c_uint64 * len(regs))()
-            ids = (ctypes.c_int32 * len(regs))(*regs)
-            pointers = (ctypes.c_void_p * len(regs))(*(ctypes.addressof(values) + 8 * i
-                                                        for i in range(len(regs))))
-            batch = self._batches[regs] = (ctypes.byref(ids), ctypes.byref(pointers), values, len(regs),
-                                           (ids, pointers))
-        ids_ref, pointers_ref, values, count, _keep = batch
-        self._batch_read(self._handle, ids_ref, pointers_ref, count)
-        return tuple(values)
 
     def write(self, reg: int, value: int) -> None:
         self._buf.value = value & MASK64
@@ -110,10 +94,8 @@ class VCPU:
         self.guest = guest
         self.index = index
         self.regs = FastRegs(guest.uc)
-        self.csrs: dict[int, int] = {
-            CSR.SSTATUS: 0, CSR.SIE: 0, CSR.STVEC: 0, CSR.SCOUNTEREN: 0, CSR.SSCRATCH: 0,
-            CSR.SEPC: 0, CSR.SCAUSE: 0, CSR.STVAL: 0, CSR.STIMECMP: MASK64, CSR.SATP: 0,
-        }
+        self.csrs: dict[int, int] = {CSR.SSTATUS: 0, CSR.SIE: 0, CSR.STVEC: 0, CSR.SCOUNTEREN: 0, CSR.SSCRATCH: 0,
+                                     CSR.SEPC: 0, CSR.SCAUSE: 0, CSR.STVAL: 0, CSR.STIMECMP: MASK64, CSR.SATP: 0}
         self.mode = Mode.SUPERVISOR
         self.state = VCPUState.RUNNABLE
         self.context: Any = None
