@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import socket
 import statistics
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from qemu.qmp import QMPClient
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
+from vlab.errors import VlabError
 from vlab.host.accel import detect_accelerator
 from vlab.qemu import VM, VMConfig
 
@@ -162,6 +164,27 @@ def bench_migration(config: VMConfig, repeats: int) -> list[tuple[float, float, 
     return results
 
 
+def bench_dirty_migration(config: VMConfig, repeats: int, workload: str) -> tuple[list[float], list[float], int]:
+    """Migrations while ``workload`` dirties guest memory: (total s, downtime ms, destinations still healthy)."""
+    totals, downtimes, healthy = [], [], 0
+    for _ in range(repeats):
+        source = VM(config).start()
+        destination = VM(config)
+        try:
+            source.console.run(f"{workload} > /dev/null &")
+            time.sleep(1.0)
+            result = source.migrate_to(destination)
+            totals.append(result.total_time_ms / 1000)
+            downtimes.append(float(result.downtime_ms))
+            time.sleep(1.0)  # a corrupted guest kernel panics within a second or so of arriving
+            with contextlib.suppress(VlabError):  # the console closed: the guest panicked and QEMU exited
+                healthy += destination.console.run("true", timeout=5).ok
+        finally:
+            source.kill()
+            destination.kill()
+    return totals, downtimes, healthy
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
@@ -173,6 +196,9 @@ def main() -> int:
     print(f"boot to ready, TCG, -M pc   median {statistics.median(boot):.2f} s  (n={boots}, "
           f"min {min(boot):.2f}, max {max(boot):.2f}); machine-facts: {FACTS_BOOT_TCG_PC_S} s, "
           f"ratio {statistics.median(boot) / FACTS_BOOT_TCG_PC_S:.2f}x")
+    q35 = bench_boot(VMConfig(accel="tcg", machine="q35"), max(3, boots // 2))
+    print(f"boot to ready, TCG, -M q35  median {statistics.median(q35):.2f} s; q35/pc "
+          f"{statistics.median(q35) / statistics.median(boot):.2f}x")
     info = detect_accelerator()
     if info.usable_kvm:
         kvm = bench_boot(VMConfig(accel="kvm"), boots)
@@ -204,6 +230,10 @@ def main() -> int:
           f"total {total:.2f} s, downtime {downtime:.0f} ms, migrate_to() wall {wall:.2f} s")
     print(f"  machine-facts: total {FACTS_MIGRATION_UNIX_TOTAL_S} s, downtime {FACTS_MIGRATION_UNIX_DOWNTIME_MS} ms; "
           f"ratio total {total / FACTS_MIGRATION_UNIX_TOTAL_S:.2f}x")
+    for workload in ("memdirty 16 1000", "memdirty 64 20000"):
+        totals, downtimes, healthy = bench_dirty_migration(tcg, migrations, workload)
+        print(f"live migration while `{workload}` runs (n={migrations}): total {statistics.median(totals):.2f} s, "
+              f"downtime {statistics.median(downtimes):.0f} ms; destination guest alive after: {healthy}/{migrations}")
     return 0
 
 

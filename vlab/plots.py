@@ -402,9 +402,10 @@ def show(fig: go.Figure) -> None:
     if display_mode() != "notebook":
         print(summarize(fig))
         return
-    from IPython.display import display
+    import IPython.display
 
     bundle = {"application/vnd.plotly.v1+json": fig.to_plotly_json(), "text/plain": summarize(fig)}
+    display: Any = IPython.display.display  # IPython is untyped
     display(bundle, raw=True)
 
 

@@ -95,3 +95,24 @@ def test_real_memory_limit_oom_kills_a_hog() -> None:
         proc.communicate("go\n", timeout=30)
         assert proc.returncode == -9
         assert group.oom_kills() >= 1
+
+
+@pytest.mark.skipif(not detect_cgroups().where("cpu"), reason="this host offers no writable cpu cgroup")
+def test_a_released_live_thread_lets_the_group_be_removed() -> None:
+    import threading
+
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait)
+    worker.start()
+    try:
+        group = Cgroup(f"vlab-test-rel-{os.getpid()}", ("cpu",))
+        assert worker.native_id is not None
+        group.add_thread(worker.native_id)
+        _, path = group.dirs["cpu"]
+        assert str(worker.native_id) in (path / "tasks").read_text().split()
+        group.release([worker.native_id])
+        group.remove()
+        assert not path.exists()
+    finally:
+        stop.set()
+        worker.join()

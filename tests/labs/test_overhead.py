@@ -74,8 +74,9 @@ def test_cost_program_rejects_bad_input() -> None:
 
 
 def test_cost_model_fits_the_measured_runs() -> None:
-    runs = lab.measure_cost_runs(((0, 2000), (64, 800), (1024, 100)), repeats=3)
-    assert [(r.work, r.iterations) for r in runs] == [(0, 2000), (64, 800), (1024, 100)]
+    plan = ((0, 8000), (64, 3000), (2048, 400))  # exit-heavy, mixed, instruction-heavy
+    runs = lab.measure_cost_runs(plan, repeats=3)
+    assert [(r.work, r.iterations) for r in runs] == list(plan)
     c_insn, c_exit = fit_linear([(r.instructions, r.exits) for r in runs], [r.seconds for r in runs]).coefficients
     # an exit (decode, Python handler, resume) costs more than an instruction Unicorn runs by itself
     assert math.isfinite(c_insn) and math.isfinite(c_exit)

@@ -162,6 +162,19 @@ def test_qemu_killed_under_a_pending_qmp_command_raises_with_its_exit(vm: VM) ->
     assert vm.state is VMState.FAILED
 
 
+def test_qmp_timeout_on_a_frozen_qemu_then_recovery(vm: VM) -> None:
+    pid = vm.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(VlabError, match=r"did not answer within 0\.3 s"):
+            vm.qmp("query-status", timeout=0.3)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert vm.qmp("query-name") == {"name": "vlab"}  # the late query-status reply is recognised and skipped
+    assert vm.status() == "running"
+
+
 def test_hundred_start_stop_cycles_leak_no_process_fd_thread_or_dir(config: VMConfig) -> None:
     # boot is skipped (wait_ready=False): what can leak is the launch and the teardown, not the guest
     def cycle() -> None:

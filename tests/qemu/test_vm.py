@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -98,6 +99,7 @@ def test_memory_and_host_sample(shared_vm: VM) -> None:
 def test_any_qmp_command_and_refused_commands(shared_vm: VM) -> None:
     assert shared_vm.qmp("query-version")["qemu"]["major"] >= 7
     assert shared_vm.qmp("human-monitor-command", command_line="info status").startswith("VM status")
+    assert shared_vm.qmp("human-monitor-command", {"command-line": "info status"}).startswith("VM status")
     with pytest.raises(VlabError) as caught:
         shared_vm.qmp("no-such-command")
     assert caught.value.field == "no-such-command" and "refused" in caught.value.problem
@@ -121,6 +123,9 @@ def test_events_are_recorded_oldest_first(shared_vm: VM) -> None:
     assert shared_vm.wait_event("RESUME", since=cursor).timestamp > 0
     with pytest.raises(VlabError, match="no SHUTDOWN event"):
         shared_vm.wait_event("SHUTDOWN", timeout=0.2, since=cursor)
+    threading.Timer(0.2, shared_vm.pause).start()
+    assert [event.name for event in shared_vm.iter_events(timeout=2)] == ["STOP"]  # ends after 2 s of silence
+    shared_vm.resume()
 
 
 def test_balloon_shrinks_the_guest_and_emits_events(vm: VM) -> None:

@@ -65,13 +65,20 @@ def test_logging_off_keeps_no_log() -> None:
         assert machine.log == []
 
 
-def test_a_failing_handler_surfaces_with_a_note_naming_it() -> None:
+@pytest.mark.parametrize(("reason", "program"), [
+    (ExitReason.CSR_READ, READ_SSCRATCH),       # from the interrupt hook
+    (ExitReason.MMIO_WRITE, "hello"),           # from the MMIO callback
+    (ExitReason.SHADOW_FILL, "memdirty"),       # from the TLB-fill hook
+])
+def test_a_failing_handler_surfaces_with_a_note_naming_it(reason: ExitReason, program: bytes | str) -> None:
+    """Each hook is called from C through ctypes, which would swallow the exception: it must reach run()."""
     def broken(exit: Exit) -> None:
         raise ZeroDivisionError("student bug")
 
     with Machine() as machine:
-        machine.handlers[ExitReason.CSR_READ] = broken
-        machine.add_guest(READ_SSCRATCH)
+        machine.handlers[reason] = broken
+        guest = machine.add_guest(program)
         with pytest.raises(ZeroDivisionError) as info:
             machine.run(ms=1)
-        assert any("CSR_READ exit handler" in note for note in info.value.__notes__)
+        assert any(f"{reason.name} exit handler" in note for note in info.value.__notes__)
+        assert guest.exit_counts[reason] == 1  # the first failure stopped the guest at once

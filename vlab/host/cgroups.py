@@ -151,9 +151,31 @@ class Cgroup:
         self._write("pids", "pids.max", "pids.max", str(count))
 
     def add(self, pid: int) -> None:
-        """Move process ``pid`` into the group (for every controller)."""
+        """Move process ``pid`` (all its threads) into the group, for every controller."""
         for version, path in self.dirs.values():
-            (path / ("tasks" if version == 1 else "cgroup.procs")).write_text(str(pid))
+            (path / ("cgroup.procs" if version == 2 else "tasks")).write_text(str(pid))
+
+    def add_thread(self, tid: int) -> None:
+        """Move one thread (e.g. a QEMU vCPU thread) into the group.
+
+        cgroup v1 places threads individually (``tasks``); v2 only in a *threaded* subtree (``cgroup.threads``),
+        which this group becomes for the purpose.
+        """
+        for version, path in self.dirs.values():
+            if version == 1:
+                (path / "tasks").write_text(str(tid))
+            else:
+                with contextlib.suppress(OSError):
+                    (path / "cgroup.type").write_text("threaded")
+                (path / "cgroup.threads").write_text(str(tid))
+
+    def release(self, ids: list[int]) -> None:
+        """Move processes or threads back to the parent group (so that :meth:`remove` can succeed while they live)."""
+        for version, path in self.dirs.values():
+            target = path.parent / ("tasks" if version == 1 else "cgroup.threads")
+            for member in ids:
+                with contextlib.suppress(OSError):  # the thread may already have exited
+                    target.write_text(str(member))
 
     def throttled_periods(self) -> int:
         """How many CFS periods the group was throttled in (0 when unknown)."""

@@ -73,7 +73,7 @@ def params_for(seed: int) -> dict[str, object]:
     rng = random.Random(seed)
     return {
         "new_work": rng.choice([12, 20, 32, 48, 96, 160]),
-        "new_iterations": rng.choice([3000, 4000, 5000]),
+        "new_iterations": rng.choice([9000, 12000, 15000]),
         "noise_runs": rng.choice([20, 24, 28]),
         "bootstrap_seed": rng.randrange(1 << 16),
     }
@@ -337,7 +337,7 @@ def measure_cost_runs(plan: Sequence[tuple[int, int]], repeats: int = 5,
 
 
 #: the workloads the cost model is fitted to: (plain-work rounds per exit, iterations)
-COST_PLAN = ((0, 8000), (4, 8000), (16, 5000), (64, 3000), (256, 1500), (2048, 250))
+COST_PLAN = ((0, 24000), (4, 24000), (16, 15000), (64, 9000), (256, 4500), (2048, 750))
 
 
 # ================================================================ display

@@ -594,11 +594,9 @@ def cpu_quota_support() -> tuple[bool, str]:
 def throttled_vcpus(vm: VM, fraction: float, name: str = "vlab-lab04") -> Iterator[Cgroup]:
     """Move the VM's vCPU threads into a child cgroup limited to ``fraction`` of one CPU.
 
-    With cgroup v1 single threads can join a group (their ids go to ``tasks``), so only the vCPU
-    threads are limited. With cgroup v2 a group holds whole processes (threaded mode aside), so
-    there the whole QEMU process is moved. On exit everything goes back to its previous group and
-    the child group is removed, even if the body raised. (:class:`vlab.host.Cgroup` moves tasks
-    *in*; moving them back out, which a v1 group needs before ``rmdir``, is done here.)
+    Only the vCPU threads are limited (cgroup v1 places single threads; on v2 the group becomes a
+    threaded one). On exit the threads go back to their previous group and the child group is
+    removed, even if the body raised.
 
     :raises VlabError: where the host has no usable cpu controller (check :func:`cpu_quota_support`).
     """
@@ -606,25 +604,15 @@ def throttled_vcpus(vm: VM, fraction: float, name: str = "vlab-lab04") -> Iterat
         raise VlabError("the quota is a fraction of one CPU", field="fraction", value=fraction,
                         fix="e.g. 0.25 for a quarter of a CPU")
     group = Cgroup(name, ("cpu",))
-    version, _ = group.dirs["cpu"]
-    assert vm.pid is not None
-    members = [cpu.thread_id for cpu in vm.vcpus()] if version == 1 else [vm.pid]
+    threads = [cpu.thread_id for cpu in vm.vcpus()]
     try:
         group.set_cpu_quota(fraction)
-        for member in members:
-            group.add(member)
+        for thread in threads:
+            group.add_thread(thread)
         yield group
     finally:
-        _move_back(group, members)
+        group.release(threads)
         group.remove()
-
-
-def _move_back(group: Cgroup, members: Sequence[int]) -> None:
-    version, path = group.dirs["cpu"]
-    target = path.parent / ("tasks" if version == 1 else "cgroup.procs")
-    for member in members:
-        with contextlib.suppress(OSError):  # the thread may have exited with its VM
-            target.write_text(str(member))
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -502,8 +502,3 @@ def _parse_bool(key: str, value: str) -> bool:
         return False
     raise VlabError("must be yes or no", field=key, value=value, fix=f'{key} = "yes"')
 
-
-def conf_fields() -> Mapping[str, str]:
-    """The vm.conf keys vlab understands and the :class:`VMConfig` field each sets."""
-    assert {f.name for f in fields(VMConfig)} >= set(_CONF_KEYS.values())
-    return dict(_CONF_KEYS)

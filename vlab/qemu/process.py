@@ -27,7 +27,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -196,12 +195,3 @@ class QemuProcess:
     def remove_workdir(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-
-def wait_gone(pid: int, start_time: int | None, timeout: float) -> bool:
-    """Wait until the process ``pid`` (started at ``start_time``) no longer exists."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process_start_time(pid) != start_time or start_time is None:
-            return True
-        time.sleep(0.02)
-    return False

@@ -224,7 +224,7 @@ class _SyncMonitor:
 
     def __init__(self, sock: socket.socket, failure: Callable[[str, Mapping[str, Any], BaseException], VlabError]):
         self._sock = sock
-        self._reader = sock.makefile("rb")
+        self._buffer = bytearray()  # our own line buffer: unlike makefile(), it stays consistent after a timeout
         self._failure = failure
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -234,11 +234,9 @@ class _SyncMonitor:
         with self._lock:
             self._sock.settimeout(timeout)
             try:
-                greeting = self._reader.readline()
-            except OSError as exc:
+                self._readline()
+            except (OSError, EOFError) as exc:
                 raise self._failure("QMP greeting", {}, exc) from None
-            if not greeting:
-                raise self._failure("QMP greeting", {}, EOFError("QEMU closed the monitor"))
         self.execute("qmp_capabilities", None, timeout)
 
     def execute(self, command: str, args: Mapping[str, Any] | None,
@@ -268,18 +266,24 @@ class _SyncMonitor:
     def _read_reply(self, wanted: int, deadline: float, seen: list[tuple[str, float]]) -> dict[str, Any]:
         while True:
             self._sock.settimeout(max(0.001, deadline - time.monotonic()))
-            line = self._reader.readline()
-            if not line:
-                raise EOFError("QEMU closed the monitor")
-            message = json.loads(line)
+            message = json.loads(self._readline())
             if message.get("id") == wanted:
                 return dict(message)
             if "event" in message:
                 seen.append((str(message["event"]), _timestamp(message)))
             # else: a late reply to a command that timed out
 
+    def _readline(self) -> bytes:
+        while (end := self._buffer.find(b"\n")) < 0:
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                raise EOFError("QEMU closed the monitor")
+            self._buffer += chunk
+        line = bytes(self._buffer[: end + 1])
+        del self._buffer[: end + 1]
+        return line
+
     def close(self) -> None:
-        self._reader.close()
         self._sock.close()
 
 

@@ -24,20 +24,16 @@ _FAULT_CAUSE = {"fetch": (Cause.FETCH_PAGE, Cause.FETCH_ACCESS), "read": (Cause.
                 "write": (Cause.STORE_PAGE, Cause.STORE_ACCESS)}
 
 
-def _csr_value(exit: Exit, number: int) -> int | None:
-    vcpu = exit.vcpu
-    if number in _COUNTERS:
-        return vcpu.guest.machine.now  # virtual time: instructions, never the host clock
-    if number == CSR.SIP:
-        return 1 << 5 if vcpu.timer_due(vcpu.guest.machine.now) else 0
-    return vcpu.csrs.get(number) if number in _SUPERVISOR_CSRS else None
-
-
 def csr_access(exit: Exit) -> None:
     """``csrr*``: read the virtual CSR into ``rd``, apply the write/set/clear to the virtual CSR."""
     vcpu, insn = exit.vcpu, exit.insn
     assert insn is not None
-    old = _csr_value(exit, insn.csr)
+    if insn.csr in _SUPERVISOR_CSRS:
+        old = vcpu.csrs.get(insn.csr)
+    elif insn.csr in _COUNTERS:
+        old = vcpu.guest.machine.now  # virtual time: instructions, never the host clock
+    else:
+        old = (1 << 5 if vcpu.timer_due(vcpu.guest.machine.now) else 0) if insn.csr == CSR.SIP else None
     read_only = insn.csr >> 10 == 3 or insn.csr == CSR.SIP
     if old is None or (insn.writes and read_only):
         vcpu.inject_trap(Cause.ILLEGAL, exit.word, exit.pc)

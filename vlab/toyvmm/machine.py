@@ -461,7 +461,11 @@ class Machine:
                 self._dispatch(Exit(_HYPERCALL if vcpu.mode else _SYSCALL, vcpu))
             elif intno == 2:
                 pc = vcpu.regs.read(_PC) - 4  # Unicorn already stepped past it
-                word = self._fetch(vcpu, pc)
+                frame = vcpu.guest.fetch_cache.get(pc >> 12)  # _fetch's fast path, inlined: calls cost
+                if frame is None:
+                    word = self._fetch(vcpu, pc)
+                else:
+                    word = _unpack_word(self.host.view, frame * PAGE + (pc & 0xFFF))[0]
                 reason, insn = _classify(word)
                 self._dispatch(Exit(reason if vcpu.mode else _ILLEGAL_INSN, vcpu, pc, insn, word))
             else:  # other synchronous exceptions: reflect them to the guest kernel as they are
