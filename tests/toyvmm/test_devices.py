@@ -53,3 +53,16 @@ def test_uart_output_is_captured_per_guest() -> None:
         machine.run(ms=5)
         assert a.uart.text.startswith("hello") and b.uart.text == "B"
         assert a.memory.read(RAM_BASE, 4) is not None
+
+
+def test_yield_hypercall_returns_zero_to_the_guest() -> None:
+    """The result must be in a0 when the guest resumes (it used to be written after the context was saved)."""
+    code = kernel_program("""
+        li a0, 77
+        HYPERCALL HC_YIELD
+        j shutdown
+    """)
+    with Machine() as machine:
+        guest = machine.add_guest(code)
+        machine.run(ms=1)
+        assert guest.exit_code == 0

@@ -82,3 +82,14 @@ def test_a_failing_handler_surfaces_with_a_note_naming_it(reason: ExitReason, pr
             machine.run(ms=1)
         assert any(f"{reason.name} exit handler" in note for note in info.value.__notes__)
         assert guest.exit_counts[reason] == 1  # the first failure stopped the guest at once
+
+
+def test_handlers_installed_with_update_are_the_ones_the_trap_path_calls() -> None:
+    seen: list[int] = []
+    with Machine() as machine:
+        machine.handlers.update({ExitReason.CSR_READ: lambda exit: seen.append(exit.pc)})
+        machine.add_guest(READ_SSCRATCH)
+        machine.run(ms=1)
+        assert len(seen) == 1
+        with pytest.raises(VlabError, match="keyed by ExitReason"):
+            machine.handlers.update(CSR_READ=csr_access)

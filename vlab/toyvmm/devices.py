@@ -79,7 +79,9 @@ def handle_hypercall(exit: Exit) -> None:
             guest.uart.output += data
             result = len(data)
     elif number == Hypercall.YIELD:
+        vcpu.write_reg(_A0, 0)  # before request_stop saves the context, or the guest never sees the result
         guest.machine.request_stop("yield")
+        return
     elif number == Hypercall.SET_TIMER:
         vcpu.csrs[CSR.STIMECMP] = a0
         vcpu.csrs[CSR.SIE] |= SIE_STIE

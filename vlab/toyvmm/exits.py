@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from unicorn.riscv_const import UC_RISCV_REG_PC
 
@@ -140,6 +140,11 @@ class HandlerTable(dict[ExitReason, ExitHandler]):
                             value=handler)
         super().__setitem__(reason, handler)
         self.by_number[reason] = handler
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        """``dict.update`` would bypass :meth:`__setitem__` (and leave :attr:`by_number` stale)."""
+        for reason, handler in dict(*args, **kwargs).items():
+            self[reason] = handler
 
     def register(self, reason: ExitReason, handler: ExitHandler) -> ExitHandler:
         """Install ``handler`` for ``reason``; returns the handler it replaces."""

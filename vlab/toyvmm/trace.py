@@ -25,6 +25,11 @@ class Slice(NamedTuple):
     vcpu: int
     reason: str
 
+    @property
+    def lane(self) -> str:
+        """The Gantt-chart row (one per guest vCPU), as :class:`vlab.plots.SliceLike` expects."""
+        return f"{self.guest}/v{self.vcpu}"
+
 
 class Trace(list[Slice]):
     """A list of :class:`Slice` with summaries."""
