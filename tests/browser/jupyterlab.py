@@ -44,6 +44,12 @@ class LabServer:
 def jupyterlab(root: Path, log: Path) -> Iterator[LabServer]:
     """A JupyterLab server on localhost serving ``root``, stopped (with its kernels) on exit."""
     port, token = free_port(), secrets.token_hex(16)
+    # JupyterLab 4 detaches off-screen cells from the DOM ("windowing"); render them all so the test can see them.
+    settings = log.parent / "lab-settings"
+    (settings / "@jupyterlab" / "notebook-extension").mkdir(parents=True, exist_ok=True)
+    (settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings").write_text(
+        '{"windowingMode": "none"}'
+    )
     argv = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
             "--LabApp.expose_app_in_browser=True"]
@@ -51,7 +57,8 @@ def jupyterlab(root: Path, log: Path) -> Iterator[LabServer]:
         argv.append("--allow-root")
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "JUPYTER_PLATFORM_DIRS": "1"})
+                                env={**os.environ, "JUPYTER_PLATFORM_DIRS": "1",
+                                     "JUPYTERLAB_SETTINGS_DIR": str(settings)})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

@@ -23,6 +23,7 @@ from vlab.qemu.config import Disk, parse_size_mib
 __all__ = ["create_image", "create_overlay", "image_info", "write_secret_file"]
 
 QEMU_IMG = "qemu-img"
+_LUKS_ATTEMPTS = 10
 
 
 def _qemu_img(*args: str) -> str:
@@ -53,13 +54,15 @@ def create_image(path: str | os.PathLike[str], size: str | int, *, secret: str |
         args += ["--object", f"secret,id=sec0,data={secret}",
                  "-o", f"encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time={iter_time_ms}"]
     try:
-        try:
-            _qemu_img(*args, str(tmp), f"{mib}M")
-        except VlabError as exc:
-            # qemu-img times its PBKDF benchmark with thread CPU time, which a busy host can make unreadable
-            if "accurate CPU usage" not in (exc.detail or ""):
-                raise
-            _qemu_img(*args, str(tmp), f"{mib}M")
+        for attempt in range(_LUKS_ATTEMPTS):
+            try:
+                _qemu_img(*args, str(tmp), f"{mib}M")
+                break
+            except VlabError as exc:
+                # qemu-img (7.2) times a first PBKDF round with thread CPU time and gives up when it reads 0 ms,
+                # which with tick-based accounting happened to about half the attempts on the 2-core VM
+                if "accurate CPU usage" not in (exc.detail or "") or attempt == _LUKS_ATTEMPTS - 1:
+                    raise
         tmp.rename(target)
     finally:
         tmp.unlink(missing_ok=True)

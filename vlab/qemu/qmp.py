@@ -246,16 +246,20 @@ class _SyncMonitor:
         seen: list[tuple[str, float]] = []
         if args:
             message["arguments"] = dict(args)
-        with self._lock:
-            try:
-                self._sock.settimeout(timeout)
-                self._sock.sendall(json.dumps(message).encode() + b"\n")
-                reply = self._read_reply(message["id"], time.monotonic() + timeout, seen)
-            except TimeoutError:
-                raise VlabError(f"QEMU did not answer within {timeout} s", field=command, value=timeout,
-                                fix="QEMU is stuck or very busy; check vm.console.tail(), or stop the VM") from None
-            except (OSError, EOFError, ValueError) as exc:
-                raise self._failure(command, args or {}, exc) from None
+        if not self._lock.acquire(timeout=timeout):  # another thread's command is still waiting for QEMU
+            raise VlabError(f"QEMU did not answer within {timeout} s (another command was still pending)",
+                            field=command, value=timeout, fix="QEMU is stuck or very busy; stop the VM")
+        try:
+            self._sock.settimeout(timeout)
+            self._sock.sendall(json.dumps(message).encode() + b"\n")
+            reply = self._read_reply(message["id"], time.monotonic() + timeout, seen)
+        except TimeoutError:
+            raise VlabError(f"QEMU did not answer within {timeout} s", field=command, value=timeout,
+                            fix="QEMU is stuck or very busy; check vm.console.tail(), or stop the VM") from None
+        except (OSError, EOFError, ValueError) as exc:
+            raise self._failure(command, args or {}, exc) from None
+        finally:
+            self._lock.release()
         if "error" in reply:
             error = reply["error"]
             raise VlabError(f"QEMU refused the command: {error.get('desc')}", field=command,
