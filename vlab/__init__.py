@@ -30,6 +30,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "VM": "vlab.qemu",
     "VMConfig": "vlab.qemu",
+    "Machine": "vlab.toyvmm",
     "check": "vlab.grading",
     "seed_for": "vlab.grading",
 }
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from vlab.grading import seed_for as seed_for
     from vlab.qemu import VM as VM
     from vlab.qemu import VMConfig as VMConfig
+    from vlab.toyvmm import Machine as Machine
 
 
 def __getattr__(name: str) -> Any:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys

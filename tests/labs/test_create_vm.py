@@ -173,18 +173,20 @@ def test_vcpu_table_names_live_host_threads(pair: tuple[VM, VM]) -> None:
 
 @pytest.mark.qemu
 @pytest.mark.slow
-def test_panel_adapter_gives_the_vmpanel_what_it_reads(pair: tuple[VM, VM]) -> None:
+def test_a_vm_is_what_the_vmpanel_drives_and_its_console_tail_has_no_framing(pair: tuple[VM, VM]) -> None:
     from vlab.dashboards import ControllableVM
 
-    adapted = lab.PanelVM(pair[1])
-    assert isinstance(adapted, ControllableVM)
-    assert set(adapted.vcpu_times()) == {0}
-    assert adapted.rss_bytes() > 32 << 20
-    panel = lab.vm_panel(pair[1])
+    vm = pair[1]
+    assert isinstance(vm, ControllableVM)
+    assert set(vm.vcpu_times()) == {0}
+    assert vm.rss_bytes() > 32 << 20
+    vm.console.run("echo tail-check")
+    assert "tail-check" in vm.console_tail(5) and "=VLAB" not in vm.console_tail(50)
+    panel = lab.vm_panel(vm)
     assert panel is not None
     try:
         panel.refresh(force=True)
-        assert "VM vm2: running" in panel.text()
+        assert "vm2: running" in panel.text()
     finally:
         panel.close()
 

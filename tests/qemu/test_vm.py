@@ -13,6 +13,7 @@ import pytest
 from vlab.errors import StateError, VlabError
 from vlab.qemu import VM, VMConfig, VMState
 from vlab.qemu.process import process_start_time
+from vlab.qemu.vm import GuestPanicked
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
@@ -211,12 +212,15 @@ def test_boot_timeout_retries_then_reports_console_tail(config: VMConfig) -> Non
     assert vm.state is VMState.FAILED and vm.pid is not None and not os.path.exists(f"/proc/{vm.pid}")
 
 
-def test_guest_dying_during_boot_fails_fast_with_console_tail(guest_images: tuple[Path, Path]) -> None:
+def test_guest_panicking_during_boot_is_retried_then_fails_fast_with_console_tail(
+    guest_images: tuple[Path, Path],
+) -> None:
     vm = VM(VMConfig(accel="tcg", append="console=ttyS0 rdinit=/nonexistent panic=-1"))
     started = time.monotonic()
-    with pytest.raises(VlabError) as caught:
-        vm.start(timeout=30)
-    assert time.monotonic() - started < 20  # QEMU exited on the panic: no waiting for the timeout
-    assert "console closed" in caught.value.problem
+    with pytest.raises(GuestPanicked) as caught:
+        vm.start(timeout=30, retries=1)
+    assert time.monotonic() - started < 30  # QEMU exited on each panic: no waiting for the timeout
+    assert vm.boot_attempts == 2
+    assert "panicked" in caught.value.problem
     assert "Kernel panic" in str(caught.value)
     assert vm.state is VMState.FAILED

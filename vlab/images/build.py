@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import importlib
 import os
 import shutil
 import subprocess
@@ -31,13 +30,15 @@ from vlab.images import initramfs, kernel
 from vlab.images.manifest import FileEntry, Manifest
 from vlab.paths import images_dir, vm_images_src
 
-__all__ = ["KERNEL_NAME", "INITRD_NAME", "BuildResult", "build_images", "inputs_key"]
+__all__ = ["KERNEL_NAME", "INITRD_NAME", "BUILD_STEPS", "BuildResult", "build_images", "inputs_key"]
 
 KERNEL_NAME = "vmlinuz"
 INITRD_NAME = "initramfs.cpio.gz"
 TOYVMM_DIR = "toyvmm"
 
 Report = Callable[[str], None]
+#: How many times a full build calls its ``report`` (for a progress bar).
+BUILD_STEPS = 6
 
 
 @dataclass(frozen=True)
@@ -103,15 +104,11 @@ def _locked(directory: Path) -> Iterator[None]:
         yield
 
 
-def _build_toyvmm(out: Path, report: Report) -> dict[str, Path]:
-    try:
-        programs = importlib.import_module("vlab.toyvmm.programs")
-    except ModuleNotFoundError:
-        report("toy VMM not installed: skipping its guest programs")
-        return {}
+def _build_toyvmm(out: Path) -> dict[str, Path]:
+    from vlab.toyvmm.programs import build_all  # imported here: it loads Unicorn, which the other steps don't need
+
     out.mkdir(parents=True, exist_ok=True)
-    built: dict[str, Path] = programs.build_all(out)
-    return built
+    return build_all(out)
 
 
 def _build_into(stage: Path, workdir: Path, report: Report) -> Manifest:
@@ -136,7 +133,7 @@ def _build_into(stage: Path, workdir: Path, report: Report) -> Manifest:
     initramfs.pack(tree, stage / INITRD_NAME)
 
     report("assembling the toy VMM guest programs")
-    toy = _build_toyvmm(stage / TOYVMM_DIR, report)
+    toy = _build_toyvmm(stage / TOYVMM_DIR)
 
     names = [KERNEL_NAME, INITRD_NAME, *(f"{TOYVMM_DIR}/{p.name}" for p in toy.values())]
     sources = {

@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vlab.images.build import build_images
+from vlab.images.build import BUILD_STEPS, build_images
 from vlab.images.manifest import Manifest
 from vlab.paths import images_dir
+from vlab.progress import steps
 
 __all__ = ["register"]
 
 
 def _build(args: argparse.Namespace) -> int:
-    result = build_images(args.dir, force=args.force, report=lambda line: print(f"vlab images: {line}", flush=True))
+    with steps(BUILD_STEPS, "vlab images build") as step:  # a bar on a terminal, one line per step in logs
+        result = build_images(args.dir, force=args.force, report=step)
     for entry in result.manifest.files.values():
         print(f"  {entry.name:32} {entry.size:>10} B  sha256 {entry.sha256[:16]}…")
     return 0

@@ -15,7 +15,7 @@ VM, each done for real on this host:
    behind, :func:`free_total_mib` / :func:`ping` read the guest's answers.
 5. **Inspect and control it over QMP**: :func:`vcpu_table`, :func:`observe_pause` (guest time stops
    while the host's goes on), :func:`vm_panel` (the :class:`vlab.dashboards.VMPanel`, through the
-   :class:`PanelVM` adapter) and a text fallback.
+   :class:`vlab.dashboards.VMPanel`) and a text fallback.
 
 The graded answers are not here: the reference solutions live in the source notebook.
 """
@@ -35,14 +35,13 @@ from typing import Any, TypeVar
 
 from vlab.errors import VlabError
 from vlab.qemu import VM, Nic, VMConfig
-from vlab.qemu.metrics import process_rss_bytes, thread_cpu_seconds
+from vlab.qemu.metrics import thread_cpu_seconds
 from vlab.qemu.network import bridge_supported
 
 __all__ = [
     "FLAG_MEANINGS",
     "GRADED_FLAGS",
     "HostResources",
-    "PanelVM",
     "PauseObservation",
     "PingResult",
     "attempt",
@@ -398,49 +397,6 @@ def observe_pause(vm: VM, seconds: float) -> PauseObservation:
     return PauseObservation(host_after - host_before, after - before, paused_for, status)
 
 
-class PanelVM:
-    """Adapter: a :class:`vlab.qemu.VM` as the :class:`vlab.dashboards.ControllableVM` the VMPanel drives.
-
-    ``VM`` has ``state``, ``start``/``pause``/``resume``/``stop`` already; this adds the three readings the
-    panel needs (per-vCPU host CPU time, QEMU's RSS, the console tail) and a ``name``.
-    """
-
-    def __init__(self, vm: VM) -> None:
-        self.vm = vm
-        self.name = f"VM {vm.config.name}"
-
-    @property
-    def state(self) -> Any:
-        return self.vm.state
-
-    def start(self) -> object:
-        return self.vm.start()
-
-    def pause(self) -> object:
-        self.vm.pause()
-        return None
-
-    def resume(self) -> object:
-        self.vm.resume()
-        return None
-
-    def stop(self) -> object:
-        return self.vm.stop()
-
-    def vcpu_times(self) -> dict[int, float]:
-        pid = int(self.vm.pid or 0)
-        return {cpu.index: thread_cpu_seconds(pid, cpu.thread_id) for cpu in self.vm.vcpus()}
-
-    def rss_bytes(self) -> int:
-        return process_rss_bytes(int(self.vm.pid or 0))
-
-    def console_tail(self, n: int) -> str:
-        try:
-            return self.vm.console.tail(n)
-        except VlabError:
-            return ""
-
-
 def vm_panel(vm: VM) -> Any:
     """A :class:`vlab.dashboards.VMPanel` for ``vm`` (its text form shows outside JupyterLab), or None if the
     dashboards cannot be imported here."""
@@ -448,7 +404,7 @@ def vm_panel(vm: VM) -> Any:
         from vlab.dashboards import VMPanel
     except ImportError:
         return None
-    return VMPanel(PanelVM(vm), interval=1.0)
+    return VMPanel(vm, interval=1.0)
 
 
 # ---------------------------------------------------------------- running student code safely

@@ -121,10 +121,13 @@ class Console:
         return _clean(data)
 
     def tail(self, lines: int = 20) -> str:
-        """The last ``lines`` lines the guest printed (for error messages and debugging)."""
+        """The last ``lines`` lines the guest printed (for error messages and dashboards), without the markers
+        :meth:`run` frames each command with."""
         with self._changed:
             data = bytes(self._log[-16384:])
-        return "\n".join(_clean(data).rstrip().splitlines()[-lines:])
+        text = _FRAMING.sub("", _clean(data))
+        kept = [line for line in text.rstrip().splitlines() if line.strip() not in ("", PROMPT.strip())]
+        return "\n".join(kept[-lines:])
 
     def wait_for(self, pattern: str | re.Pattern[str], timeout: float, since: int = 0) -> re.Match[str]:
         """Wait until console output after ``since`` matches ``pattern`` (a regex); return the match.
@@ -212,6 +215,12 @@ class Console:
     async def _close_writer(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+#: The guest shell's prompt (set by vm-images/linux/init).
+PROMPT = "vlab# "
+#: The begin/end markers of :meth:`Console.run` as they appear in the output (``=VLAB<tag>B``, ``=VLAB<tag>E:<rc>``).
+_FRAMING = re.compile(r"=VLAB[0-9A-Za-z]+(?:B|E:-?\d+)")
 
 
 def _clean(data: bytes) -> str:

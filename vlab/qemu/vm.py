@@ -50,7 +50,7 @@ from vlab.qemu.migration import MigrationResult, run_migration, set_parameters
 from vlab.qemu.process import QemuProcess, make_workdir, sweep_orphans
 from vlab.qemu.qmp import DEFAULT_QMP_TIMEOUT, Event, QMPChannel
 
-__all__ = ["VM", "VMState", "VCpu", "MemoryInfo", "BootTimeout"]
+__all__ = ["VM", "VMState", "VCpu", "MemoryInfo", "BootTimeout", "GuestPanicked"]
 
 _MIB = 1024 * 1024
 _VMSTATE_NODE = "vmstate"
@@ -76,6 +76,10 @@ _ACTIVE = (VMState.STARTING, VMState.RUNNING, VMState.PAUSED)
 
 class BootTimeout(VlabError):
     """The guest never printed its ready marker (retried once by :meth:`VM.start`)."""
+
+
+class GuestPanicked(BootTimeout):
+    """The guest kernel panicked before it was ready (retried like a timeout)."""
 
 
 @dataclass(frozen=True)
@@ -204,7 +208,7 @@ class VM:
         """Launch QEMU and wait until the guest's shell answers.
 
         :param timeout: seconds to wait for the ready marker, per attempt.
-        :param retries: boot attempts after a timeout (a TCG boot very rarely hangs silently).
+        :param retries: boot attempts after a timeout or a kernel panic (a TCG boot very rarely hangs silently).
         :param wait_ready: if False, return as soon as QMP answers (the guest is still booting; watch it with
             ``vm.console.wait_for(vlab.qemu.READY_MARKER, …)``, and note the console still echoes input).
         :raises VlabError: with the console tail and QEMU's stderr if the guest never becomes ready.
@@ -296,6 +300,10 @@ class VM:
         try:
             console.wait_for(rf"(?m)^{READY_MARKER}\s*$", timeout)
         except ConsoleClosed:
+            tail = console.tail(30)
+            if "Kernel panic" in tail:  # e.g. a timer check failing under host load: worth another attempt
+                raise GuestPanicked("the guest kernel panicked while booting", field="start",
+                                    fix="retry; if it persists, check the kernel and append", detail=tail) from None
             raise
         except VlabError as exc:
             raise BootTimeout(f"the guest did not print {READY_MARKER} within {timeout} s",
@@ -478,6 +486,25 @@ class VM:
         self._require("host_sample", *_ACTIVE)
         assert self.pid is not None
         return sample(self.pid, {cpu.index: cpu.thread_id for cpu in self.vcpus()})
+
+    # -- what a dashboard reads (vlab.dashboards.ControllableVM) --------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The VM's name (from its config)."""
+        return self.config.name
+
+    def vcpu_times(self) -> dict[int, float]:
+        """Host CPU seconds used so far by each vCPU thread."""
+        return dict(self.host_sample().vcpu_seconds)
+
+    def rss_bytes(self) -> int:
+        """QEMU's resident memory on the host, in bytes."""
+        return self.host_sample().rss_bytes
+
+    def console_tail(self, lines: int = 20) -> str:
+        """The last ``lines`` lines of guest output, without vlab's command framing."""
+        return self.console.tail(lines)
 
     # -- events ---------------------------------------------------------------------------------------
 
