@@ -88,13 +88,19 @@ def test_sweep_kills_daemonized_descendants() -> None:
 
     if not become_subreaper():
         pytest.skip("no child subreaper on this system")
-    subprocess.run([sys.executable, "-c", code], check=True)
-    time.sleep(0.2)
-    orphans = descendants(os.getpid())
-    assert orphans, "the daemonized process should have been re-parented to us"
-    killed = sweep(None)
-    assert {p.pid for p in killed} >= orphans
-    assert descendants(os.getpid()) == set()
+    try:
+        subprocess.run([sys.executable, "-c", code], check=True)
+        time.sleep(0.2)
+        orphans = descendants(os.getpid())
+        assert orphans, "the daemonized process should have been re-parented to us"
+        killed = sweep(None)
+        assert {p.pid for p in killed} >= orphans
+        assert descendants(os.getpid()) == set()
+    finally:
+        # Stop being a subreaper: later tests in this process expect orphans to go to init (and be reaped).
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 0, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER, off
 
 
 @root_only
