@@ -19,6 +19,7 @@ would pull in pandas, which vlab does not depend on.
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -404,7 +405,8 @@ def show(fig: go.Figure) -> None:
         return
     import IPython.display
 
-    bundle = {"application/vnd.plotly.v1+json": fig.to_plotly_json(), "text/plain": summarize(fig)}
+    # to_json's encoder turns whatever the traces hold (tuples, dates, numpy) into plain JSON.
+    bundle = {"application/vnd.plotly.v1+json": json.loads(fig.to_json()), "text/plain": summarize(fig)}
     display: Any = IPython.display.display  # IPython is untyped
     display(bundle, raw=True)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vlab.host.accel import AccelKind, choose_accel, classify, detect_accelerator
+from vlab.host.accel import AccelKind, classify, detect_accelerator
 
 
 def make_host(tmp_path: Path, *, kvm_device: bool, flags: str, modules: tuple[str, ...]) -> Path:
@@ -55,6 +55,3 @@ def test_this_host_verdict_is_consistent_with_its_files() -> None:
     elif Path("/sys/module/kvm_pvm").exists():
         assert info.kind is AccelKind.SOFTWARE and info.accel == "tcg"
 
-
-def test_tcg_requested_is_honoured_without_probing() -> None:
-    assert choose_accel("tcg") == ("tcg", "TCG requested")

@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from vlab.host.cgroups import Cgroup as HostCgroup
+
 __all__ = [
     "Cgroup",
     "JailSpec",
@@ -54,7 +56,6 @@ _CLONE_NEWNS = 0x00020000
 _MS_BIND, _MS_MOVE, _MS_REC, _MS_PRIVATE = 4096, 8192, 16384, 1 << 18
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_SET_PDEATHSIG = 1
-_V1_ROOT = Path("/sys/fs/cgroup")
 
 
 @dataclass(frozen=True)
@@ -217,109 +218,44 @@ def python_paths() -> tuple[str, ...]:
     return tuple(sorted(os.path.realpath(p) for p in wanted))
 
 
-class Cgroup:
-    """A cgroup-v1 group per submission under the grader's own cgroup of each controller.
+class Cgroup(HostCgroup):
+    """The per-submission group (``memory``, ``pids``, ``cpu``) under the grader's own groups.
 
-    :meth:`create` returns None where cgroups cannot be used (no v1 hierarchy, not root):
-    the rlimits are then the only limits.
+    :meth:`create` returns None where cgroups cannot be used (none offered, not root): the rlimits are then the only
+    limits.
     """
 
     CONTROLLERS = ("memory", "pids", "cpu")
 
-    def __init__(self, paths: dict[str, Path]) -> None:
-        self.paths = paths
-
     @classmethod
     def create(cls, name: str, *, memory_mb: int, processes: int, cpu_percent: int) -> Cgroup | None:
-        own = _own_cgroups()
-        paths: dict[str, Path] = {}
         try:
-            for controller in cls.CONTROLLERS:
-                if controller not in own or not (_V1_ROOT / controller).is_dir():
-                    continue
-                path = _V1_ROOT / controller / own[controller].lstrip("/") / name
-                path.mkdir()
-                paths[controller] = path
-            group = cls(paths)
-            group._limit(memory_mb, processes, cpu_percent)
+            group = cls(name, cls.CONTROLLERS, required=False)
         except OSError:
-            cls(paths).remove()
             return None
-        return group if paths else None
-
-    def _limit(self, memory_mb: int, processes: int, cpu_percent: int) -> None:
-        if "memory" in self.paths:
-            (self.paths["memory"] / "memory.limit_in_bytes").write_text(str(memory_mb * 2**20))
-            swap = self.paths["memory"] / "memory.memsw.limit_in_bytes"
-            if swap.exists():  # no escape into swap
-                swap.write_text(str(memory_mb * 2**20))
-        if "pids" in self.paths:
-            (self.paths["pids"] / "pids.max").write_text(str(processes))
-        if "cpu" in self.paths:
-            period = int((self.paths["cpu"] / "cpu.cfs_period_us").read_text())
-            (self.paths["cpu"] / "cpu.cfs_quota_us").write_text(str(period * cpu_percent // 100))
-
-    @property
-    def procs_files(self) -> tuple[str, ...]:
-        return tuple(str(p / "cgroup.procs") for p in self.paths.values())
-
-    def members(self) -> set[int]:
-        found: set[int] = set()
-        for procs in self.procs_files:
-            with contextlib.suppress(OSError):
-                found.update(int(line) for line in Path(procs).read_text().split())
-        return found
-
-    def counter(self, controller: str, filename: str, key: str | None = None) -> int:
-        """A counter such as ``memory.failcnt`` or the ``max`` line of ``pids.events`` (0 if absent)."""
+        if not group.dirs:
+            return None
         try:
-            text = (self.paths[controller] / filename).read_text()
-        except (KeyError, OSError):
-            return 0
-        if key is None:
-            return int(text.split()[0])
-        for line in text.splitlines():
-            parts = line.split()
-            if len(parts) == 2 and parts[0] == key:
-                return int(parts[1])
-        return 0
+            if "memory" in group.dirs:
+                group.set_memory_limit(memory_mb * 2**20)
+            if "pids" in group.dirs:
+                group.set_pids_max(processes)
+            if "cpu" in group.dirs:
+                group.set_cpu_quota(cpu_percent / 100)
+        except OSError:
+            group.remove()
+            return None
+        return group
 
     @classmethod
-    def existing(cls, name: str) -> Cgroup | None:
-        """The group ``name`` created by :meth:`create` in this process's cgroups, if it still exists."""
-        own = _own_cgroups()
-        paths = {
-            c: _V1_ROOT / c / own[c].lstrip("/") / name
-            for c in cls.CONTROLLERS
-            if c in own and (_V1_ROOT / c / own[c].lstrip("/") / name).is_dir()
-        }
-        return cls(paths) if paths else None
+    def existing(cls, name: str, controllers: tuple[str, ...] = CONTROLLERS) -> Cgroup | None:
+        group = cls(name, controllers, required=False, create=False)
+        return group if group.dirs else None
 
-    def remove(self) -> None:
-        """Remove the group's directories (after :func:`sweep` emptied it)."""
-        for path in self.paths.values():
-            for _ in range(50):
-                try:
-                    path.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.02)  # the last killed tasks are still leaving the group
-
-
-def _own_cgroups() -> dict[str, str]:
-    own: dict[str, str] = {}
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return own
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        for controller in controllers.split(","):
-            if controller:
-                own[controller] = path
-    return own
+    def remove(self, timeout: float = 1.0) -> None:
+        """Remove the group's directories (after :func:`sweep` emptied it); a straggler leaves it behind."""
+        with contextlib.suppress(OSError):
+            super().remove(timeout)
 
 
 def become_subreaper() -> bool:

@@ -4,7 +4,7 @@ Each probe takes a ``root`` (default ``/``) so tests can point it at a fake
 ``/proc`` and ``/sys`` tree.
 """
 
-from vlab.host.accel import AccelInfo, AccelKind, choose_accel, detect_accelerator
+from vlab.host.accel import AccelInfo, AccelKind, detect_accelerator
 from vlab.host.cgroups import Cgroup, CgroupSupport, detect_cgroups
 from vlab.host.namespaces import NamespaceSupport, detect_namespaces
 
@@ -14,7 +14,6 @@ __all__ = [
     "Cgroup",
     "CgroupSupport",
     "NamespaceSupport",
-    "choose_accel",
     "detect_accelerator",
     "detect_cgroups",
     "detect_namespaces",

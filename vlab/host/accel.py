@@ -13,6 +13,8 @@ The classification, from the cheapest evidence to the most expensive:
    ``SOFTWARE``: TCG, and say so.
 3. ``vmx``/``svm`` and ``kvm_intel``/``kvm_amd`` loaded → ``HARDWARE``; it is
    *usable* only if ``/dev/kvm`` opens and, when asked, a probe guest boots.
+
+:func:`vlab.qemu.accel.choose_accel` turns this verdict into a VM's ``-accel``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["AccelKind", "AccelInfo", "classify", "detect_accelerator", "choose_accel", "probe_guest"]
+__all__ = ["AccelKind", "AccelInfo", "classify", "detect_accelerator", "probe_guest"]
 
 
 class AccelKind(enum.Enum):
@@ -191,13 +193,3 @@ def detect_accelerator(probe: bool = True) -> AccelInfo:
                 )
     _cached[probe] = info
     return info
-
-
-def choose_accel(requested: str = "auto") -> tuple[str, str]:
-    """Turn a requested accelerator (``auto``, ``kvm``, ``tcg``) into QEMU's ``-accel`` value and the reason."""
-    if requested == "tcg":
-        return "tcg", "TCG requested"
-    info = detect_accelerator()
-    if requested == "kvm":
-        return "kvm", "KVM requested" + ("" if info.usable_kvm else f" (warning: {info.reason})")
-    return info.accel, info.reason

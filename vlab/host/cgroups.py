@@ -104,10 +104,18 @@ class Cgroup:
 
     :param name: the child group's name (created under this process's own group).
     :param controllers: the controllers needed; a VlabError names any the host lacks.
+    :param required: if False, controllers the host lacks are left out instead (see :meth:`best_effort`).
+    :param create: if False, only the controllers whose group already exists are taken (see :meth:`existing`).
     """
 
     def __init__(
-        self, name: str, controllers: tuple[str, ...] = CONTROLLERS, support: CgroupSupport | None = None
+        self,
+        name: str,
+        controllers: tuple[str, ...] = CONTROLLERS,
+        support: CgroupSupport | None = None,
+        *,
+        required: bool = True,
+        create: bool = True,
     ) -> None:
         support = support or detect_cgroups()
         self.name = name
@@ -115,6 +123,8 @@ class Cgroup:
         for controller in controllers:
             place = support.where(controller)
             if place is None:
+                if not required:
+                    continue
                 raise VlabError(
                     f"this host offers no writable cgroup with the {controller} controller ({support.describe()})",
                     field="cgroup",
@@ -123,12 +133,49 @@ class Cgroup:
                     "labs skip this part where neither exists",
                 )
             version, parent = place
+            path = parent / name
+            if not create:
+                if path.is_dir():
+                    self.dirs[controller] = (version, path)
+                continue
             if version == 2:
                 with contextlib.suppress(OSError):
                     (parent / "cgroup.subtree_control").write_text(f"+{controller}")
-            path = parent / name
             path.mkdir(exist_ok=True)
             self.dirs[controller] = (version, path)
+
+    @classmethod
+    def best_effort(cls, name: str, controllers: tuple[str, ...] = CONTROLLERS) -> Cgroup | None:
+        """The group with whichever of ``controllers`` the host offers; None if it offers none or refuses."""
+        try:
+            group = cls(name, controllers, required=False)
+        except OSError:
+            return None
+        return group if group.dirs else None
+
+    @classmethod
+    def existing(cls, name: str, controllers: tuple[str, ...] = CONTROLLERS) -> Cgroup | None:
+        """A group ``name`` created earlier (e.g. by a process that died) under this process's groups, if any."""
+        group = cls(name, controllers, required=False, create=False)
+        return group if group.dirs else None
+
+    @property
+    def paths(self) -> dict[str, Path]:
+        """controller -> the group's directory."""
+        return {controller: path for controller, (_, path) in self.dirs.items()}
+
+    @property
+    def procs_files(self) -> tuple[str, ...]:
+        """The ``cgroup.procs`` files a new process writes its pid to, to join every controller's group."""
+        return tuple(str(path / "cgroup.procs") for path in self.paths.values())
+
+    def members(self) -> set[int]:
+        """PIDs of the processes in the group (any controller)."""
+        found: set[int] = set()
+        for procs in self.procs_files:
+            with contextlib.suppress(OSError, ValueError):
+                found.update(int(line) for line in Path(procs).read_text().split())
+        return found
 
     def _write(self, controller: str, v1_file: str, v2_file: str, value: str) -> None:
         version, path = self.dirs[controller]
@@ -145,7 +192,11 @@ class Cgroup:
             (path / "cpu.max").write_text(f"{quota} {period_us}")
 
     def set_memory_limit(self, limit_bytes: int) -> None:
+        """Limit memory (and, on v1 where swap accounting exists, memory + swap: no escape into swap)."""
         self._write("memory", "memory.limit_in_bytes", "memory.max", str(limit_bytes))
+        version, path = self.dirs["memory"]
+        if version == 1 and (path / "memory.memsw.limit_in_bytes").exists():
+            (path / "memory.memsw.limit_in_bytes").write_text(str(limit_bytes))
 
     def set_pids_max(self, count: int) -> None:
         self._write("pids", "pids.max", "pids.max", str(count))
@@ -179,34 +230,32 @@ class Cgroup:
 
     def throttled_periods(self) -> int:
         """How many CFS periods the group was throttled in (0 when unknown)."""
-        _, path = self.dirs["cpu"]
-        with contextlib.suppress(OSError, ValueError):
-            for line in (path / "cpu.stat").read_text().splitlines():
-                key, value = line.split()
-                if key in ("nr_throttled",):
-                    return int(value)
-        return 0
+        return self.counter("cpu", "cpu.stat", "nr_throttled")
 
-    def _counter(self, controller: str, v1_file: str, v1_key: str | None, v2_file: str, v2_key: str) -> int:
-        """A counter from a flat-keyed cgroup file (or a single-value file when the key is None)."""
-        version, path = self.dirs[controller]
-        name, key = (v1_file, v1_key) if version == 1 else (v2_file, v2_key)
+    def counter(self, controller: str, filename: str, key: str | None = None) -> int:
+        """A counter from a cgroup file: a single-value file (``key`` None) or a flat-keyed one such as
+        ``pids.events`` (0 when the controller, file or key is absent)."""
+        if controller not in self.dirs:
+            return 0
+        _, path = self.dirs[controller]
         with contextlib.suppress(OSError, ValueError):
-            text = (path / name).read_text()
+            text = (path / filename).read_text()
             if key is None:
-                return int(text.strip())
+                return int(text.split()[0])
             for line in text.splitlines():
-                if line.split()[0] == key:
-                    return int(line.split()[1])
+                parts = line.split()
+                if len(parts) == 2 and parts[0] == key:
+                    return int(parts[1])
         return 0
 
     def oom_kills(self) -> int:
         """Processes the memory limit killed (v1 ``memory.oom_control``, v2 ``memory.events``)."""
-        return self._counter("memory", "memory.oom_control", "oom_kill", "memory.events", "oom_kill")
+        name = "memory.oom_control" if self.dirs.get("memory", (1, Path()))[0] == 1 else "memory.events"
+        return self.counter("memory", name, "oom_kill")
 
     def pids_refused(self) -> int:
         """Forks refused by the pids limit (v1/v2 ``pids.events``: ``max``)."""
-        return self._counter("pids", "pids.events", "max", "pids.events", "max")
+        return self.counter("pids", "pids.events", "max")
 
     def remove(self, timeout: float = 2.0) -> None:
         """Remove the group's directories (waiting briefly for its processes to exit)."""

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from vlab import plots
 from vlab.errors import VlabError
 from vlab.toyvmm.asm import RAM_BASE, assemble
 from vlab.toyvmm.isa import CSR
@@ -59,22 +60,8 @@ _LEVEL_SHIFTS = (12, 21, 30)  # Sv39: page offset bits below level 0, 1, 2
 _SATP_SV39 = 8 << 60
 
 
-def show_figure(fig: Any) -> None:
-    """Display a plotly figure like :func:`vlab.plots.show`, without ``fig.show()``'s first-call cost
-    (about 5 s in a fresh kernel here): in a notebook the plotly MIME bundle is displayed directly."""
-    from vlab.plots import show, summarize
-    from vlab.progress import display_mode
-
-    if display_mode() != "notebook":
-        print(summarize(fig))
-        return
-    try:
-        import IPython.display
-    except ImportError:  # pragma: no cover - display_mode() says notebook only under IPython
-        show(fig)
-        return
-    render: Any = IPython.display.display
-    render({"application/vnd.plotly.v1+json": fig.to_plotly_json()}, raw=True)
+#: Display a plotly figure (in a notebook) or its text summary (elsewhere): :func:`vlab.plots.show`.
+show_figure = plots.show
 
 
 # ---------------------------------------------------------------- seeded parameters

@@ -24,7 +24,6 @@ Statistics come from :mod:`vlab.measure` (warm-up, repeats, median, bootstrap in
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import shutil
@@ -34,12 +33,11 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from vlab import plots
 from vlab.errors import VlabError
 from vlab.measure import Sample, repeat
-from vlab.progress import display_mode
 
 if TYPE_CHECKING:
     from vlab.qemu import VM
@@ -343,18 +341,7 @@ COST_PLAN = ((0, 24000), (4, 24000), (16, 15000), (64, 9000), (256, 4500), (2048
 # ================================================================ display
 
 
-def show(fig: Any) -> None:
-    """Display a plotly figure like :func:`vlab.plots.show`, minus a 5–15 s stall.
+#: Display a plotly figure (in a notebook) or its text summary (elsewhere): :func:`vlab.plots.show`.
+show = plots.show
 
-    Adapter: ``fig.show()`` imports ``plotly.io._renderers``, which imports ``nbformat`` and through
-    it ``jsonschema`` and ``rfc3987_syntax``, which builds a parser at import time (5 s on a quiet
-    2-core machine here, 14 s on a busy one). In a notebook the figure is sent as the same plotly
-    MIME bundle directly; elsewhere :func:`vlab.plots.show` prints its text summary.
-    """
-    if display_mode() != "notebook":
-        plots.show(fig)
-        return
-    from IPython.display import display
 
-    display({"application/vnd.plotly.v1+json": json.loads(fig.to_json()), "text/plain": plots.summarize(fig)},  # type: ignore[no-untyped-call]
-            raw=True)

@@ -55,6 +55,7 @@ from unicorn.x86_const import (
     UC_X86_REG_SS,
 )
 
+from vlab import plots
 from vlab.errors import VlabError
 from vlab.measure import Sample
 from vlab.toyvmm.asm import assemble
@@ -83,22 +84,8 @@ __all__ = [
     "x86_trap_vector",
 ]
 
-def show_figure(fig: Any) -> None:
-    """Display a plotly figure like :func:`vlab.plots.show`, without ``fig.show()``'s first-call cost
-    (about 5 s in a fresh kernel here): in a notebook the plotly MIME bundle is displayed directly."""
-    from vlab.plots import show, summarize
-    from vlab.progress import display_mode
-
-    if display_mode() != "notebook":
-        print(summarize(fig))
-        return
-    try:
-        import IPython.display
-    except ImportError:  # pragma: no cover - display_mode() says notebook only under IPython
-        show(fig)
-        return
-    render: Any = IPython.display.display
-    render({"application/vnd.plotly.v1+json": fig.to_plotly_json()}, raw=True)
+#: Display a plotly figure (in a notebook) or its text summary (elsewhere): :func:`vlab.plots.show`.
+show_figure = plots.show
 
 
 # ---------------------------------------------------------------- seeded parameters
