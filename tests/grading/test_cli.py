@@ -87,12 +87,16 @@ def test_grade_keys_prints_keys_and_seeds(
 
 
 def test_grade_sends_jobs_to_a_dask_scheduler_by_address(lab: Assignment, tmp_path: Path) -> None:
+    import dask
     from distributed import LocalCluster
+
+    dask.config.set({"temporary-directory": str(tmp_path)})  # Dask's scratch space, else /tmp/dask-scratch-space
 
     subs = tmp_path / "subs"
     s.write(subs, "dora", s.build_submission(lab.student_text, s.CORRECT, []))
     out = tmp_path / "gradebook.csv"
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None,
+                      local_directory=str(tmp_path)) as cluster:
         code = main(
             [
                 "grade",

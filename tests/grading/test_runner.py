@@ -44,7 +44,10 @@ def test_missing_directory_and_bundle_are_clear_errors(tmp_path: Path) -> None:
 
 
 def test_dask_cluster_grades_the_same_and_survives_a_broken_job(lab: Assignment, tmp_path: Path) -> None:
+    import dask
     from distributed import Client, LocalCluster
+
+    dask.config.set({"temporary-directory": str(tmp_path)})  # Dask's scratch space, else /tmp/dask-scratch-space
 
     good = s.write(tmp_path, "good", s.build_submission(lab.student_text, s.CORRECT, []))
     wrong = s.write(tmp_path, "wrong", s.build_submission(lab.student_text, {**s.CORRECT, s.Q2: s.WALK_ADDED}, []))
@@ -55,7 +58,8 @@ def test_dask_cluster_grades_the_same_and_survives_a_broken_job(lab: Assignment,
     jobs = make_jobs([("good", good), ("wrong", wrong)], lab.bundle, embed=True)
     jobs += make_jobs([("broken", good)], broken_bundle, embed=True)
     with (
-        LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster,
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None,
+                     local_directory=str(tmp_path)) as cluster,
         Client(cluster) as client,
     ):
         results = grade_all(jobs, dask=client, progress=False)
