@@ -219,8 +219,10 @@ class Console:
 
 #: The guest shell's prompt (set by vm-images/linux/init).
 PROMPT = "vlab# "
-#: The begin/end markers of :meth:`Console.run` as they appear in the output (``=VLAB<tag>B``, ``=VLAB<tag>E:<rc>``).
-_FRAMING = re.compile(r"=VLAB[0-9A-Za-z]+(?:B|E:-?\d+)")
+#: What :meth:`Console.run` adds to the output: the begin/end markers (``=VLAB<tag>B``, ``=VLAB<tag>E:<rc>``) and,
+#: for a command sent while the terminal still echoes (the ``stty -echo`` at boot), the echoed framed command line,
+#: which the terminal may have wrapped anywhere.
+_FRAMING = re.compile(r"printf '%s%s\\n' =VLAB.*?E\s*\$\s*\?|=VLAB[0-9A-Za-z]+(?:B|E:-?\d+)", re.S)
 
 
 def _clean(data: bytes) -> str:
