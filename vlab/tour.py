@@ -20,7 +20,7 @@ def run_tour(command: str = "uptime") -> int:
     config = VMConfig()
     print("QEMU command line:\n  " + " ".join(config.qemu_argv()))
     started = time.monotonic()
-    with VM(config) as vm:
+    with VM(config).start(progress=True) as vm:
         print(f"guest ready in {time.monotonic() - started:.2f} s ({vm.accel})")
         result = vm.console.run(command)
         print(f"$ {command}\n{result.output.rstrip()}\n(exit status {result.status})")

@@ -224,3 +224,13 @@ def test_guest_panicking_during_boot_is_retried_then_fails_fast_with_console_tai
     assert "panicked" in caught.value.problem
     assert "Kernel panic" in str(caught.value)
     assert vm.state is VMState.FAILED
+
+
+def test_start_with_progress_reports_each_boot_step(guest_images: tuple[Path, Path],
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    with VM(VMConfig(name="steps", accel="tcg")).start(progress=True) as vm:
+        assert vm.state is VMState.RUNNING
+    lines = capsys.readouterr().err.splitlines()  # no TTY, no notebook: one plain line per step
+    assert lines[0] == "booting steps: [1/2] launching QEMU (tcg), attempt 1"
+    assert lines[1] == "booting steps: [2/2] waiting for the guest's ready line"
+    assert lines[2].startswith("booting steps: done in ")

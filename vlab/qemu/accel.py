@@ -56,4 +56,4 @@ def choose_accel(requested: str) -> AccelChoice:
         return AccelChoice("kvm", f"requested accel='kvm'; host probe: {reason}")
     if usable:
         return AccelChoice("kvm", f"hardware KVM works here ({reason})")
-    return AccelChoice("tcg", f"no usable hardware KVM ({kind}: {reason})")
+    return AccelChoice("tcg", reason)  # the probe's reason already says what it found and that TCG is used

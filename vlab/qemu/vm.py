@@ -41,6 +41,7 @@ from types import TracebackType
 from typing import Any
 
 from vlab.errors import StateError, VlabError
+from vlab.progress import Steps, steps
 from vlab.qemu import disks, network
 from vlab.qemu.accel import AccelChoice, choose_accel
 from vlab.qemu.config import READY_MARKER, LaunchIO, VMConfig, parse_size_mib
@@ -204,35 +205,42 @@ class VM:
 
     # -- start ----------------------------------------------------------------------------------------
 
-    def start(self, timeout: float = 60.0, retries: int = 1, wait_ready: bool = True) -> VM:
+    def start(self, timeout: float = 60.0, retries: int = 1, wait_ready: bool = True, progress: bool = False) -> VM:
         """Launch QEMU and wait until the guest's shell answers.
 
         :param timeout: seconds to wait for the ready marker, per attempt.
         :param retries: boot attempts after a timeout or a kernel panic (a TCG boot very rarely hangs silently).
         :param wait_ready: if False, return as soon as QMP answers (the guest is still booting; watch it with
             ``vm.console.wait_for(vlab.qemu.READY_MARKER, …)``, and note the console still echoes input).
+        :param progress: show the boot's steps (a bar in a notebook or terminal, a line per step in logs).
         :raises VlabError: with the console tail and QEMU's stderr if the guest never becomes ready.
         """
         self._require("start", VMState.CREATED)
-        for attempt in range(retries + 1):
-            self.boot_attempts = attempt + 1
-            try:
-                self._launch(incoming=False, timeout=timeout, wait_ready=wait_ready)
-                return self
-            except BootTimeout:
-                if attempt == retries:
-                    self._state = VMState.FAILED
-                    raise
+        report = steps(2, f"booting {self.config.name}") if progress else None
+        with report or contextlib.nullcontext():
+            for attempt in range(retries + 1):
+                self.boot_attempts = attempt + 1
+                try:
+                    self._launch(incoming=False, timeout=timeout, wait_ready=wait_ready, report=report)
+                    return self
+                except BootTimeout:
+                    if attempt == retries:
+                        self._state = VMState.FAILED
+                        raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _launch(self, incoming: bool, timeout: float, wait_ready: bool = True) -> None:
+    def _launch(self, incoming: bool, timeout: float, wait_ready: bool = True, report: Steps | None = None) -> None:
         """One attempt: spawn, connect, wait for ready. Leaves nothing behind if it fails."""
         with self._state_lock:
             self._state = VMState.STARTING
         launched = time.monotonic()
         try:
+            if report is not None:
+                report(f"launching QEMU ({self.accel.kind}), attempt {self.boot_attempts}")
             self._spawn(incoming)
             if not incoming and wait_ready:
+                if report is not None:
+                    report("waiting for the guest's ready line")
                 self._wait_ready(timeout)
                 self.boot_seconds = time.monotonic() - launched
         except BootTimeout:
