@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -64,3 +65,19 @@ def test_destination_must_match_and_be_fresh(vm: VM, config: VMConfig) -> None:
     assert caught.value.field == "mem"
     with pytest.raises(VlabError, match="be a migration destination"):
         vm.migrate_to(vm)
+
+
+def test_migration_progress_reports_rounds(guest_images: tuple[Path, Path],
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    config = VMConfig(name="mprog", accel="tcg", mem=128)
+    with VM(config) as source:
+        destination = VM(config)
+        try:
+            result = source.migrate_to(destination, progress=True)
+        finally:
+            destination.stop()
+    lines = capsys.readouterr().err.splitlines()
+    rounds = [line for line in lines if line.startswith("migrating mprog: round ")]
+    assert rounds and all(re.fullmatch(r"migrating mprog: round \d+: [\d.]+ MiB left to send", r) for r in rounds)
+    assert len(rounds) <= result.dirty_sync_count + 1  # one line per new round, not per poll
+    assert lines[-1].startswith("migrating mprog: done in ")

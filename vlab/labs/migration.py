@@ -38,7 +38,7 @@ from typing import Any
 
 from vlab.errors import StateError, VlabError
 from vlab.labs.create_vm import attempt
-from vlab.qemu import VM, MigrationResult, VMConfig, VMState
+from vlab.qemu import VM, MigrationResult, MigrationTimeout, VMConfig, VMState
 
 __all__ = [
     "DEFAULT_BANDWIDTH",
@@ -419,7 +419,7 @@ def _migrate_into(source: VM, destination: VM, downtime_ms: int, bandwidth: int,
 
 
 def _was_cancelled(error: object) -> bool:
-    return isinstance(error, VlabError) and "did not complete within" in str(error)
+    return isinstance(error, MigrationTimeout)
 
 
 def _sample(info: Mapping[str, Any], elapsed: float) -> RoundSample | None:

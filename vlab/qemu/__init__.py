@@ -30,7 +30,7 @@ from vlab.qemu.accel import AccelChoice
 from vlab.qemu.config import READY_MARKER, Disk, Nic, VMConfig, default_initrd, default_kernel, parse_size_mib
 from vlab.qemu.console import CommandResult, Console
 from vlab.qemu.metrics import HostSample
-from vlab.qemu.migration import MigrationResult
+from vlab.qemu.migration import MigrationResult, MigrationTimeout
 from vlab.qemu.qmp import Event
 from vlab.qemu.vm import VM, BootTimeout, MemoryInfo, VCpu, VMState
 
@@ -46,6 +46,7 @@ __all__ = [
     "HostSample",
     "MemoryInfo",
     "MigrationResult",
+    "MigrationTimeout",
     "Nic",
     "VCpu",
     "VMConfig",

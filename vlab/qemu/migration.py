@@ -67,6 +67,12 @@ class MigrationResult:
 
 
 QmpCall = Callable[..., Any]
+#: Called with each ``query-migrate`` reply while the migration runs (e.g. to show progress).
+PollHook = Callable[[Mapping[str, Any]], None]
+
+
+class MigrationTimeout(VlabError):
+    """The migration did not complete in time (it was cancelled): typically it did not converge."""
 
 
 def set_parameters(source_qmp: QmpCall, downtime_limit_ms: int | None, bandwidth: int | None) -> MigrationParameters:
@@ -83,7 +89,7 @@ def set_parameters(source_qmp: QmpCall, downtime_limit_ms: int | None, bandwidth
 
 
 def run_migration(source_qmp: QmpCall, destination_qmp: QmpCall, uri: str, params: MigrationParameters,
-                  timeout: float) -> MigrationResult:
+                  timeout: float, on_poll: PollHook | None = None) -> MigrationResult:
     """Migrate to ``uri`` and wait for both sides; ``*_qmp(command, args=None)`` run QMP commands.
 
     :raises VlabError: if the migration fails or does not finish within ``timeout`` s.
@@ -91,7 +97,7 @@ def run_migration(source_qmp: QmpCall, destination_qmp: QmpCall, uri: str, param
     started = time.monotonic()
     deadline = started + timeout
     source_qmp("migrate", {"uri": uri})
-    info = _wait_source(source_qmp, deadline, timeout)
+    info = _wait_source(source_qmp, deadline, timeout, on_poll)
     completed_at = time.monotonic()
     _wait_destination(destination_qmp, deadline, timeout)
     ram = info.get("ram", {})
@@ -111,9 +117,11 @@ def run_migration(source_qmp: QmpCall, destination_qmp: QmpCall, uri: str, param
     )
 
 
-def _wait_source(source_qmp: QmpCall, deadline: float, timeout: float) -> dict[str, Any]:
+def _wait_source(source_qmp: QmpCall, deadline: float, timeout: float, on_poll: PollHook | None) -> dict[str, Any]:
     while True:
         info: dict[str, Any] = source_qmp("query-migrate")
+        if on_poll is not None:
+            on_poll(info)
         status = info.get("status")
         if status == "completed":
             return info
@@ -122,7 +130,7 @@ def _wait_source(source_qmp: QmpCall, deadline: float, timeout: float) -> dict[s
                             fix="check that both VMs have the same configuration", detail=str(info))
         if time.monotonic() > deadline:
             source_qmp("migrate_cancel")
-            raise VlabError(f"the migration did not complete within {timeout} s (cancelled)", field="migrate",
+            raise MigrationTimeout(f"the migration did not complete within {timeout} s (cancelled)", field="migrate",
                             value=status, fix="raise the bandwidth or downtime limit, or dirty memory more slowly",
                             detail=str(info))
         time.sleep(_POLL_SECONDS)

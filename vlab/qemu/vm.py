@@ -34,7 +34,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -623,7 +623,7 @@ class VM:
     # -- migration ------------------------------------------------------------------------------------
 
     def migrate_to(self, other: VM, *, downtime_limit_ms: int | None = None, bandwidth: int | None = None,
-                   timeout: float = 120.0) -> MigrationResult:
+                   timeout: float = 120.0, progress: bool = False) -> MigrationResult:
         """Live-migrate this running guest into ``other``, a new VM with the same configuration.
 
         ``other`` is started here with ``-incoming``; afterwards it runs the guest (its console continues
@@ -637,6 +637,8 @@ class VM:
 
         :param downtime_limit_ms: QEMU's ``downtime-limit`` (default 300 ms).
         :param bandwidth: QEMU's ``max-bandwidth`` in bytes/s (default 128 MiB/s).
+        :param progress: report each dirty-sync round and the memory still to send (a bar, or a line per round).
+        :raises MigrationTimeout: if it did not complete within ``timeout`` s (it is cancelled; the source runs on).
         :raises VlabError: if the configs differ, the VMs are in the wrong states, or the migration fails.
         """
         self._require("migrate_to", VMState.RUNNING, VMState.PAUSED)
@@ -645,7 +647,9 @@ class VM:
         uri = other._start_incoming()
         try:
             params = set_parameters(self._execute, downtime_limit_ms, bandwidth)
-            result = run_migration(self._execute, other._execute, uri, params, timeout)
+            with steps(None, f"migrating {self.config.name}") if progress else contextlib.nullcontext() as report:
+                result = run_migration(self._execute, other._execute, uri, params, timeout,
+                                       on_poll=_round_reporter(report) if report is not None else None)
         except BaseException:
             other.kill()
             raise
@@ -680,3 +684,18 @@ def _stop_all_at_exit() -> None:
     for vm in list(_live_vms):
         with contextlib.suppress(Exception):
             vm.stop(timeout=1.0, graceful=False)
+
+
+def _round_reporter(report: Steps) -> Callable[[Mapping[str, Any]], None]:
+    """A ``query-migrate`` hook that starts a progress step at each new dirty-sync round."""
+    seen = -1
+
+    def on_poll(info: Mapping[str, Any]) -> None:
+        nonlocal seen
+        ram = info.get("ram", {})
+        rounds = int(ram.get("dirty-sync-count", 0))
+        if rounds > seen:
+            seen = rounds
+            report(f"round {rounds}: {int(ram.get('remaining', 0)) / 2**20:.1f} MiB left to send")
+
+    return on_poll
