@@ -60,7 +60,8 @@ def _tool_version(argv: list[str]) -> str:
 
 def _recipe_files() -> list[Path]:
     src = vm_images_src()
-    recipe = [p for p in sorted(src.rglob("*")) if p.is_file() and "__pycache__" not in p.parts]
+    # Documentation (*.md) does not change what is built, so editing it does not trigger a rebuild.
+    recipe = [p for p in sorted(src.rglob("*")) if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".md"]
     code = sorted(Path(__file__).parent.glob("*.py"))
     return recipe + code
 
