@@ -1,4 +1,5 @@
-"""Lab 03 notebook: the committed student version is current, and grading gives 100 % / 0 %."""
+"""Lab 03 notebook: the committed student version is current, grading gives 100 % / 0 %, and the balloon
+check judges a prediction at the size the balloon really reached."""
 
 from __future__ import annotations
 
@@ -6,18 +7,54 @@ from pathlib import Path
 
 import pytest
 
-from vlab.grading.testing import assert_lab_grades, assert_not_stale
+from vlab.grading.testing import assert_lab_grades, assert_not_stale, lab_checks, run_check
 
 SOURCE = Path(__file__).resolve().parents[2] / "labs" / "source" / "03-memory.ipynb"
 
-pytestmark = [pytest.mark.notebooks, pytest.mark.slow]
 
-
+@pytest.mark.notebooks
+@pytest.mark.slow
 def test_lab_03_student_notebook_is_current() -> None:
     assert_not_stale(SOURCE)
 
 
+@pytest.mark.notebooks
+@pytest.mark.slow
 def test_lab_03_solution_scores_full_marks_and_student_version_zero() -> None:
     solved, untouched = assert_lab_grades(SOURCE)
     assert {c["question"] for c in solved["checks"]} == {f"q{i}" for i in range(1, 7)}
     assert untouched["status"] in ("ok", "unanswered")
+
+
+# a 256 MiB guest showing 218 MiB; on a busy host the balloon stopped at 160 MiB instead of the 144 asked for
+STALLED = [
+    {"target_mib": 256, "balloon_mib": 256, "guest_total_mib": 218, "guest_free_mib": 200, "host_rss_mib": 300},
+    {"target_mib": 200, "balloon_mib": 200, "guest_total_mib": 162, "guest_free_mib": 150, "host_rss_mib": 250},
+    {"target_mib": 144, "balloon_mib": 160, "guest_total_mib": 122, "guest_free_mib": 110, "host_rss_mib": 210},
+]
+
+
+def test_q5_judges_the_prediction_at_the_size_the_balloon_reached() -> None:
+    namespace, checks = lab_checks(SOURCE)
+    params = namespace["params_for"](1)
+    result = run_check(
+        checks["prediction_matches_the_guest"],
+        params,
+        balloon_rows=STALLED,
+        predicted_total=lambda before, configured, target: before - (configured - target),
+    )
+    assert result.passed, result.message
+
+
+def test_q5_still_names_the_misconceptions() -> None:
+    namespace, checks = lab_checks(SOURCE)
+    params = namespace["params_for"](1)
+    check = checks["prediction_matches_the_guest"]
+    configured = run_check(
+        check, params, balloon_rows=STALLED, predicted_total=lambda before, configured, target: target
+    )
+    assert not configured.passed and "never shows all of the configured memory" in configured.message
+    unchanged = run_check(
+        check, params, balloon_rows=STALLED, predicted_total=lambda before, configured, target: before
+    )
+    assert not unchanged.passed and "does shrink" in unchanged.message

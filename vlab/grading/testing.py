@@ -13,12 +13,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from vlab.grading.assign import build, cell_ids
+from vlab.grading.assign import build, cell_ids, check_namespace
+from vlab.grading.checks import Check, CheckResult, Exports, Registry, run_checks
 from vlab.grading.format import load_notebook, notebook_text
 from vlab.grading.sandbox import Job, grade_submission
 from vlab.grading.seeds import student_key
 
-__all__ = ["assert_lab_grades", "assert_not_stale", "grade_notebook", "solution_notebook_text"]
+__all__ = [
+    "assert_lab_grades",
+    "assert_not_stale",
+    "grade_notebook",
+    "lab_checks",
+    "run_check",
+    "solution_notebook_text",
+]
 
 
 def assert_not_stale(source: Path | str, out_dir: Path | str | None = None) -> None:
@@ -76,3 +84,23 @@ def assert_lab_grades(source: Path | str, student: str = "test-student") -> tupl
             f"cell errors: {json.dumps(untouched['cell_errors'])}; notes: {untouched['notes']}"
         )
     return solved, untouched
+
+
+def lab_checks(source: Path | str, student: str = "test-student") -> tuple[dict[str, Any], dict[str, Check]]:
+    """The params cell and check cells of ``source``'s bundle, run as the grader runs them: (their namespace, the
+    checks by name) — to test one check against chosen answers without grading a whole notebook."""
+    bundle = build(Path(source)).bundle
+    namespace = check_namespace()
+    namespace["STUDENT_ID"] = student
+    exec(bundle["params_source"], namespace)
+    found: dict[str, Check] = {}
+    for entry in bundle["check_sources"]:
+        with Registry(hidden=bool(entry["hidden"])) as registry:
+            exec(entry["source"], namespace)
+        found.update({check.name: check for check in registry.checks})
+    return namespace, found
+
+
+def run_check(check: Check, params: dict[str, Any], **answers: Any) -> CheckResult:
+    """Run one check on ``answers`` (the names a student's notebook would export)."""
+    return run_checks([check], Exports(answers), params)[0]
