@@ -234,3 +234,11 @@ def test_start_with_progress_reports_each_boot_step(guest_images: tuple[Path, Pa
     assert lines[0] == "booting steps: [1/2] launching QEMU (tcg), attempt 1"
     assert lines[1] == "booting steps: [2/2] waiting for the guest's ready line"
     assert lines[2].startswith("booting steps: done in ")
+
+
+def test_q35_machine_boots_and_runs_a_command(guest_images: tuple[Path, Path]) -> None:
+    with VM(VMConfig(name="q35", machine="q35", accel="tcg")) as vm:
+        assert "-M" in vm.argv and vm.argv[vm.argv.index("-M") + 1] == "q35"
+        result = vm.console.run("cat /proc/cmdline")
+        assert result.status == 0 and "vlab.hostname=q35" in result.output
+        assert vm.status() == "running"
