@@ -143,16 +143,14 @@ def _function_source(obj: Any) -> str | None:
         return None
 
 
+def _empty_exports() -> dict[str, Any]:
+    """The shape of an export: what the kernel writes and :func:`load_exports` returns."""
+    return {"values": {}, "functions": {}, "modules": {}, "imports": {}, "missing": [], "unexportable": {}}
+
+
 def export_namespace(namespace: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
     """Export ``names`` (and what their functions use) from a notebook namespace, as JSON-able data."""
-    out: dict[str, Any] = {
-        "values": {},
-        "functions": {},
-        "modules": {},
-        "imports": {},
-        "missing": [],
-        "unexportable": {},
-    }
+    out = _empty_exports()
     queue = [(name, True) for name in names]
     seen: set[str] = set()
     while queue:
@@ -199,14 +197,7 @@ def export_cell_source(names: Sequence[str], path: Path) -> str:
 
 def load_exports(path: Path) -> dict[str, Any]:
     """Read what the kernel exported (untrusted: size-limited, shape-checked). Missing file → empty."""
-    empty: dict[str, Any] = {
-        "values": {},
-        "functions": {},
-        "modules": {},
-        "imports": {},
-        "missing": [],
-        "unexportable": {},
-    }
+    empty = _empty_exports()
     try:
         raw = _read_regular_file(path, _MAX_EXPORTS_BYTES)
     except FileNotFoundError:

@@ -229,11 +229,8 @@ class Cgroup(HostCgroup):
 
     @classmethod
     def create(cls, name: str, *, memory_mb: int, processes: int, cpu_percent: int) -> Cgroup | None:
-        try:
-            group = cls(name, cls.CONTROLLERS, required=False)
-        except OSError:
-            return None
-        if not group.dirs:
+        group = cls.best_effort(name, cls.CONTROLLERS)
+        if group is None:
             return None
         try:
             if "memory" in group.dirs:
@@ -246,11 +243,6 @@ class Cgroup(HostCgroup):
             group.remove()
             return None
         return group
-
-    @classmethod
-    def existing(cls, name: str, controllers: tuple[str, ...] = CONTROLLERS) -> Cgroup | None:
-        group = cls(name, controllers, required=False, create=False)
-        return group if group.dirs else None
 
     def remove(self, timeout: float = 1.0) -> None:
         """Remove the group's directories (after :func:`sweep` emptied it); a straggler leaves it behind."""

@@ -15,6 +15,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 from vlab.errors import VlabError
 
@@ -145,7 +146,7 @@ class Cgroup:
             self.dirs[controller] = (version, path)
 
     @classmethod
-    def best_effort(cls, name: str, controllers: tuple[str, ...] = CONTROLLERS) -> Cgroup | None:
+    def best_effort(cls, name: str, controllers: tuple[str, ...] = CONTROLLERS) -> Self | None:
         """The group with whichever of ``controllers`` the host offers; None if it offers none or refuses."""
         try:
             group = cls(name, controllers, required=False)
@@ -154,7 +155,7 @@ class Cgroup:
         return group if group.dirs else None
 
     @classmethod
-    def existing(cls, name: str, controllers: tuple[str, ...] = CONTROLLERS) -> Cgroup | None:
+    def existing(cls, name: str, controllers: tuple[str, ...] = CONTROLLERS) -> Self | None:
         """A group ``name`` created earlier (e.g. by a process that died) under this process's groups, if any."""
         group = cls(name, controllers, required=False, create=False)
         return group if group.dirs else None
