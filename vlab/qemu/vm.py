@@ -132,6 +132,8 @@ class VM:
         self._qmp = QMPChannel(config.name, self._describe_failure)
         self._accel: AccelChoice | None = None
         self._bridges: list[str] = []
+        self._macs: list[str] = []
+        self._inherit_macs: list[str] = []  # a migration destination takes over its source's MACs
         self._vmstate_ready = False
         self._qmp_sock: socket.socket | None = None
         self._qmp_sync_sock: socket.socket | None = None
@@ -283,6 +285,7 @@ class VM:
         self._qmp_sock, self._qmp_sync_sock = qmp_ours, sync_ours
         self._console = Console(console_ours, self._describe_failure)
         disk_paths, secret_files = self._prepare_disks(workdir)
+        self._macs = network.claim_macs(self.config, self._inherit_macs)
         nic_fds: list[int | None] = []
         for nic in self.config.nics:
             if nic.mode == "bridge" and nic.bridge:
@@ -292,7 +295,8 @@ class VM:
                 nic_fds.append(tap.fd)
             else:
                 nic_fds.append(None)
-        return LaunchIO(keep[0], keep[1], disk_paths, secret_files, nic_fds, incoming, qmp_sync_fd=keep[2])
+        return LaunchIO(keep[0], keep[1], disk_paths, secret_files, nic_fds, incoming, qmp_sync_fd=keep[2],
+                        macs=tuple(self._macs))
 
     def _prepare_disks(self, workdir: Path) -> tuple[list[Path], list[Path | None]]:
         paths: list[Path] = []
@@ -386,6 +390,8 @@ class VM:
         for bridge in self._bridges:
             network.release_bridge(bridge)
         self._bridges = []
+        network.release_macs(self._macs)
+        self._macs = []
         self._vmstate_ready = False
         _live_vms.discard(self)
 
@@ -644,7 +650,7 @@ class VM:
         self._require("migrate_to", VMState.RUNNING, VMState.PAUSED)
         other._require("be a migration destination", VMState.CREATED)
         self._check_migratable(other)
-        uri = other._start_incoming()
+        uri = other._start_incoming(self._macs)
         try:
             params = set_parameters(self._execute, downtime_limit_ms, bandwidth)
             with steps(None, f"migrating {self.config.name}") if progress else contextlib.nullcontext() as report:
@@ -668,8 +674,9 @@ class VM:
             raise VlabError("migration supports guests without disks and with the same NICs", field="disks",
                             value=len(mine.disks), fix="migrate a diskless guest (the default VMConfig())")
 
-    def _start_incoming(self) -> str:
-        """Launch as a migration destination; returns the URI QEMU listens on."""
+    def _start_incoming(self, macs: list[str]) -> str:
+        """Launch as a migration destination (with the source's MACs); returns the URI QEMU listens on."""
+        self._inherit_macs = list(macs)
         self._launch(incoming=True, timeout=30.0)
         return self._incoming_uri
 
