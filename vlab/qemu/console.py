@@ -180,7 +180,8 @@ class Console:
         if not isinstance(text, str):
             raise VlabError(f"must be a string, not {type(text).__name__}", field="text", value=shown(text),
                             fix='console.send("ls\\n")')
-        run_sync(self._write(text.encode()), check_seconds("timeout", timeout), "console write")
+        timeout = check_seconds("timeout", timeout)
+        run_sync(self._write(text.encode()), timeout, "console write")
 
     async def _write(self, data: bytes) -> None:
         if self._closed or self._writer is None:
