@@ -47,6 +47,7 @@ from vlab.qemu.accel import AccelChoice, choose_accel
 from vlab.qemu.config import READY_MARKER, LaunchIO, VMConfig, parse_size_mib
 from vlab.qemu.console import Console, ConsoleClosed
 from vlab.qemu.fields import check_bool, check_int, check_seconds, check_text, check_token, shown
+from vlab.qemu.guest_files import verify_guest_file
 from vlab.qemu.metrics import HostSample, process_rss_bytes, sample
 from vlab.qemu.migration import MigrationResult, run_migration, set_parameters
 from vlab.qemu.process import QemuProcess, make_workdir, sweep_orphans
@@ -295,6 +296,9 @@ class VM:
         _live_vms.add(self)
 
     def _spawn(self, incoming: bool, connect_timeout: float) -> None:
+        assert self.config.kernel is not None and self.config.initrd is not None
+        verify_guest_file("kernel", self.config.kernel)
+        verify_guest_file("initrd", self.config.initrd)
         sweep_orphans()
         network.sweep_orphan_namespaces()
         kind = self.accel.kind
