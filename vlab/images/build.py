@@ -98,10 +98,18 @@ def _kernel_identity(workdir: Path) -> str:
 
 @contextmanager
 def _locked(directory: Path) -> Iterator[None]:
-    """One build at a time per image directory."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with (directory / ".build.lock").open("w") as lock:
+    """One build at a time per image directory; under the lock, leftovers of a killed build are removed."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = (directory / ".build.lock").open("w")
+    except OSError as exc:
+        raise VlabError(f"the image cache cannot be written ({exc.strerror})", field="images", value=str(directory),
+                        fix="point VLAB_IMAGES at a writable directory, e.g. VLAB_IMAGES=~/vlab-images") from None
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        for stale in directory.glob(".build-*"):  # only a killed build leaves one: builds hold this lock
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
         yield
 
 
@@ -160,7 +168,7 @@ def build_images(directory: Path | None = None, *, force: bool = False, report: 
     :param report: called with a line of progress for each step.
     """
     target = directory or images_dir()
-    with _locked(target), tempfile.TemporaryDirectory(dir=target, prefix=".build-") as tmp:
+    with _locked(target), _staging(target) as tmp:
         workdir = Path(tmp)
         key = inputs_key(_kernel_identity(workdir))
         old = Manifest.load(target)
@@ -174,6 +182,18 @@ def build_images(directory: Path | None = None, *, force: bool = False, report: 
         _install(stage, target, manifest)
         report(f"images written to {target}")
         return BuildResult(target, manifest, built=True)
+
+
+@contextmanager
+def _staging(target: Path) -> Iterator[str]:
+    """A private ``.build-*`` directory in ``target`` (same filesystem: installing is a rename)."""
+    try:
+        staging = tempfile.TemporaryDirectory(dir=target, prefix=".build-")
+    except OSError as exc:
+        raise VlabError(f"the image cache cannot be written ({exc.strerror})", field="images", value=str(target),
+                        fix="free space there, or point VLAB_IMAGES at a writable directory") from None
+    with staging as tmp:
+        yield tmp
 
 
 def _install(stage: Path, target: Path, manifest: Manifest) -> None:
