@@ -27,7 +27,7 @@ SOURCES = sorted((LABS_DIR / "source").glob("[0-9][0-9]-*.ipynb"))
 LABS = {source.name[:2]: source for source in SOURCES}
 
 #: Labs still on the old grading design. Remove yours when you convert it.
-NOT_CONVERTED = {"01", "02", "03", "04", "05", "06", "07"}
+NOT_CONVERTED = {"01", "02", "03", "05", "06", "07"}
 
 
 def _param(lab: str, *, design: bool = False) -> Any:
@@ -64,7 +64,8 @@ def test_solution_scores_every_point_and_the_untouched_notebook_none(lab: str) -
     assert set(solved["questions"]) == set(bundle["questions"])
     for qid, info in bundle["questions"].items():
         assert solved["questions"][qid]["score"] == info["points"] > 0, qid
-    assert untouched["total"] == 0 and untouched["status"] == "unanswered", untouched["status"]
+    blank = ("unanswered",) if lab not in NOT_CONVERTED else ("ok", "unanswered")  # old labs: stubs may not run
+    assert untouched["total"] == 0 and untouched["status"] in blank, untouched["status"]
 
 
 def _points_violations(bundle: dict[str, Any]) -> list[str]:
