@@ -58,8 +58,11 @@ class Leak:
         return f"{self.question}: {self.value!r} visible in {self.where} ({self.how})"
 
 
+_MAGIC = re.compile(r"^\s*(%|!(?!=))")  # an IPython magic or shell escape, not a continued `!= x`
+
+
 def _code(source: str) -> ast.Module | None:
-    text = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.split("\n"))
+    text = "\n".join("" if _MAGIC.match(line) else line for line in source.split("\n"))
     try:
         return ast.parse(text)
     except SyntaxError:
