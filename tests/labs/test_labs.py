@@ -55,6 +55,21 @@ def test_student_notebook_is_current(lab: str) -> None:
     assert_not_stale(LABS[lab])
 
 
+@pytest.mark.parametrize("lab", ALL)
+def test_a_released_copy_shows_the_parameters_the_grader_uses(lab: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What alice's own kernel prints (no grader environment) is what the grader computes for her."""
+    for name in ("VLAB_STUDENT_ID", "JUPYTERHUB_USER"):
+        monkeypatch.delenv(name, raising=False)
+    copy = json.loads(build(LABS[lab], course="os-2026", released_for="alice").student_text)
+    namespace: dict[str, Any] = {}
+    for cell in copy["cells"]:
+        if cell_spec(cell).role in ("release", "params"):
+            exec(cell_source(cell), namespace)
+    assert namespace["SETUP"].student == "alice"
+    assert namespace["PARAMS"] == student_params(LABS[lab], "alice", "os-2026")
+    assert namespace["PARAMS"] != student_params(LABS[lab], "alice")  # the course is part of the seed
+
+
 @pytest.mark.notebooks
 @pytest.mark.slow
 @pytest.mark.parametrize("lab", ALL)

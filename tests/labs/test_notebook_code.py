@@ -2,8 +2,9 @@
 
 The rules are the repository's, less what notebook cells do by design: each check cell imports what it uses
 again (F811, F401: hidden cells are removed from the student copy), a stub leaves the scaffold's variables
-unused (F841), imports sit in later cells (E402), and student-facing code uses ``zip`` without ``strict=`` (B905). mypy runs without ``--strict`` (students'
-functions are untyped) on all code cells of a notebook joined into one module, as the kernel runs them.
+unused (F841), imports sit in later cells (E402), and student-facing code uses ``zip`` without ``strict=``
+(B905). mypy runs without ``--strict`` (students' functions are untyped) on all code cells of a notebook joined
+into one module, as the kernel runs them.
 """
 
 from __future__ import annotations
