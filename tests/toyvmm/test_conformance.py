@@ -19,9 +19,17 @@ from vlab.toyvmm.exits import Exit
 
 CASES = rvtests.cases()
 REFERENCE = rvtests.load_reference()
+#: Differences from the real hart not fixed yet (issue 13); strict: a fixed one must leave the list.
+KNOWN_DIFFERENCES = {"rv64si/ad_bits", "rv64si/counters", "rv64si/ebreak", "rv64si/reserved_pte",
+                     "rv64si/rvc_fault", "rv64si/ssip", "rv64si/sstatus", "rv64si/stip", "rv64si/sum_mxr",
+                     "rv64si/va_zero"}
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def _marks(case: rvtests.Case) -> list[pytest.MarkDecorator]:
+    return [pytest.mark.xfail(strict=True, reason="issue 13")] if case.id in KNOWN_DIFFERENCES else []
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=_marks(c)) for c in CASES])
 def test_the_vmm_matches_the_reference_hart(case: rvtests.Case) -> None:
     [outcome] = rvtests.compare([case])
     failing = [name for name, ok in outcome.checks() if not ok]
