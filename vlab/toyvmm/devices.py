@@ -85,6 +85,9 @@ def handle_hypercall(exit: Exit) -> None:
     elif number == Hypercall.SET_TIMER:
         vcpu.csrs[CSR.STIMECMP] = a0
         vcpu.csrs[CSR.SIE] |= SIE_STIE
+        vcpu.write_reg(_A0, 0)
+        vcpu.take_interrupt(guest.machine.now)  # a deadline in the past fires at once
+        return
     elif number == Hypercall.SHUTDOWN:
         guest.halt(a0)
     elif number == Hypercall.BALLOON_GIVE:

@@ -65,8 +65,12 @@ UcError: type[Exception] = unicorn.UcError  # type: ignore[attr-defined]
 MAILBOX = 0x8000_F000
 #: The "sink": a VMM-owned page with ``1: addi t0, t0, 1; j 1b``. When a trap handler ends a
 #: chunk early, the vCPU's context is saved and the rest of the chunk's instruction count is
-#: burnt here; t0 then tells exactly how many guest instructions really ran.
-_SINK_VA, _SINK_PA = 0xFFFF_FFFF_FFFF_F000, 0x2000_0000
+#: burnt here; t0 then tells exactly how many guest instructions really ran. Its virtual address
+#: is not canonical in Sv39/Sv48 and beyond any RAM when paging is off: no guest can reach it.
+_SINK_VA, _SINK_PA = 1 << 63, 0x2000_0000
+#: ``emu_start``'s ``until``, ignored: the engine runs with an empty exit list (``ctl_exits_enabled``),
+#: so no guest address stops it (``until=0`` stopped a guest running code at virtual address 0).
+_NO_UNTIL = 0
 _SINK_CODE = (0x00128293).to_bytes(4, "little") + (0xFFDFF06F).to_bytes(4, "little")
 _REG_T0, _PC = rv.UC_RISCV_REG_X0 + 5, rv.UC_RISCV_REG_PC
 _READ_EXEC = uc_const.UC_PROT_READ | uc_const.UC_PROT_EXEC
@@ -138,6 +142,8 @@ class Guest:
         self.memory.write(RAM_BASE, program)
         self.uc: Any = _Uc(uc_const.UC_ARCH_RISCV, uc_const.UC_MODE_RISCV64)
         self.uc.ctl_set_tlb_mode(uc_const.UC_TLB_VIRTUAL)
+        self.uc.ctl_exits_enabled(True)  # with no exits: `count` alone ends a run (see _NO_UNTIL)
+        self.uc.ctl_set_exits([])
         self.uc.mem_map_ptr(POOL_BASE, machine.host.frames * PAGE, uc_const.UC_PROT_ALL, machine.host.address)
         self.uc.mem_map(_SINK_PA, PAGE, _READ_EXEC)
         self.uc.mem_write(_SINK_PA, _SINK_CODE)
@@ -351,7 +357,8 @@ class Machine:
         return True
 
     def _wake_due(self) -> list[VCPU]:
-        woken = [v for g in self.guests for v in g.vcpus if v.state is VCPUState.BLOCKED and v.timer_due(self.now)]
+        woken = [v for g in self.guests for v in g.vcpus
+                 if v.state is VCPUState.BLOCKED and v.wakeup_pending(self.now)]
         for vcpu in woken:
             vcpu.state, vcpu.woken_at = VCPUState.RUNNABLE, vcpu.csrs[CSR.STIMECMP]
             self.scheduler.wake(vcpu, self.now)
@@ -388,7 +395,7 @@ class Machine:
         uc = vcpu.guest.uc
         failure: Exception | None = None
         try:
-            uc.emu_start(vcpu.regs.read(_PC), 0, count=count)
+            uc.emu_start(vcpu.regs.read(_PC), _NO_UNTIL, count=count)
         except UcError as error:
             failure = error
         sunk, self._sinking = self._sinking, False
@@ -506,18 +513,18 @@ class Machine:
     def _on_tlb_fill(self, uc: Any, va: int, access: int, entry: Any, _data: Any) -> bool:
         vcpu = self._current
         assert vcpu is not None
-        if not self._sinking:
-            return self.mmu.fill(vcpu, va, access, entry)
-        if va & ~(PAGE - 1) != _SINK_VA:
-            return False
-        entry.paddr, entry.perms = _SINK_PA, _READ_EXEC
-        return True
+        if va & ~(PAGE - 1) == _SINK_VA:  # the VMM's own page: mapped only while sinking
+            if not self._sinking:
+                return False  # a guest that touched it: killed as an engine error
+            entry.paddr, entry.perms = _SINK_PA, _READ_EXEC
+            return True
+        return not self._sinking and self.mmu.fill(vcpu, va, access, entry)
 
     def _on_emu_error(self, vcpu: VCPU, error: Any) -> None:
         fault, vcpu.pending_fault = vcpu.pending_fault, None
         pc = vcpu.regs.read(_PC)
         if fault is None:
-            if error.errno == uc_const.UC_ERR_INSN_INVALID:  # e.g. ebreak: reflect as illegal instruction
+            if error.errno == uc_const.UC_ERR_INSN_INVALID:  # e.g. ebreak: the handler tells them apart
                 self._dispatch(Exit(ExitReason.ILLEGAL_INSN, vcpu, pc, word=self._fetch(vcpu, pc)))
             else:
                 self.record_violation(vcpu, pc, pc, "fetch", f"unicorn error: {error}")
