@@ -20,7 +20,7 @@ from vlab.toyvmm.exits import Exit
 CASES = rvtests.cases()
 REFERENCE = rvtests.load_reference()
 #: Differences from the real hart not fixed yet (issue 13); strict: a fixed one must leave the list.
-KNOWN_DIFFERENCES = {"rv64si/ad_bits", "rv64si/counters", "rv64si/reserved_pte", "rv64si/sum_mxr"}
+KNOWN_DIFFERENCES = {"rv64si/counters"}
 
 
 def _marks(case: rvtests.Case) -> list[pytest.MarkDecorator]:

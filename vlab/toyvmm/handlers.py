@@ -130,8 +130,8 @@ def shadow_fill(exit: Exit) -> None:
     machine = vcpu.guest.machine
     result = walk(vcpu.guest.memory, vcpu.csrs[CSR.SATP], exit.addr)
     machine.paging_stats.guest_pte_reads += result.pte_reads
-    if result.gpa is not None:
-        vcpu.shadow[exit.addr >> 12] = (result.gpa >> 12, result.flags)
+    if result.gpa is not None and result.pte_gpa is not None:
+        vcpu.shadow[exit.addr >> 12] = (result.gpa >> 12, result.flags, result.pte_gpa)
 
 
 DEFAULT_HANDLERS: dict[ExitReason, ExitHandler] = {

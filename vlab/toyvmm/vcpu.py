@@ -90,7 +90,8 @@ class VCPU:
 
     :ivar csrs: the virtual supervisor CSRs (what the guest reads and writes).
     :ivar mode: the virtual privilege (:class:`Mode`).
-    :ivar shadow: shadow page table of this vCPU's address space: virtual page -> (gpa page, PTE bits).
+    :ivar shadow: shadow page table of this vCPU's address space: virtual page -> (gpa page, PTE bits,
+        guest-physical address of the PTE).
     :ivar wake_latencies: virtual instructions from each timer wake-up to being scheduled.
     """
 
@@ -104,7 +105,7 @@ class VCPU:
         self.mode = Mode.SUPERVISOR
         self.state = VCPUState.RUNNABLE
         self.context: Any = None
-        self.shadow: dict[int, tuple[int, int]] = {}
+        self.shadow: dict[int, tuple[int, int, int]] = {}
         self.pending_fault: tuple[int, str, bool] | None = None  # (addr, access, violation)
         self.woken_at: int | None = None
         self.wake_latencies: list[int] = []
