@@ -81,7 +81,9 @@ class Exit:
         """Read on first use (a register read costs as much as the rest of a fast exit)."""
         if self._pc is None:
             past = 0 if self.reason in (ExitReason.MMIO_READ, ExitReason.MMIO_WRITE) else 4
-            self._pc = self.vcpu.regs.read(UC_RISCV_REG_PC) - past  # traps: Unicorn is already past it
+            parked = self.vcpu.parked_pc  # a handler stopped the vCPU: the engine PC is the sink's
+            pc = parked if parked is not None else self.vcpu.regs.read(UC_RISCV_REG_PC)
+            self._pc = pc - past  # traps: Unicorn is already past it
         return self._pc
 
     def __repr__(self) -> str:

@@ -54,7 +54,7 @@ from vlab.toyvmm.mmu import MMU, PagingMode, PagingStats, walk
 from vlab.toyvmm.sched import Scheduler, make_scheduler
 from vlab.toyvmm.sched import ms as to_insns
 from vlab.toyvmm.trace import Slice, Trace
-from vlab.toyvmm.vcpu import VCPU, Mode, VCPUState
+from vlab.toyvmm.vcpu import VCPU, ClosedRegs, Mode, VCPUState
 
 __all__ = ["Machine", "Guest", "GuestState", "Violation", "MAILBOX"]
 
@@ -170,9 +170,13 @@ class Guest:
         """
         if len(program) > self.memory.size:
             raise VlabError("the program does not fit in guest RAM", field="ram", value=self.memory.size)
-        self.memory.balloon_take(RAM_BASE, len(self.memory.p2m))
-        self.memory.write(RAM_BASE, bytes(self.memory.size))
-        self.memory.write(RAM_BASE, program)
+        missing = sum(frame is None for frame in self.memory.p2m)
+        if self.memory.balloon_take(RAM_BASE, len(self.memory.p2m)) < missing:
+            raise VlabError("the host has no frames left to give the guest its ballooned RAM back",
+                            field="host_memory", value=self.machine.host.frames * PAGE,
+                            fix="free memory (balloon other guests) or create the Machine with more host_memory")
+        if not (self.memory.write(RAM_BASE, bytes(self.memory.size)) and self.memory.write(RAM_BASE, program)):
+            raise VlabError("guest RAM could not be rewritten", field="ram", value=self.memory.size)
         old, scheduler = self.vcpus, self.machine.scheduler
         self._boot(len(old))
         for before, after in zip(old, self.vcpus, strict=True):
@@ -185,6 +189,8 @@ class Guest:
 
     def load(self, vcpu: VCPU) -> None:
         """Make ``vcpu`` the one whose registers are in the Unicorn CPU (a vCPU context switch)."""
+        if self.uc is None:
+            raise StateError("use a vCPU", "closed", ["open"], fix="use guests before Machine.close()")
         if self.loaded is vcpu:
             return
         if self.loaded is not None:
@@ -246,6 +252,9 @@ class Machine:
                             fix='use "fault" or "kill"')
         if chunk <= 0:
             raise VlabError("chunk must be a positive instruction count", field="chunk", value=chunk)
+        if not isinstance(host_memory, int) or host_memory < PAGE:
+            raise VlabError("host_memory is the host's frame pool in bytes", field="host_memory", value=host_memory,
+                            fix="e.g. Machine(host_memory=32 << 20)")
         self.scheduler = make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler
         try:
             self.mmu = MMU(self, PagingMode(paging), nested_levels)
@@ -307,6 +316,8 @@ class Machine:
         if not self._closed:
             self._closed = True
             for guest in self.guests:
+                for vcpu in guest.vcpus:
+                    vcpu.regs = ClosedRegs()  # its handle points into the engine freed below
                 guest.uc = None  # Unicorn closes the engine when the last reference goes
             self.host.close()
 
@@ -409,6 +420,7 @@ class Machine:
             return count
         t0, pc = vcpu.regs.read(_REG_T0), vcpu.regs.read(_PC)
         uc.context_restore(vcpu.context)
+        vcpu.parked_pc = None
         vcpu.guest.flush_tlb()
         return count - (2 * t0 - (0 if pc == _SINK_VA else 1))
 
@@ -419,6 +431,7 @@ class Machine:
         if vcpu is None or self._sinking:
             return
         if self._in_trap_hook:  # exact accounting: park the vCPU, burn the rest in the sink
+            vcpu.parked_pc = vcpu.regs.read(_PC)
             vcpu.context = vcpu.guest.uc.context_save()
             self._sinking = True
             vcpu.regs.write(_REG_T0, 0)

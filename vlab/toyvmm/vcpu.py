@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from unicorn.riscv_const import UC_RISCV_REG_PC, UC_RISCV_REG_X0
 
+from vlab.errors import StateError
 from vlab.toyvmm.isa import CSR
 
 if TYPE_CHECKING:
@@ -85,6 +86,16 @@ class FastRegs:
         self._write(self._handle, reg, self._ref)
 
 
+class ClosedRegs:
+    """Stands in for :class:`FastRegs` once the machine is closed: the engine's memory is freed."""
+
+    def read(self, reg: int) -> int:
+        raise StateError("read a register", "closed", ["open"], fix="read registers before Machine.close()")
+
+    def write(self, reg: int, value: int) -> None:
+        raise StateError("write a register", "closed", ["open"], fix="write registers before Machine.close()")
+
+
 class VCPU:
     """One virtual CPU of a guest.
 
@@ -98,7 +109,9 @@ class VCPU:
     def __init__(self, guest: Guest, index: int) -> None:
         self.guest = guest
         self.index = index
-        self.regs = FastRegs(guest.uc)
+        self.regs: FastRegs | ClosedRegs = FastRegs(guest.uc)
+        #: the guest PC while the vCPU is parked in the sink (see Machine.request_stop), else None
+        self.parked_pc: int | None = None
         self.csrs: dict[int, int] = {CSR.SSTATUS: _SSTATUS_RESET, CSR.SIE: 0, CSR.STVEC: 0, CSR.SCOUNTEREN: 0,
                                      CSR.SENVCFG: 0, CSR.SSCRATCH: 0, CSR.SEPC: 0, CSR.SCAUSE: 0, CSR.STVAL: 0,
                                      CSR.SIP: 0, CSR.STIMECMP: MASK64, CSR.SATP: 0}
