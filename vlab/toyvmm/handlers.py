@@ -31,7 +31,7 @@ def csr_access(exit: Exit) -> None:
     """``csrr*``: read the virtual CSR into ``rd``, apply the write/set/clear to the virtual CSR."""
     vcpu, insn = exit.vcpu, exit.insn
     assert insn is not None
-    now = vcpu.guest.machine.now
+    now = exit.vmm.now
     if insn.csr == CSR.SIP:
         old: int | None = vcpu.pending(now)
     elif insn.csr in _SUPERVISOR_CSRS:
@@ -48,7 +48,7 @@ def csr_access(exit: Exit) -> None:
         new = source if insn.op == 1 else old | source if insn.op == 2 else old & ~source
         vcpu.csr_write(insn.csr, new)
         if insn.csr == CSR.SATP:
-            vcpu.guest.machine.address_space_changed(vcpu)
+            exit.vmm.flush_address_space(vcpu)
     vcpu.write_reg(insn.rd, old)
     if insn.writes and insn.csr in _INTERRUPT_CSRS:
         vcpu.take_interrupt(now)
@@ -57,21 +57,21 @@ def csr_access(exit: Exit) -> None:
 def wfi(exit: Exit) -> None:
     """``wfi``: block the vCPU until an interrupt enabled in ``sie`` is pending (no-op if one is)."""
     vcpu = exit.vcpu
-    now = vcpu.guest.machine.now
+    now = exit.vmm.now
     if vcpu.wakeup_pending(now):
         vcpu.take_interrupt(now)
     else:
         vcpu.state = VCPUState.BLOCKED
-        vcpu.guest.machine.request_stop("blocked")
+        exit.vmm.request_stop("blocked")
 
 
 def sret(exit: Exit) -> None:
     exit.vcpu.sret()
-    exit.vcpu.take_interrupt(exit.vcpu.guest.machine.now)  # sret may set SIE with an interrupt pending
+    exit.vcpu.take_interrupt(exit.vmm.now)  # sret may set SIE with an interrupt pending
 
 
 def sfence(exit: Exit) -> None:
-    exit.vcpu.guest.machine.address_space_changed(exit.vcpu)
+    exit.vmm.flush_address_space(exit.vcpu)
 
 
 def syscall(exit: Exit) -> None:
@@ -95,7 +95,7 @@ def page_fault(exit: Exit) -> None:
 def illegal_access(exit: Exit) -> None:
     """An isolation violation (already recorded): deliver an access fault, or terminate."""
     guest = exit.vcpu.guest
-    if guest.machine.on_violation == "kill":
+    if exit.vmm.on_violation == "kill":
         guest.kill("isolation violation")
     else:
         exit.vcpu.inject_trap(_FAULT_CAUSE[exit.access][1], exit.addr, exit.pc)
@@ -110,14 +110,14 @@ def illegal_insn(exit: Exit) -> None:
         return
     if (insn is not None and insn.kind == "csr" and not insn.writes and insn.csr in _COUNTERS
             and vcpu.csrs[CSR.SCOUNTEREN] >> (insn.csr & 31) & 1):
-        vcpu.write_reg(insn.rd, vcpu.guest.machine.now)
+        vcpu.write_reg(insn.rd, exit.vmm.now)
         return
     vcpu.inject_trap(Cause.ILLEGAL, word if word & 3 == 3 else word & 0xFFFF, exit.pc)
 
 
 def timer(exit: Exit) -> None:
     """Inject the pending interrupt (the timer's, or a software one) at the current PC."""
-    exit.vcpu.inject_trap(exit.vcpu.interrupt_cause(exit.vcpu.guest.machine.now) or Cause.TIMER, 0, exit.pc)
+    exit.vcpu.inject_trap(exit.vcpu.interrupt_cause(exit.vmm.now) or Cause.TIMER, 0, exit.pc)
 
 
 def shadow_fill(exit: Exit) -> None:
@@ -127,9 +127,8 @@ def shadow_fill(exit: Exit) -> None:
     access into a :attr:`ExitReason.PAGE_FAULT` for the guest.
     """
     vcpu = exit.vcpu
-    machine = vcpu.guest.machine
     result = walk(vcpu.guest.memory, vcpu.csrs[CSR.SATP], exit.addr)
-    machine.paging_stats.guest_pte_reads += result.pte_reads
+    exit.vmm.paging_stats.guest_pte_reads += result.pte_reads
     if result.gpa is not None and result.pte_gpa is not None:
         vcpu.shadow[exit.addr >> 12] = (result.gpa >> 12, result.flags, result.pte_gpa)
 

@@ -25,16 +25,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from unicorn import UC_MEM_FETCH, UC_MEM_WRITE, UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE
 
 from vlab.toyvmm.devices import UART_BASE
-from vlab.toyvmm.exits import Exit, ExitReason
 from vlab.toyvmm.isa import CSR
 from vlab.toyvmm.memory import PAGE, POOL_BASE, GuestMemory
 from vlab.toyvmm.vcpu import SSTATUS_MXR, SSTATUS_SUM, Mode
 
 if TYPE_CHECKING:
-    from vlab.toyvmm.machine import Machine
     from vlab.toyvmm.vcpu import VCPU
 
-__all__ = ["MMU", "PagingMode", "PagingStats", "Walk", "walk", "nested_walk_refs",
+__all__ = ["MMU", "NEEDS_SHADOW_FILL", "PagingMode", "PagingStats", "Walk", "walk", "nested_walk_refs",
            "PTE_V", "PTE_R", "PTE_W", "PTE_X", "PTE_U", "PTE_A", "PTE_D"]
 
 PTE_V, PTE_R, PTE_W, PTE_X, PTE_U, PTE_A, PTE_D = 1, 2, 4, 8, 16, 64, 128
@@ -43,6 +41,16 @@ _RESERVED = ((1 << 10) - 1) << 54  # bits 54-63: no Svpbmt/Svnapot here, so a se
 _LEVELS = {8: 3, 9: 4}  # satp.MODE -> levels (Sv39, Sv48)
 _ACCESS = {UC_MEM_FETCH: "fetch", UC_MEM_WRITE: "write"}
 _NEED = {"read": PTE_R, "write": PTE_W, "fetch": PTE_X}
+
+
+class _NeedsShadowFill:
+    def __repr__(self) -> str:
+        return "NEEDS_SHADOW_FILL"
+
+
+#: What :meth:`MMU.fill` answers on a shadow-table miss: the engine dispatches a ``SHADOW_FILL``
+#: exit (the VMM walks the guest table) and calls ``fill`` again.
+NEEDS_SHADOW_FILL = _NeedsShadowFill()
 
 
 class PagingMode(enum.Enum):
@@ -131,19 +139,30 @@ class MMU:
     p2m with its isolation check, then copy-on-write. Returns False to make the access fault
     (the reason waits in ``vcpu.pending_fault`` for the machine to deliver)."""
 
-    def __init__(self, machine: Machine, mode: PagingMode, nested_levels: int = 3) -> None:
-        self.machine, self.mode, self.nested_levels = machine, mode, nested_levels
+    def __init__(self, mode: PagingMode, nested_levels: int = 3) -> None:
+        self.mode, self.nested_levels = mode, nested_levels
         self.stats = PagingStats()
         self.cow_copies = 0
 
-    def fill(self, vcpu: VCPU, va: int, access: int, entry: Any) -> bool:
-        self.stats.tlb_fills += 1
+    @staticmethod
+    def kind(access: int) -> str:
+        """Unicorn's access type as ``"read"``, ``"write"`` or ``"fetch"``."""
+        return _ACCESS.get(access, "read")
+
+    def fill(self, vcpu: VCPU, va: int, access: int, entry: Any, *,
+             after_shadow_fill: bool = False) -> bool | _NeedsShadowFill:
+        """Fill Unicorn's TLB ``entry`` for ``va``: True, False (the fault waits in
+        ``vcpu.pending_fault``), or :data:`NEEDS_SHADOW_FILL`."""
+        if not after_shadow_fill:
+            self.stats.tlb_fills += 1
         kind = _ACCESS.get(access, "read")
         satp = vcpu.csrs[CSR.SATP]
         perms = UC_PROT_ALL
         if satp >> 60:
-            translated = self._translate(vcpu, satp, va, kind)
-            if translated is None:
+            translated = self._translate(vcpu, satp, va, kind, after_shadow_fill)
+            if translated is NEEDS_SHADOW_FILL:
+                return NEEDS_SHADOW_FILL
+            if not isinstance(translated, tuple):
                 return False
             gpa, flags, pte_gpa = translated
             user, status = vcpu.mode == Mode.USER, vcpu.csrs[CSR.SSTATUS]
@@ -190,17 +209,17 @@ class MMU:
             vcpu.shadow[va >> 12] = (hit[0], flags, pte_gpa)
         return flags
 
-    def _translate(self, vcpu: VCPU, satp: int, va: int, kind: str) -> tuple[int, int, int] | None:
+    def _translate(self, vcpu: VCPU, satp: int, va: int, kind: str,
+                   after_shadow_fill: bool) -> tuple[int, int, int] | _NeedsShadowFill | None:
         """Guest-virtual page -> (guest-physical page address, PTE flags, PTE address), shadow or nested."""
         if self.mode is PagingMode.SHADOW:
             hit = vcpu.shadow.get(va >> 12)
-            if hit is None:  # the hidden fault: an exit in which the VMM walks the guest table
+            if hit is None and not after_shadow_fill:  # the hidden fault: an exit walks the guest table
                 self.stats.shadow_fills += 1
-                self.machine._dispatch(Exit(ExitReason.SHADOW_FILL, vcpu, vcpu.pc, addr=va, access=kind))
-                hit = vcpu.shadow.get(va >> 12)
-                if hit is None:
-                    self._fault(vcpu, va, kind, violation=walk(vcpu.guest.memory, satp, va).fault == "access")
-                    return None
+                return NEEDS_SHADOW_FILL
+            if hit is None:  # the guest's own table refuses
+                self._fault(vcpu, va, kind, violation=walk(vcpu.guest.memory, satp, va).fault == "access")
+                return None
             return hit[0] << 12, hit[1], hit[2]
         result = walk(vcpu.guest.memory, satp, va)  # what nested-paging hardware does, counted
         m = self.nested_levels

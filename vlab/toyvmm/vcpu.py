@@ -9,19 +9,17 @@ hand, exactly as the privileged spec describes them.
 
 from __future__ import annotations
 
-import ctypes
 import enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from unicorn.riscv_const import UC_RISCV_REG_PC, UC_RISCV_REG_X0
 
-from vlab.errors import StateError
 from vlab.toyvmm.isa import CSR
 
 if TYPE_CHECKING:
     from vlab.toyvmm.machine import Guest
 
-__all__ = ["VCPU", "VCPUState", "Mode", "FastRegs", "SSTATUS_SIE", "SSTATUS_SPIE", "SSTATUS_SPP", "SSTATUS_SUM",
+__all__ = ["VCPU", "VCPUState", "Mode", "Registers", "SSTATUS_SIE", "SSTATUS_SPIE", "SSTATUS_SPP", "SSTATUS_SUM",
            "SSTATUS_MXR", "SIE_SSIE", "SIE_STIE", "INTERRUPT", "Cause"]
 
 MASK64 = (1 << 64) - 1
@@ -57,43 +55,12 @@ class VCPUState(enum.Enum):
     HALTED = "halted"
 
 
-class FastRegs:
-    """Register access for the hot trap path: direct C calls instead of the binding's generic path.
+class Registers(Protocol):
+    """The CPU's registers by Unicorn number (:class:`~vlab.toyvmm.engine.FastRegs`)."""
 
-    The binding's ``reg_read``/``reg_write`` measured ~10x slower than this. Here the Unicorn
-    library is opened once more through ctypes with no ``argtypes`` (argument conversion costs as
-    much as the call) and as a ``PyDLL``: the calls are short, so not releasing the GIL is cheaper.
-    """
+    def read(self, reg: int) -> int: ...
 
-    _lib: Any = None
-
-    def __init__(self, uc: Any) -> None:
-        if FastRegs._lib is None:
-            from unicorn.unicorn_py3.unicorn import uclib
-
-            FastRegs._lib = ctypes.PyDLL(uclib._name)
-        self._read, self._write = self._lib.uc_reg_read, self._lib.uc_reg_write
-        self._handle = uc._uch
-        self._buf = ctypes.c_uint64()
-        self._ref = ctypes.byref(self._buf)
-
-    def read(self, reg: int) -> int:
-        self._read(self._handle, reg, self._ref)
-        return self._buf.value
-
-    def write(self, reg: int, value: int) -> None:
-        self._buf.value = value & MASK64
-        self._write(self._handle, reg, self._ref)
-
-
-class ClosedRegs:
-    """Stands in for :class:`FastRegs` once the machine is closed: the engine's memory is freed."""
-
-    def read(self, reg: int) -> int:
-        raise StateError("read a register", "closed", ["open"], fix="read registers before Machine.close()")
-
-    def write(self, reg: int, value: int) -> None:
-        raise StateError("write a register", "closed", ["open"], fix="write registers before Machine.close()")
+    def write(self, reg: int, value: int) -> None: ...
 
 
 class VCPU:
@@ -106,10 +73,10 @@ class VCPU:
     :ivar wake_latencies: virtual instructions from each timer wake-up to being scheduled.
     """
 
-    def __init__(self, guest: Guest, index: int) -> None:
+    def __init__(self, guest: Guest, index: int, regs: Registers) -> None:
         self.guest = guest
         self.index = index
-        self.regs: FastRegs | ClosedRegs = FastRegs(guest.uc)
+        self.regs = regs
         #: the guest PC while the vCPU is parked in the sink (see Machine.request_stop), else None
         self.parked_pc: int | None = None
         self.csrs: dict[int, int] = {CSR.SSTATUS: _SSTATUS_RESET, CSR.SIE: 0, CSR.STVEC: 0, CSR.SCOUNTEREN: 0,
