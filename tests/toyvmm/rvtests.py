@@ -30,12 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from vlab.toyvmm import Machine, assemble
+from vlab.toyvmm import Machine
 
 HERE = Path(__file__).parent / "rvtests"
 REFERENCE = HERE / "reference.json"
 PAGINGS = ("shadow", "nested")
 _ARCH = "-march=rv64imac_zicsr_zifencei"
+_TOOLS = "riscv64-unknown-elf-"
 _QEMU_CPU = "rv64,h=false,f=false,d=false,v=false"
 _EXIT_MARK = "\n@@exit="
 _RUN_MS = 2_000  # virtual ms: far more than any test needs; a hung test ends here
@@ -174,19 +175,18 @@ def _run(argv: list[str], what: str) -> str:
 
 
 def build(case: Case, work: Path) -> tuple[bytes, Path]:
-    """Preprocess (host ``cpp``), assemble and link ``case``: (flat binary for the VMM, ELF for QEMU)."""
-    src = work / f"{case.suite}-{case.name}.S"
+    """Preprocess (host ``cpp``), assemble and link ``case`` once: (its flat binary for the VMM, the
+    same image as an ELF for QEMU)."""
+    stem = work / f"{case.suite}-{case.name}"
+    src, asm, obj, elf, flat = (stem.with_suffix(ext) for ext in (".S", ".s", ".o", ".elf", ".bin"))
     src.write_text(case.source)
     defines = ["-DENV_USER"] if case.user else []
-    text = _run(["cpp", "-x", "assembler-with-cpp", "-P", f"-I{HERE}", *defines, str(src)], "cpp")
-    flat = assemble(text, name=src.name, march=_ARCH.removeprefix("-march="))
-    elf = work / f"{src.stem}.elf"
-    obj = work / f"{src.stem}.o"
-    (work / f"{src.stem}.s").write_text(text)
-    _run(["riscv64-unknown-elf-as", _ARCH, "-o", str(obj), str(work / f"{src.stem}.s")], "as")
-    _run(["riscv64-unknown-elf-ld", "-N", "-nostdlib", "--no-warn-rwx-segments", "-Ttext=0x80000000", "-e", "_start",
+    asm.write_text(_run(["cpp", "-x", "assembler-with-cpp", "-P", f"-I{HERE}", *defines, str(src)], "cpp"))
+    _run([f"{_TOOLS}as", _ARCH, "-o", str(obj), str(asm)], "as")
+    _run([f"{_TOOLS}ld", "-N", "-nostdlib", "--no-warn-rwx-segments", "-Ttext=0x80000000", "-e", "_start",
           "-o", str(elf), str(obj)], "ld")
-    return flat, elf
+    _run([f"{_TOOLS}objcopy", "-O", "binary", str(elf), str(flat)], "objcopy")
+    return flat.read_bytes(), elf
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -202,9 +202,9 @@ def _shim_image(work: Path) -> Path:
     image = work / "shim.img"
     if not image.exists():
         obj, elf, flat = work / "shim.o", work / "shim.elf", work / "shim.bin"
-        _run(["riscv64-unknown-elf-as", "-march=rv64imac_zicsr", "-o", str(obj), str(HERE / "shim.S")], "as")
-        _run(["riscv64-unknown-elf-ld", "-nostdlib", "-Ttext=0x20000000", "-o", str(elf), str(obj)], "ld")
-        _run(["riscv64-unknown-elf-objcopy", "-O", "binary", str(elf), str(flat)], "objcopy")
+        _run([f"{_TOOLS}as", "-march=rv64imac_zicsr", "-o", str(obj), str(HERE / "shim.S")], "as")
+        _run([f"{_TOOLS}ld", "-nostdlib", "-Ttext=0x20000000", "-o", str(elf), str(obj)], "ld")
+        _run([f"{_TOOLS}objcopy", "-O", "binary", str(elf), str(flat)], "objcopy")
         with flat.open("rb") as src, image.open("wb") as dst:
             dst.write(src.read())
             dst.truncate(32 << 20)  # the virt machine's flash bank size

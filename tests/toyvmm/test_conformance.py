@@ -35,9 +35,11 @@ def test_the_vmm_matches_the_reference_hart(case: rvtests.Case) -> None:
 
 
 def test_self_checking_tests_pass_on_the_reference_hart() -> None:
-    """The rv64si tests check the spec themselves: on the real hart each must pass (exit 0)."""
+    """The rv64si tests check the spec themselves: on the real hart each must pass (exit 0; only
+    the differential ``misaligned`` prints anything)."""
     si = [c for c in CASES if c.suite == "rv64si"]
-    assert si and all(REFERENCE[c.id] == rvtests.Result(0, "") for c in si)
+    assert len(si) >= 13 and all(REFERENCE[c.id].exit == 0 for c in si)
+    assert [c.name for c in si if REFERENCE[c.id].uart] == ["misaligned"]
 
 
 def test_every_case_has_a_reference_and_the_generated_suites_cover_each_instruction() -> None:

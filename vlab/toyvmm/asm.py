@@ -41,15 +41,13 @@ def _run(argv: Sequence[str], what: str, source_name: str) -> None:
                         detail=(result.stderr or result.stdout).strip())
 
 
-def assemble(source: str, *, base: int = RAM_BASE, include_dirs: Sequence[Path] = (), name: str = "snippet.S",
-             march: str = "rv64ima_zicsr") -> bytes:
+def assemble(source: str, *, base: int = RAM_BASE, include_dirs: Sequence[Path] = (), name: str = "snippet.S") -> bytes:
     """Assemble RISC-V source text into a flat binary that runs at ``base``.
 
     :param source: GNU ``as`` syntax; ``.include`` files are searched in ``include_dirs``.
     :param base: the address of the first byte (the link address of ``.text``).
     :param include_dirs: directories for ``.include`` (e.g. ``vm-images/toyvmm``).
     :param name: the file name reported in error messages.
-    :param march: the ISA string for ``as`` (the default has no compressed instructions).
     :raises VlabError: the toolchain is missing, or the assembler/linker rejected the source.
     """
     as_, ld, objcopy = _tool("as"), _tool("ld"), _tool("objcopy")
@@ -58,7 +56,7 @@ def assemble(source: str, *, base: int = RAM_BASE, include_dirs: Sequence[Path] 
         src, obj, elf, flat = work / name, work / "prog.o", work / "prog.elf", work / "prog.bin"
         src.write_text(source if source.endswith("\n") else source + "\n")
         includes = [f"-I{d}" for d in include_dirs]
-        _run([as_, f"-march={march}", *includes, "-o", str(obj), str(src)], "assembler", name)
+        _run([as_, "-march=rv64ima_zicsr", *includes, "-o", str(obj), str(src)], "assembler", name)
         _run([ld, "-nostdlib", f"-Ttext={base:#x}", "-e", f"{base:#x}", "-o", str(elf), str(obj)],
              "linker", name)
         _run([objcopy, "-O", "binary", str(elf), str(flat)], "objcopy step", name)
