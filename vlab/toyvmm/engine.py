@@ -169,6 +169,7 @@ class Engine:
 
     def __init__(self, machine: Machine) -> None:
         self.machine = machine
+        self._dispatch, self._view = machine.dispatch, machine.host.view  # bound once: the hot path
         self.sink = Sink()
         self.current: VCPU | None = None
         self._in_trap_hook = False
@@ -241,16 +242,16 @@ class Engine:
         self._in_trap_hook = True
         try:
             if intno == 8:
-                self.machine.dispatch(Exit(_HYPERCALL if vcpu.mode else _SYSCALL, vcpu))
+                self._dispatch(Exit(_HYPERCALL if vcpu.mode else _SYSCALL, vcpu))
             elif intno == 2:
                 pc = vcpu.regs.read(_PC) - 4  # Unicorn already stepped past it
                 frame = vcpu.guest.fetch_cache.get(pc >> 12)  # fetch()'s fast path, inlined: calls cost
                 if frame is None:
                     word = self.fetch(vcpu, pc)
                 else:
-                    word = _unpack_word(self.machine.host.view, frame * PAGE + (pc & 0xFFF))[0]
+                    word = _unpack_word(self._view, frame * PAGE + (pc & 0xFFF))[0]
                 reason, insn = classify(word)
-                self.machine.dispatch(Exit(reason if vcpu.mode else _ILLEGAL_INSN, vcpu, pc, insn, word))
+                self._dispatch(Exit(reason if vcpu.mode else _ILLEGAL_INSN, vcpu, pc, insn, word))
             else:  # other synchronous exceptions: reflect them to the guest kernel as they are
                 vcpu.inject_trap(intno, 0, vcpu.regs.read(_PC))
         except BaseException as error:

@@ -17,8 +17,9 @@ __all__ = ["DEFAULT_HANDLERS", "csr_access", "wfi", "sret", "sfence", "syscall",
            "mmio_write", "page_fault", "shadow_fill", "illegal_access", "illegal_insn", "timer"]
 
 _SUPERVISOR_CSRS = frozenset({CSR.SSTATUS, CSR.SIE, CSR.STVEC, CSR.SCOUNTEREN, CSR.SENVCFG, CSR.SSCRATCH,
-                              CSR.SEPC, CSR.SCAUSE, CSR.STVAL, CSR.SIP, CSR.STIMECMP, CSR.SATP})
+                              CSR.SEPC, CSR.SCAUSE, CSR.STVAL, CSR.STIMECMP, CSR.SATP})  # sip: computed
 _COUNTERS = frozenset({CSR.CYCLE, CSR.TIME, CSR.INSTRET, CSR.PATCHED_COUNTER})
+_SIP, _SATP = CSR.SIP, CSR.SATP
 #: CSRs whose write can make a pending interrupt deliverable at once
 _INTERRUPT_CSRS = frozenset({CSR.SSTATUS, CSR.SIE, CSR.SIP, CSR.STIMECMP})
 _EBREAK, _C_EBREAK = 0x00100073, 0x9002
@@ -31,27 +32,27 @@ def csr_access(exit: Exit) -> None:
     """``csrr*``: read the virtual CSR into ``rd``, apply the write/set/clear to the virtual CSR."""
     vcpu, insn = exit.vcpu, exit.insn
     assert insn is not None
-    now = exit.vmm.now
-    if insn.csr == CSR.SIP:
-        old: int | None = vcpu.pending(now)
-    elif insn.csr in _SUPERVISOR_CSRS:
-        old = vcpu.csrs[insn.csr]
-    elif insn.csr in _COUNTERS:
-        old = now  # virtual time: instructions, never the host clock
+    csr = insn.csr
+    if csr in _SUPERVISOR_CSRS:
+        old: int | None = vcpu.csrs[csr]
+    elif csr == _SIP:
+        old = vcpu.pending(exit.vmm.now)
+    elif csr in _COUNTERS:
+        old = exit.vmm.now  # virtual time: instructions, never the host clock
     else:
         old = None
-    if old is None or (insn.writes and insn.csr >> 10 == 3):  # unknown, or a write to a read-only CSR
+    if old is None or (insn.writes and csr >> 10 == 3):  # unknown, or a write to a read-only CSR
         vcpu.inject_trap(Cause.ILLEGAL, exit.word, exit.pc)
         return
     if insn.writes:
         source = insn.rs1 if insn.immediate else vcpu.read_reg(insn.rs1)
         new = source if insn.op == 1 else old | source if insn.op == 2 else old & ~source
-        vcpu.csr_write(insn.csr, new)
-        if insn.csr == CSR.SATP:
+        vcpu.csr_write(csr, new)
+        if csr == _SATP:
             exit.vmm.flush_address_space(vcpu)
     vcpu.write_reg(insn.rd, old)
-    if insn.writes and insn.csr in _INTERRUPT_CSRS:
-        vcpu.take_interrupt(now)
+    if insn.writes and csr in _INTERRUPT_CSRS:
+        vcpu.take_interrupt(exit.vmm.now)
 
 
 def wfi(exit: Exit) -> None:
