@@ -16,8 +16,9 @@ job=${1:-lab}
 step() { printf '\n==> %s\n' "$*"; }
 
 # Debian packages: QEMU and its image tool, busybox for the guest, cpio/kmod/gcc to build the guest image,
-# riscv64 binutils for the toy VMM's guest programs, iproute2 for bridges, chromium for the browser test.
-apt_packages=(qemu-system-x86 qemu-utils busybox-static cpio kmod gcc libc6-dev binutils-riscv64-unknown-elf
+# riscv64 binutils for the toy VMM's guest programs, qemu-system-misc (riscv64) as the toy VMM's conformance
+# reference, iproute2 for bridges, chromium for the browser test.
+apt_packages=(qemu-system-x86 qemu-system-misc qemu-utils busybox-static cpio kmod gcc libc6-dev binutils-riscv64-unknown-elf
               iproute2 util-linux python3-venv ca-certificates)
 [ "$job" = test ] && apt_packages+=(chromium)
 
