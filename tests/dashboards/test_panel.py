@@ -158,6 +158,29 @@ def test_panels_display_and_update_live_inside_a_real_jupyter_kernel() -> None:
     assert printed[2:] == ["error", "None", "updating", "False"]
 
 
+def test_closing_a_displayed_panel_replaces_its_widget_by_the_static_figure_in_a_real_kernel() -> None:
+    # A view summarising a finished run must stay visible after its cell: close() first updates the display
+    # (same display id) to the plotly figure, then closes the widgets.
+    code = textwrap.dedent("""
+        from vlab.dashboards import MigrationView
+        view = MigrationView([{"round": 1, "remaining": 2**24, "transferred": 0, "time": 0.1}], interval=0)
+        display(view)
+        view.add({"round": 2, "remaining": 2**20, "transferred": 2**24, "time": 0.3})
+        view.close()
+    """)
+    outputs = run_in_kernel(code)
+    assert not [m for m in outputs if m["msg_type"] == "error"]
+    shown = [m["content"] for m in outputs if m["msg_type"] == "display_data"]
+    updates = [m["content"] for m in outputs if m["msg_type"] == "update_display_data"]
+    assert "application/vnd.jupyter.widget-view+json" in shown[0]["data"]
+    display_id = shown[0]["transient"]["display_id"]
+    assert [u["transient"]["display_id"] for u in updates] == [display_id]
+    final = updates[0]["data"]
+    assert "application/vnd.jupyter.widget-view+json" not in final
+    assert final["application/vnd.plotly.v1+json"]["data"][0]["x"] == [1, 2]
+    assert final["text/plain"].startswith("pre-copy: bytes remaining per round: round 2")
+
+
 def run_in_kernel(code: str) -> list[dict[str, Any]]:
     """Run *code* in a fresh IPython kernel; return the messages it sent back."""
     from jupyter_client.manager import start_new_kernel

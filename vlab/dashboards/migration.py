@@ -18,6 +18,7 @@ from typing import Any
 import ipywidgets as widgets
 import plotly.graph_objects as go
 
+from vlab.dashboards.chart import LiveChart
 from vlab.dashboards.panel import DEFAULT_INTERVAL, Panel
 from vlab.measure import format_bytes
 from vlab.plots import migration_chart, migration_series
@@ -55,9 +56,10 @@ class MigrationView(Panel):
         self.rounds: list[dict[str, Any]] = []
         for record in rounds:
             self._merge(record)
-        self.chart = go.FigureWidget(self._figure())
+        self.chart = self._figure()
+        self.chart_view = LiveChart(self.chart, height=320)
         self.summary = widgets.HTML()
-        self.widget.children = (self.chart, self.summary, self.status)
+        self.widget.children = (self.chart_view.widget, self.summary, self.status)
         self.refresh(force=True)
 
     def add(self, record: Record) -> None:
@@ -83,10 +85,13 @@ class MigrationView(Panel):
             if record is not None:
                 self._merge(record)
         with self._lock:
-            bars = migration_series(self.rounds)
-        with self.chart.batch_update():
-            self.chart.data[0].update(bars)
+            # rebuilt, not patched: the round axis, bar labels and model line all depend on the rounds seen
+            self.chart = self._figure()
+        self.chart_view.draw(self.chart)
         self.summary.value = html.escape(self._headline())
+
+    def figure(self) -> go.Figure:
+        return self.chart
 
     def _headline(self) -> str:
         if not self.rounds:
