@@ -330,6 +330,17 @@ def test_live_updates_collect_samples_until_closed(vm: ThreadVM) -> None:
     assert len(view.samples) == count
 
 
+def test_live_updates_sample_four_times_a_second_even_when_redrawing_once_a_second(vm: ThreadVM) -> None:
+    with VMPanel(vm, interval=1.0) as view:
+        click(view, "start")
+        drawn = view.refreshes
+        view.start_updates()
+        time.sleep(1.6)
+        samples, redraws = len(view.samples), view.refreshes - drawn
+    assert samples >= 5  # 1 at the click, then every 0.25 s
+    assert redraws <= 3
+
+
 def test_text_plain_fallback_goes_with_the_widget_view_and_a_closed_panel_is_a_static_figure(
         panel: VMPanel) -> None:
     bundle = panel._repr_mimebundle_()

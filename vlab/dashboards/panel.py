@@ -41,7 +41,7 @@ import plotly.graph_objects as go
 from vlab.errors import StateError
 from vlab.plots import mimebundle
 
-__all__ = ["DEFAULT_INTERVAL", "Panel", "error_html"]
+__all__ = ["DEFAULT_INTERVAL", "Panel", "error_html", "error_of"]
 
 #: seconds between two redraws: fast enough to feel live, slow enough for a 2-core Binder
 DEFAULT_INTERVAL = 0.5
@@ -109,7 +109,7 @@ class Panel(abc.ABC):
                 self._schedule_trailing(wait)
                 return False
             self._last_refresh = time.monotonic()
-        read_error = _failure(self._read)
+        read_error = error_of(self._read)
         with self._lock:
             self._redraw(read_error)
         return True
@@ -122,7 +122,7 @@ class Panel(abc.ABC):
 
     def _redraw(self, read_error: str | None) -> None:
         # a live panel must survive a failing read; the error is shown instead
-        self.error = _failure(self._update) or read_error
+        self.error = error_of(self._update) or read_error
         self.refreshes += 1
         self._show_status()
 
@@ -153,6 +153,15 @@ class Panel(abc.ABC):
         self._updater = threading.Thread(target=_update_loop, args=(weakref.ref(self), self._stop_updates),
                                          name=f"vlab-{type(self).__name__}", daemon=True)
         self._updater.start()
+
+    @property
+    def sample_period(self) -> float:
+        """Seconds between two turns of the live updates (default: the redraw interval)."""
+        return self.interval
+
+    def _tick(self) -> None:
+        """One turn of the live updates: a redraw (subclasses may read more often than they redraw)."""
+        self.refresh(force=True)
 
     def stop_updates(self) -> None:
         """Stop the background refreshes (and wait for the thread to end)."""
@@ -234,15 +243,15 @@ def _update_loop(panel_ref: weakref.ref[Panel], stop: threading.Event) -> None:
         panel = panel_ref()
         if panel is None or panel.closed:
             return
-        interval = panel.interval
+        period = panel.sample_period
         with contextlib.suppress(StateError):  # closed meanwhile: the next turn ends the loop
-            panel.refresh(force=True)
+            panel._tick()
         del panel  # hold the panel only while refreshing it
-        if stop.wait(interval):
+        if stop.wait(period):
             return
 
 
-def _failure(action: Any) -> str | None:
+def error_of(action: Any) -> str | None:
     """Run *action*; None if it worked, else ``"Type: message"`` for the panel's error line."""
     try:
         action()

@@ -35,7 +35,7 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 
 from vlab.dashboards.chart import LiveChart
-from vlab.dashboards.panel import DEFAULT_INTERVAL, Panel, error_html
+from vlab.dashboards.panel import DEFAULT_INTERVAL, Panel, error_html, error_of
 from vlab.dashboards.protocols import CONSOLE_STATES, SAMPLED_STATES, ControllableVM, state_name
 from vlab.errors import StateError, VlabError
 from vlab.measure import format_bytes
@@ -96,6 +96,8 @@ class VMPanel(Panel):
 
     #: seconds a redraw waits for a read of the VM before showing it as busy
     read_wait = 0.5
+    #: live updates sample at least this often, whatever the redraw interval: a chart needs points to read
+    max_sample_period = 0.25
 
     def __init__(self, vm: ControllableVM, *, interval: float = DEFAULT_INTERVAL, history: int = 240,
                  console_lines: int = 12) -> None:
@@ -183,6 +185,20 @@ class VMPanel(Panel):
         self.message.value = error_html(reason)
 
     # -- reading (outside the panel's lock, bounded)
+
+    @property
+    def sample_period(self) -> float:
+        return min(self.interval, self.max_sample_period)
+
+    def _tick(self) -> None:
+        """Sample every :attr:`sample_period`; redraw (what the browser has to render) every ``interval``."""
+        if time.monotonic() - self._last_refresh >= self.interval:
+            self.refresh(force=True)
+            return
+        self._require_open("sample")
+        failed = error_of(self._read)
+        if failed:  # shown at the next redraw; a good read does not clear it before then
+            self.error = failed
 
     def _read(self) -> None:
         with self._reader_lock:  # the sampler and an action's final refresh may both read
@@ -365,7 +381,8 @@ def _empty_chart() -> go.Figure:
         template="plotly_white", height=280, margin={"l": 50, "r": 50, "t": 24, "b": 40},
         xaxis={"title": {"text": "seconds since the panel opened"}, "rangemode": "tozero"},
         yaxis={"title": {"text": "host CPU (%)"}, "rangemode": "tozero"},
-        yaxis2={"title": {"text": "RSS (MiB)"}, "overlaying": "y", "side": "right", "rangemode": "tozero"},
+        yaxis2={"title": {"text": "RSS (MiB)"}, "overlaying": "y", "side": "right", "rangemode": "tozero",
+                "tickformat": ".0f", "showgrid": False},
         legend={"orientation": "h", "y": -0.3},
     )
     return fig
