@@ -138,6 +138,35 @@ def open_notebook(page: Any, server: LabServer, notebook: str) -> None:
         " return k && k.status === 'idle'; }", timeout=90_000)
 
 
+def mermaid_label_overlaps(page: Any) -> list[tuple[int, int]]:
+    """Per mermaid diagram on the page: how many edge labels it has, and how many pairs of them overlap.
+
+    JupyterLab draws a diagram as an ``<img>`` of SVG; its SVG is put into the page for a moment so that the
+    browser lays the labels out and their boxes can be measured.
+    """
+    found: list[list[int]] = page.evaluate("""
+() => [...document.querySelectorAll('.jp-RenderedMermaid img')].map(img => {
+  const text = decodeURIComponent(img.src.slice(img.src.indexOf(',') + 1));
+  const host = document.createElement('div');
+  host.style.cssText = 'position:absolute;left:0;top:0';
+  host.innerHTML = text.slice(text.indexOf('<svg'));
+  document.body.appendChild(host);
+  const boxes = [...host.querySelectorAll('.edgeLabel')]
+      .filter(e => !e.parentElement.closest('.edgeLabel') && e.textContent.trim())
+      .map(e => e.getBoundingClientRect())
+      .filter(r => r.width > 1 && r.height > 1);
+  let overlaps = 0;
+  for (let i = 0; i < boxes.length; i++)
+    for (let j = i + 1; j < boxes.length; j++) {
+      const a = boxes[i], b = boxes[j];
+      if (a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom) overlaps++;
+    }
+  host.remove();
+  return [boxes.length, overlaps];
+})""")
+    return [(labels, overlaps) for labels, overlaps in found]
+
+
 def error_outputs(page: Any) -> list[str]:
     """``ename: evalue`` of every error output in the open notebook (read from its model, not the DOM)."""
     errors: list[str] = page.evaluate(

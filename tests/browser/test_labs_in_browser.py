@@ -5,9 +5,9 @@
   the first live chart takes to appear (recorded in ``test-artifacts/browser/timings.json``, not asserted:
   speed targets live in ``bench/``).
 * Labs 01, 04 and 07 run top to bottom (Run All), then saved: no cell error, no JavaScript error in the
-  console, the saved notebook ≤ 1 MB, and what each lab's live parts leave on screen (lab 01's panel frozen
-  in ``stopped``, lab 07's migration view replaced by a static chart with whole-number rounds, lab 04's
-  diagrams rendered).
+  console, no two edge labels of a mermaid diagram overlapping, the saved notebook ≤ 1 MB, and what each
+  lab's live parts leave on screen (lab 01's panel frozen in ``stopped``, lab 07's migration view replaced by
+  a static chart with whole-number rounds, lab 04's diagrams and charts).
 
 Screenshots of every stage are kept in ``test-artifacts/browser/``.
 """
@@ -31,6 +31,7 @@ from tests.browser.jupyterlab import (
     LabServer,
     error_outputs,
     jupyterlab,
+    mermaid_label_overlaps,
     open_notebook,
     run_all_cells,
     save_notebook,
@@ -226,6 +227,9 @@ def run_lab(page: Any, server: LabServer, workdir: Path, number: str) -> tuple[l
     record_timing(f"lab {number} Run All (s)", time.monotonic() - started)
     errors = error_outputs(page)
     assert errors == [], errors
+    overlaps = mermaid_label_overlaps(page)
+    assert overlaps, "no mermaid diagram rendered"
+    assert all(pairs == 0 for _, pairs in overlaps), f"(labels, overlapping pairs) per diagram: {overlaps}"
     save_notebook(page)
     size = (workdir / name).stat().st_size
     record_timing(f"lab {number} saved size (MB)", size / 1e6)
@@ -253,7 +257,7 @@ def test_lab01_runs_and_leaves_the_vm_panel_frozen_in_its_final_state(
 
 def test_lab04_runs_with_its_charts_and_diagrams_rendered(page: Any, server: LabServer, workdir: Path) -> None:
     js_errors, size = run_lab(page, server, workdir, "04")
-    diagrams = page.locator(".jp-RenderedMarkdown svg[id^='mermaid'], .jp-RenderedMermaid svg")
+    diagrams = page.locator(".jp-RenderedMermaid")
     assert diagrams.count() >= 2
     for i in range(diagrams.count()):
         diagrams.nth(i).scroll_into_view_if_needed()
