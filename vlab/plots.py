@@ -338,8 +338,9 @@ def migration_chart(
     mib = 2.0**-20
     fig = _figure(title, "round", "remaining (MiB)")
     measured = migration_series(rounds)
+    # labels above the bars, so a round that ended with nothing left still shows ("0 B")
     fig.add_bar(name="measured", hoverinfo="text", text=[format_bytes(y / mib) for y in measured["y"]],
-                textposition="auto", **measured)
+                textposition="outside", cliponaxis=False, **measured)
     if predicted is not None:
         fig.add_scatter(x=list(range(1, len(predicted) + 1)), y=[p * mib for p in predicted],
                         mode="lines+markers", name="model")
