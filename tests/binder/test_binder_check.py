@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib.machinery
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -142,6 +143,33 @@ def test_check_refuses_to_run_without_root() -> None:
     assert "must run as root" in done.stderr
 
 
+def image_dir(root: Path, kernel: bytes, sources: dict[str, str]) -> Path:
+    root.mkdir(parents=True)
+    (root / "vmlinuz").write_bytes(kernel)
+    manifest = {"files": {"vmlinuz": {"name": "vmlinuz", "size": len(kernel), "sha256": "ab" * 32}},
+                "sources": sources, "details": {"kernel_modules": ["virtio"], "kernel_deb_sha256": "cd" * 32},
+                "inputs_key": "x"}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def test_kernel_parity_step_compares_the_kernels_byte_for_byte(tmp_path: Path) -> None:
+    check = load_check()
+    pinned = {"linux-image-6.1.0-57-cloud-amd64": "6.1.192-3", "gcc": "12"}
+    reference = image_dir(tmp_path / "reference", b"same kernel bytes", pinned)
+    home = tmp_path / "home"
+    replay = check.Check(check.parse_args(["--reference-images", str(reference)]))
+    replay.layout = check.Layout(home, tmp_path / "prefix", 1000, 1000)
+    built = image_dir(home / ".cache" / "vlab" / "images", b"same kernel bytes", pinned)
+    assert replay._kernel_parity().startswith("linux-image-6.1.0-57-cloud-amd64 6.1.192-3, vmlinuz sha256")
+    (built / "vmlinuz").write_bytes(b"same kernel bytez")  # same size, one byte off
+    with pytest.raises(AssertionError, match="vmlinuz differs"):
+        replay._kernel_parity()
+    replay.args.reference_images = tmp_path / "nowhere"
+    with pytest.raises(AssertionError, match=r"run \./setup\.sh first"):
+        replay._kernel_parity()
+
+
 @pytest.mark.binder
 @pytest.mark.slow
 def test_binder_check_replays_the_build_then_doctor_says_tcg_and_the_tour_runs_uptime() -> None:
@@ -154,5 +182,6 @@ def test_binder_check_replays_the_build_then_doctor_says_tcg_and_the_tour_runs_u
     assert re.search(r"accelerator\s+tcg \[none\]: no /dev/kvm", output), tail
     assert re.search(r"load average", output), tail
     assert "binder/check: PASSED" in output
+    assert re.search(r"binder/check: ok: the guest kernel is byte-identical to ./setup.sh's", output), tail
     if sorted(REPO.glob("labs/01-*.ipynb")):
         assert re.search(r"binder/check: ok: lab 01 headless", output), tail
