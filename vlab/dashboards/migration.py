@@ -5,8 +5,10 @@ Feed it the dicts a poller builds from ``query-migrate`` — ``{"round": int,
 ``dirty-sync-count``, ``time`` seconds since the start; an optional ``status``
 such as ``"active"`` or ``"completed"`` is shown too) — either by calling
 :meth:`MigrationView.add`, or by giving it a ``poll`` function that the live
-updates call. Several polls within one round keep only the latest, so the
-chart has one bar per round.
+updates call. One bar per round: of the polls within a round, the one with
+the most still to send (the nearest to the round's start: ``remaining`` only
+falls during a round), which is what the round had to copy; the headline shows
+the latest poll.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class MigrationView(Panel):
         self.threshold = threshold
         self.predicted = predicted
         self.rounds: list[dict[str, Any]] = []
+        #: the most recent poll (for the headline)
+        self.latest: dict[str, Any] | None = None
         for record in rounds:
             self._merge(record)
         self.chart = self._figure()
@@ -71,8 +75,10 @@ class MigrationView(Panel):
         migration_series([record])  # validates the keys, naming a missing one
         entry = dict(record)
         with self._lock:  # add() and the polling thread may both merge
+            self.latest = entry
             if self.rounds and self.rounds[-1]["round"] == entry["round"]:
-                self.rounds[-1] = entry  # a later poll within the same round supersedes the earlier one
+                if float(entry["remaining"]) > float(self.rounds[-1]["remaining"]):
+                    self.rounds[-1] = entry
             else:
                 self.rounds.append(entry)
 
@@ -94,9 +100,9 @@ class MigrationView(Panel):
         return self.chart
 
     def _headline(self) -> str:
-        if not self.rounds:
+        last = self.latest
+        if last is None:
             return "no round yet"
-        last = self.rounds[-1]
         status = f" ({last['status']})" if "status" in last else ""
         return (f"round {last['round']}{status}: {format_bytes(last['remaining'])} remaining, "
                 f"{format_bytes(last['transferred'])} sent, {float(last['time']):.2f} s")

@@ -133,12 +133,13 @@ class MigrationRun:
         return self.bandwidth * self.downtime_limit_ms / 1000
 
     def records(self) -> list[dict[str, Any]]:
-        """One record per round (the last poll of each), for the migration chart."""
-        last: dict[int, RoundSample] = {}
+        """One record per round, for the migration chart: the poll with the most still to send, i.e. the one
+        nearest the round's start (within a round ``remaining`` only falls; the next dirty sync raises it)."""
+        first: dict[int, RoundSample] = {}
         for sample in self.samples:
-            if sample.round > 0:
-                last[sample.round] = sample
-        return [last[r].as_record() for r in sorted(last)]
+            if sample.round > 0 and (sample.round not in first or sample.remaining > first[sample.round].remaining):
+                first[sample.round] = sample
+        return [first[r].as_record() for r in sorted(first)]
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able summary (no samples) — what a notebook exports for grading."""
