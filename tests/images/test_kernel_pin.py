@@ -103,6 +103,13 @@ def test_the_pinned_package_from_debians_archive_through_the_private_configurati
 
 
 @pytest.mark.slow
+def test_fetch_pinned_checks_the_bytes_and_says_where_they_came_from(tmp_path: Path) -> None:
+    deb, via = kernel.fetch_pinned(tmp_path, load_pin())
+    assert kernel.sha256_file(deb) == load_pin().sha256
+    assert via in ("the system's apt", "Debian's archive through a private apt configuration")
+
+
+@pytest.mark.slow
 def test_bytes_that_differ_from_the_pin_are_refused_and_removed(tmp_path: Path) -> None:
     wrong = dataclasses.replace(load_pin(), sha256="0" * 64)
     with pytest.raises(VlabError, match="is not the pinned kernel") as caught:

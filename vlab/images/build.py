@@ -116,7 +116,7 @@ def _build_toyvmm(out: Path) -> dict[str, Path]:
 
 def _build_into(stage: Path, workdir: Path, report: Report) -> Manifest:
     report("downloading the kernel package")
-    deb = kernel.fetch_package(workdir)
+    deb, fetched_via = kernel.fetch_package(workdir)
     package = kernel.package_of(deb)
     report(f"extracting the kernel and modules from {package.name} {package.version}")
     extracted = kernel.extract_kernel(deb, workdir, _wanted_modules())
@@ -148,6 +148,7 @@ def _build_into(stage: Path, workdir: Path, report: Report) -> Manifest:
         sources["binutils-riscv64-unknown-elf"] = _tool_version(["riscv64-unknown-elf-as", "--version"])
     details = {
         "kernel_deb_sha256": sha256_file(deb),
+        "kernel_fetched_via": fetched_via,
         "kernel_modules": [m.stem for m in extracted.modules],
         "builtin_modules": extracted.builtin,
         "guest_programs": [p.name for p in programs],

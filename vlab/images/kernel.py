@@ -184,15 +184,18 @@ def resolve_package(workdir: Path) -> tuple[str, list[str]]:
     )
 
 
-def fetch_package(workdir: Path) -> Path:
-    """Download the kernel .deb into ``workdir`` and return its path: the pinned one, unless
-    ``VLAB_KERNEL_DEB`` (a file) or ``VLAB_KERNEL_PACKAGE`` (a package from the system's apt) says otherwise."""
+def fetch_package(workdir: Path) -> tuple[Path, str]:
+    """Download the kernel .deb into ``workdir``: the pinned one, unless ``VLAB_KERNEL_DEB`` (a file) or
+    ``VLAB_KERNEL_PACKAGE`` (a package from the system's apt) says otherwise.
+
+    :return: the .deb's path, and where it came from (recorded in the image manifest).
+    """
     given = os.environ.get("VLAB_KERNEL_DEB")
     if given:
         path = Path(given).expanduser()
         if not path.is_file():
             raise VlabError("file not found", field="VLAB_KERNEL_DEB", value=given, fix="point it at a kernel .deb")
-        return path
+        return path, "VLAB_KERNEL_DEB"
     if not os.environ.get("VLAB_KERNEL_PACKAGE"):
         return fetch_pinned(workdir, load_pin())
     name, options = resolve_package(workdir)
@@ -203,21 +206,23 @@ def fetch_package(workdir: Path) -> Path:
     modules = modules_package(name)
     if _in_archive(modules, options):  # Ubuntu: the modules live in a package of their own, beside the image
         _run(["apt-get", *options, "download", "-qq", modules], cwd=workdir)
-    return debs[0]
+    return debs[0], "VLAB_KERNEL_PACKAGE (unpinned)"
 
 
-def fetch_pinned(workdir: Path, pin: KernelPin) -> Path:
+def fetch_pinned(workdir: Path, pin: KernelPin) -> tuple[Path, str]:
     """The pinned .deb in ``workdir``: from the system's apt if it has that version, else from Debian's archive
-    through a private apt configuration; its sha256 checked against the pin.
+    through a private apt configuration; its sha256 checked against the pin. Returns it and which way it came.
 
     :raises VlabError: if neither way gets it, or the bytes are not the pinned ones.
     """
     wanted = f"{pin.package}={pin.version}"
     try:
         _run(["apt-get", "download", "-qq", wanted], cwd=workdir)
+        via = "the system's apt"
     except VlabError:  # not in the system's lists (Ubuntu, emptied lists): Debian's archive, privately
         _run(["apt-get", *_debian_apt(workdir, pin), "update", "-qq"])
         _run(["apt-get", *_debian_apt(workdir, pin), "download", "-qq", wanted], cwd=workdir)
+        via = "Debian's archive through a private apt configuration"
     debs = sorted(workdir.glob(f"{pin.package}_*.deb"))
     if len(debs) != 1:
         raise VlabError(f"apt-get download {wanted} produced {len(debs)} .deb files", field="images",
@@ -227,7 +232,7 @@ def fetch_pinned(workdir: Path, pin: KernelPin) -> Path:
         debs[0].unlink()
         raise VlabError(f"{debs[0].name} is not the pinned kernel (sha256 {digest})", field=f"{PIN_FILE}: sha256",
                         value=pin.sha256, fix="update the pin to a package Debian's archive serves, and rebuild")
-    return debs[0]
+    return debs[0], via
 
 
 def _debian_apt(workdir: Path, pin: KernelPin) -> list[str]:
