@@ -123,8 +123,8 @@ def test_text_forms() -> None:
 
 
 def test_panels_display_and_update_live_inside_a_real_jupyter_kernel() -> None:
-    # A Label-based panel: each plotly FigureWidget ships plotly's 5 MB JavaScript bundle over the
-    # comm, which would make this test slow; the threading and display path under test is the same.
+    # A Label-based panel keeps the kernel's imports small; the threading and display path under test is the same
+    # as for the chart panels (their charts are Output widgets, see test_closing_a_displayed_panel_…).
     code = textwrap.dedent("""
         import time
         import ipywidgets as widgets

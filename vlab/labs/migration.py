@@ -438,7 +438,7 @@ def _sample(info: Mapping[str, Any], elapsed: float) -> RoundSample | None:
 def live_view_wanted() -> bool:
     """Whether a live widget is worth its cost: in a Jupyter server session (JupyterLab, Binder: the server sets
     ``JPY_SESSION_NAME`` for the kernels it starts), not in headless runs (nbconvert, nbval, the grader), where
-    nobody watches and the first plotly ``FigureWidget`` of a kernel costs several seconds."""
+    nobody watches it."""
     from vlab.progress import display_mode
 
     return bool(os.environ.get("JPY_SESSION_NAME")) and display_mode() == "notebook"
