@@ -6,12 +6,12 @@ import gc
 import textwrap
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import ipywidgets as widgets
 import pytest
 
+from tests.dashboards.waiting import wait_until
 from vlab.dashboards.panel import Panel
 from vlab.errors import StateError
 
@@ -36,13 +36,6 @@ class CountingPanel(Panel):
         return f"counter: {self.updates}"
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_refresh_is_throttled_and_the_deferred_redraw_still_happens() -> None:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from enum import StrEnum
 
 import pytest
 
+from tests.dashboards.waiting import wait_until
 from vlab.dashboards import ControllableVM, VMPanel
 from vlab.errors import StateError, VlabError
 from vlab.plots import mimebundle
@@ -135,13 +136,6 @@ def click(panel: VMPanel, action: str) -> None:
     assert panel.wait_idle(10), f"{action} did not finish"
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_the_test_vm_satisfies_the_protocol(vm: ThreadVM) -> None:

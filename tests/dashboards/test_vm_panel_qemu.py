@@ -4,10 +4,11 @@ VM's state lock for seconds blocking neither the click nor the redraws."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
+from tests.dashboards.waiting import wait_until
 from vlab.dashboards import VMPanel
 from vlab.errors import VlabError
 from vlab.qemu import VM, VMConfig, default_initrd, default_kernel
@@ -15,13 +16,6 @@ from vlab.qemu import VM, VMConfig, default_initrd, default_kernel
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
 
-def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 @pytest.fixture
