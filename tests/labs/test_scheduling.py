@@ -151,30 +151,37 @@ def test_placement_table_shows_each_hosts_fill() -> None:
 @pytest.mark.qemu
 @pytest.mark.slow
 def test_cpu_quota_on_vcpu_threads_slows_the_guest_loop() -> None:
+    """The quota caps the vCPU thread's CPU rate. The loop is slower throttled than free only when the free run got
+    more CPU than the quota allows: on a host starved by other work the free run may get less (it happened)."""
     ok, why = lab.cpu_quota_support()
     if not ok:
         pytest.skip(why)
     from vlab.qemu import VM
 
+    def timed(vm: VM) -> tuple[lab.LoopRate, float]:
+        before = vm.host_sample()
+        rate = lab.guest_loop_rate(vm, 5000)
+        after = vm.host_sample()
+        return rate, (sum(after.vcpu_seconds.values()) - sum(before.vcpu_seconds.values())) / (after.time - before.time)
+
     with VM(accel="tcg", name="lab04-test") as vm:
         threads = lab.vcpu_threads(vm)
         assert {cpu.thread_id for cpu in vm.vcpus()} <= set(threads)
         lab.guest_loop_rate(vm, 3000)  # warm-up: the first run translates the loop
-        free = lab.guest_loop_rate(vm, 5000)
+        free, free_cpu = timed(vm)
         with lab.throttled_vcpus(vm, 0.1) as group:
-            before = vm.host_sample()
-            slow = lab.guest_loop_rate(vm, 5000)
-            after = vm.host_sample()
+            slow, slow_cpu = timed(vm)
             throttled = group.throttled_periods()
             path = group.dirs["cpu"][1]
         assert not path.exists()  # the child group is gone, so the threads are back in their own
-        again = lab.guest_loop_rate(vm, 5000)
-    cpu_used = sum(after.vcpu_seconds.values()) - sum(before.vcpu_seconds.values())
+        again, again_cpu = timed(vm)
     assert throttled > 0
     # the quota caps the vCPU thread's CPU rate (a busy host can only lower it further)
-    assert cpu_used / (after.time - before.time) < 0.1 * 1.5
-    assert slow.per_second < free.per_second
-    assert again.per_second > slow.per_second
+    assert slow_cpu < 0.1 * 1.5
+    if free_cpu > 0.1 * 2:
+        assert slow.per_second < free.per_second
+    if again_cpu > 0.1 * 2:
+        assert again.per_second > slow.per_second
 
 
 def test_throttle_rejects_a_quota_above_one_cpu() -> None:
