@@ -262,7 +262,7 @@ class Engine:
     def _on_mmio_read(self, uc: Any, offset: int, size: int, _data: Any) -> int:
         try:
             exit = Exit(_MMIO_READ, self.current, None, None, 0, offset, size)  # type: ignore[arg-type]
-            self.machine.dispatch(exit)
+            self._dispatch(exit)
             return exit.value
         except BaseException as error:
             self._failed(error)
@@ -270,7 +270,7 @@ class Engine:
 
     def _on_mmio_write(self, uc: Any, offset: int, size: int, value: int, _data: Any) -> None:
         try:
-            self.machine.dispatch(Exit(_MMIO_WRITE, self.current, None, None, 0, offset, size, value))  # type: ignore[arg-type]
+            self._dispatch(Exit(_MMIO_WRITE, self.current, None, None, 0, offset, size, value))  # type: ignore[arg-type]
         except BaseException as error:
             self._failed(error)
 
