@@ -9,6 +9,10 @@ environment, ``env.h``, that fits the VMM's machine model. Suites:
   operands, each instruction's results folded into one printed checksum (differential: the
   reference decides), each in S-mode (``-s``) and in U-mode under Sv39 (``-u``).
 
+Deliberate model choices, each shown by a test: the MMU sets A/D itself like QEMU's hart
+(``si/ad_bits.S``); U-mode ``rdcycle``/``rdinstret`` do not trap (Unicorn runs them natively:
+``si/counters.S`` is an expected failure in ``test_conformance.py``).
+
 A result is the exit code and the UART text. The reference is QEMU's hart behind ``shim.S``
 (an M-mode shim that gives it the VMM's machine model); it is stored in ``reference.json`` so
 the comparison also runs where QEMU is absent. Commands::

@@ -5,6 +5,7 @@ import pytest
 from tests.toyvmm.toyvmm_fuzzing import fuzz
 from tests.toyvmm.toyvmm_guests import kernel_program
 from vlab.toyvmm import RAM_BASE, GuestState, Machine
+from vlab.toyvmm.isa import CSR
 
 NEIGHBOUR = kernel_program("1: j 1b\n")
 
@@ -60,3 +61,15 @@ def test_fuzz_ten_thousand_random_streams_never_escape() -> None:
 def test_the_fuzzer_catches_a_weakened_vmm() -> None:
     with pytest.raises(AssertionError, match="another guest's frame"):
         fuzz(600, seed=2024, weak_bounds=True)
+
+
+def test_the_vmms_private_sink_page_is_out_of_every_guests_reach() -> None:
+    """2^63 is not canonical in Sv39/Sv48 and beyond any RAM with paging off: touching it is an
+    isolation violation like any address outside the guest (an access fault), never a read of the
+    VMM's sink code."""
+    code = kernel_program("li t0, 1\nslli t0, t0, 63\nld a0, 0(t0)\nli t0, FAULTS\nld a0, 0(t0)\nj shutdown\n")
+    with Machine() as machine:
+        guest = machine.add_guest(code)
+        machine.run(ms=1)
+        assert guest.exit_code == 1 and guest.vcpus[0].csrs[CSR.SCAUSE] == 5  # one load access fault
+        assert [(v.guest, v.addr, v.access) for v in machine.violations] == [(guest.name, 1 << 63, "read")]

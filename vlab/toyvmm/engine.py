@@ -137,7 +137,7 @@ class Sink:
         """The TLB fill while parked (or of the sink's page): True/False, or None if it is the MMU's."""
         if va & ~(PAGE - 1) == self.VA:
             if not self.active:
-                return False  # a guest that touched it: an engine error, and it is killed
+                return False  # a guest touched it: the caller makes that an access fault
             entry.paddr, entry.perms = self.PA, _READ_EXEC
             return True
         return False if self.active else None
@@ -262,7 +262,7 @@ class Engine:
     def _on_mmio_read(self, uc: Any, offset: int, size: int, _data: Any) -> int:
         try:
             exit = Exit(_MMIO_READ, self.current, None, None, 0, offset, size)  # type: ignore[arg-type]
-            self.machine.dispatch(exit)
+            self._dispatch(exit)
             return exit.value
         except BaseException as error:
             self._failed(error)
@@ -270,7 +270,7 @@ class Engine:
 
     def _on_mmio_write(self, uc: Any, offset: int, size: int, value: int, _data: Any) -> None:
         try:
-            self.machine.dispatch(Exit(_MMIO_WRITE, self.current, None, None, 0, offset, size, value))  # type: ignore[arg-type]
+            self._dispatch(Exit(_MMIO_WRITE, self.current, None, None, 0, offset, size, value))  # type: ignore[arg-type]
         except BaseException as error:
             self._failed(error)
 
@@ -281,6 +281,8 @@ class Engine:
             entry = entry.contents
             own = self.sink.fill(va, entry)
             if own is not None:
+                if not own and not self.sink.active:  # beyond any RAM, as for a real hart: a violation
+                    vcpu.pending_fault = (va, self.machine.mmu.kind(access), True)
                 return own
             mmu = self.machine.mmu
             filled = mmu.fill(vcpu, va, access, entry)
