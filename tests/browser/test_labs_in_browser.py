@@ -49,7 +49,7 @@ LABS = ("01", "04", "07")
 
 PANEL_CELLS = [
     "import vlab\nfrom vlab.dashboards import VMPanel\n\nvm = vlab.VM(name='browser')",
-    "panel = VMPanel(vm, interval=0.5)\npanel.start_updates()\npanel",
+    "panel = VMPanel(vm)\npanel.start_updates()\npanel",
 ]
 
 
@@ -98,7 +98,10 @@ def page(playwright_api: Any) -> Iterator[Any]:
 
 
 def shot(target: Any, name: str) -> None:
-    target.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+    """Screenshot of an element as the page shows it now: a clip of the whole page, because Playwright's element
+    screenshot and scrolling wait for the element to stop changing, which a live chart never does."""
+    box = target.bounding_box()
+    target.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), clip=box, full_page=True)
 
 
 def record_timing(name: str, seconds: float) -> None:

@@ -35,7 +35,7 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 
 from vlab.dashboards.chart import LiveChart
-from vlab.dashboards.panel import DEFAULT_INTERVAL, Panel, error_html, error_of
+from vlab.dashboards.panel import Panel, error_html, error_of
 from vlab.dashboards.protocols import CONSOLE_STATES, SAMPLED_STATES, ControllableVM, state_name
 from vlab.errors import StateError, VlabError
 from vlab.measure import format_bytes
@@ -84,12 +84,13 @@ class VMPanel(Panel):
 
         panel = VMPanel(vm)        # any object satisfying ControllableVM
         panel                      # shows the widget (or its text in a terminal)
-        panel.start_updates()      # live: sample every 0.5 s from a background thread
+        panel.start_updates()      # live: sample every 0.25 s from a background thread, redraw every 1 s
         ...
         panel.close()              # stops the updates; the VM itself is left as it is
 
     :param vm: the VM (see :class:`~vlab.dashboards.protocols.ControllableVM`).
-    :param interval: seconds between samples (and minimum seconds between redraws).
+    :param interval: minimum seconds between redraws (each one re-renders the chart in the browser: once a
+        second stays cheap on a busy 2-core Binder); samples are taken every ``min(interval, 0.25)`` s.
     :param history: how many samples the chart keeps.
     :param console_lines: how many console lines to show.
     """
@@ -99,7 +100,7 @@ class VMPanel(Panel):
     #: live updates sample at least this often, whatever the redraw interval: a chart needs points to read
     max_sample_period = 0.25
 
-    def __init__(self, vm: ControllableVM, *, interval: float = DEFAULT_INTERVAL, history: int = 240,
+    def __init__(self, vm: ControllableVM, *, interval: float = 1.0, history: int = 240,
                  console_lines: int = 12) -> None:
         super().__init__(interval=interval, title=str(getattr(vm, "name", "") or "VM"))
         if not isinstance(history, int) or isinstance(history, bool) or not 2 <= history <= 100_000:
