@@ -91,7 +91,7 @@ class VMPanel(Panel):
     :param vm: the VM (see :class:`~vlab.dashboards.protocols.ControllableVM`).
     :param interval: minimum seconds between redraws (each one re-renders the chart in the browser: once a
         second stays cheap on a busy 2-core Binder); samples are taken every ``min(interval, 0.25)`` s.
-    :param history: how many samples the chart keeps.
+    :param history: how many samples the chart keeps (480: the last two minutes).
     :param console_lines: how many console lines to show.
     """
 
@@ -100,12 +100,12 @@ class VMPanel(Panel):
     #: live updates sample at least this often, whatever the redraw interval: a chart needs points to read
     max_sample_period = 0.25
 
-    def __init__(self, vm: ControllableVM, *, interval: float = 1.0, history: int = 240,
+    def __init__(self, vm: ControllableVM, *, interval: float = 1.0, history: int = 480,
                  console_lines: int = 12) -> None:
         super().__init__(interval=interval, title=str(getattr(vm, "name", "") or "VM"))
         if not isinstance(history, int) or isinstance(history, bool) or not 2 <= history <= 100_000:
             raise VlabError("must be a whole number of samples from 2 to 100000", field="history", value=history,
-                            fix="keep the default (240)")
+                            fix="keep the default (480: two minutes)")
         self.vm = vm
         self.console_lines = console_lines
         self.samples: deque[_HostSample] = deque(maxlen=history)
