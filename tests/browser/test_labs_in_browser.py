@@ -115,13 +115,22 @@ def record_timing(name: str, seconds: float) -> None:
 
 
 class PanelView:
-    """The VM panel as the page shows it (inside one cell's output)."""
+    """The VM panel as the page shows it, in the output of code cell *index*. Reads are single JavaScript
+    calls on the current DOM: a live chart is re-rendered every second, so element handles go stale."""
 
-    def __init__(self, cell: Any) -> None:
-        self.cell = cell
+    def __init__(self, page: Any, index: int) -> None:
+        self.page = page
+        self.index = index
+        self.cell = page.locator(".jp-Notebook .jp-CodeCell").nth(index)
+
+    def _read(self, body: str) -> Any:
+        return self.page.evaluate(
+            f"() => {{ const cell = document.querySelectorAll('.jp-Notebook .jp-CodeCell')[{self.index}];"
+            f" {body} }}")
 
     def state(self) -> str:
-        heading = self.cell.locator(".widget-html", has_text="state:").first.inner_text()
+        heading = self._read("const h = [...cell.querySelectorAll('.widget-html')]"
+                             ".find(e => e.textContent.includes('state:')); return h ? h.textContent : '';")
         match = re.search(r"state:\s*(\w+)", heading)
         return match.group(1) if match else heading
 
@@ -132,20 +141,21 @@ class PanelView:
             time.sleep(0.2)
 
     def enabled(self) -> set[str]:
-        buttons = self.cell.locator("button.widget-button")
-        return {buttons.nth(i).inner_text().strip() for i in range(buttons.count()) if buttons.nth(i).is_enabled()}
+        labels: list[str] = self._read("return [...cell.querySelectorAll('button.widget-button')]"
+                                       ".filter(b => !b.disabled).map(b => b.textContent.trim());")
+        return set(labels)
 
     def click(self, label: str) -> None:
         self.cell.locator("button.widget-button", has_text=label).click()
 
     def points(self) -> int:
         """Markers drawn on the chart now (every trace)."""
-        return int(self.cell.locator(".js-plotly-plot .scatterlayer path.point").count())
+        return int(self._read("return cell.querySelectorAll('.js-plotly-plot .scatterlayer path.point').length;"))
 
     def latest_sample(self) -> float:
         """The time (x) of the newest point on the chart, from the data plotly drew (-1: none yet)."""
-        return float(self.cell.locator(".js-plotly-plot").first.evaluate(
-            "el => Math.max(-1, ...(el.data || []).flatMap(trace => trace.x || []))"))
+        return float(self._read("const el = cell.querySelector('.js-plotly-plot');"
+                                " return Math.max(-1, ...((el && el.data) || []).flatMap(t => t.x || []));"))
 
     def wait_newer_sample(self, than: float, timeout_s: float) -> float:
         deadline = time.monotonic() + timeout_s
@@ -155,7 +165,18 @@ class PanelView:
         return now
 
     def annotations(self) -> list[str]:
-        return [t.strip() for t in self.cell.locator(".js-plotly-plot .annotation-text").all_text_contents()]
+        texts: list[str] = self._read("return [...cell.querySelectorAll('.js-plotly-plot .annotation-text')]"
+                                      ".map(e => e.textContent.trim());")
+        return texts
+
+
+def code_cell_index(page: Any, text: str) -> int:
+    """The index of the first code cell whose source contains *text*."""
+    index: int = page.evaluate(
+        "text => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell')]"
+        ".findIndex(c => c.querySelector('.jp-InputArea').textContent.includes(text))", text)
+    assert index >= 0, f"no code cell with {text!r}"
+    return index
 
 
 def run_cell(page: Any, index: int) -> None:
@@ -177,7 +198,7 @@ def test_vm_panel_buttons_drive_a_real_vm_and_the_chart_fills_with_samples(page:
     cell = page.locator(".jp-Notebook .jp-CodeCell").nth(1)
     cell.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
     record_timing("first live chart (s, from running the cell)", time.monotonic() - clicked)
-    panel = PanelView(cell)
+    panel = PanelView(page, 1)
     panel.wait_state("created", 10)
     assert panel.enabled() == {"Start"}
     assert "Serial console of browser" in cell.inner_text()
@@ -254,10 +275,8 @@ def cell_with(page: Any, text: str) -> Any:
 def test_lab01_runs_and_leaves_the_vm_panel_frozen_in_its_final_state(
         page: Any, server: LabServer, workdir: Path) -> None:
     js_errors, size = run_lab(page, server, workdir, "01")
-    cell = cell_with(page, "panel = lab.vm_panel(vm1)")
-    cell.scroll_into_view_if_needed()
-    shot(cell, "lab01-panel")
-    panel = PanelView(cell)
+    panel = PanelView(page, code_cell_index(page, "panel = lab.vm_panel(vm1)"))
+    shot(panel.cell, "lab01-panel")
     assert panel.state() == "stopped"
     assert panel.enabled() == set()
     assert panel.points() >= 4
