@@ -98,10 +98,15 @@ def page(playwright_api: Any) -> Iterator[Any]:
 
 
 def shot(target: Any, name: str) -> None:
-    """Screenshot of an element as the page shows it now: a clip of the whole page, because Playwright's element
-    screenshot and scrolling wait for the element to stop changing, which a live chart never does."""
-    box = target.bounding_box()
-    target.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), clip=box, full_page=True)
+    """Screenshot of an element as the page shows it now: scrolled to the top of the viewport by JavaScript and
+    clipped from a viewport screenshot. (Playwright's element screenshot waits for the element to stop changing,
+    which a live chart never does, and a full-page one re-lays out the whole notebook.)"""
+    box = target.evaluate(
+        "el => { el.scrollIntoView({block: 'start'}); const r = el.getBoundingClientRect();"
+        " const top = Math.max(r.top, 0);"
+        " return {x: Math.max(r.left, 0), y: top, width: Math.min(r.width, innerWidth),"
+        " height: Math.max(1, Math.min(r.bottom, innerHeight) - top)}; }")
+    target.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), clip=box, timeout=90_000)
 
 
 def record_timing(name: str, seconds: float) -> None:
