@@ -97,16 +97,24 @@ def page(playwright_api: Any) -> Iterator[Any]:
         browser.close()
 
 
+_CLIP = ("const r = el.getBoundingClientRect(); const top = Math.max(r.top, 0);"
+         " return {x: Math.max(r.left, 0), y: top, width: Math.min(r.width, innerWidth),"
+         " height: Math.max(1, Math.min(r.bottom, innerHeight) - top)};")
+
+
 def shot(target: Any, name: str) -> None:
-    """Screenshot of an element as the page shows it now: scrolled to the top of the viewport by JavaScript and
-    clipped from a viewport screenshot. (Playwright's element screenshot waits for the element to stop changing,
-    which a live chart never does, and a full-page one re-lays out the whole notebook.)"""
-    box = target.evaluate(
-        "el => { el.scrollIntoView({block: 'start'}); const r = el.getBoundingClientRect();"
-        " const top = Math.max(r.top, 0);"
-        " return {x: Math.max(r.left, 0), y: top, width: Math.min(r.width, innerWidth),"
-        " height: Math.max(1, Math.min(r.bottom, innerHeight) - top)}; }")
+    """Screenshot of a static element (a diagram, a finished cell), scrolled into view and clipped."""
+    box = target.evaluate("el => { el.scrollIntoView({block: 'start'}); " + _CLIP + " }")
     target.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), clip=box, timeout=90_000)
+
+
+def shot_cell(page: Any, index: int, name: str) -> None:
+    """Screenshot of code cell *index* while its output is live. Only page-level calls: Playwright's element
+    operations wait for the element's frames to settle, which a chart re-rendered every second may not let
+    happen on a loaded machine."""
+    box = page.evaluate("i => { const el = document.querySelectorAll('.jp-Notebook .jp-CodeCell')[i];"
+                        " el.scrollIntoView({block: 'start'}); " + _CLIP + " }", index)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), clip=box, timeout=90_000)
 
 
 def record_timing(name: str, seconds: float) -> None:
@@ -151,7 +159,13 @@ class PanelView:
         return set(labels)
 
     def click(self, label: str) -> None:
-        self.cell.locator("button.widget-button", has_text=label).click()
+        """Click the button labelled *label* (a DOM click: a disabled button ignores it, as for a mouse)."""
+        assert label in self.enabled(), f"{label} is not enabled: {self.enabled()}"
+        clicked = self.page.evaluate(
+            "([i, label]) => { const cell = document.querySelectorAll('.jp-Notebook .jp-CodeCell')[i];"
+            " const b = [...cell.querySelectorAll('button.widget-button')].find(b => b.textContent.trim() === label);"
+            " if (!b) return false; b.click(); return true; }", [self.index, label])
+        assert clicked, f"no button {label!r}"
 
     def points(self) -> int:
         """Markers drawn on the chart now (every trace)."""
@@ -168,6 +182,13 @@ class PanelView:
             assert time.monotonic() < deadline, f"no sample newer than {than} s on the chart within {timeout_s} s"
             time.sleep(0.2)
         return now
+
+    def text(self) -> str:
+        """Everything the cell shows as text (its output's labels, console, heading)."""
+        return str(self._read("return cell.innerText;"))
+
+    def console(self) -> str:
+        return str(self._read("const pre = cell.querySelector('.widget-html pre'); return pre ? pre.innerText : '';"))
 
     def annotations(self) -> list[str]:
         texts: list[str] = self._read("return [...cell.querySelectorAll('.js-plotly-plot .annotation-text')]"
@@ -206,8 +227,8 @@ def test_vm_panel_buttons_drive_a_real_vm_and_the_chart_fills_with_samples(page:
     panel = PanelView(page, 1)
     panel.wait_state("created", 10)
     assert panel.enabled() == {"Start"}
-    assert "Serial console of browser" in cell.inner_text()
-    shot(cell, "panel-1-created")
+    assert "Serial console of browser" in panel.text()
+    shot_cell(page, 1, "panel-1-created")
 
     panel.click("Start")
     panel.wait_state("starting", 5)  # the click returns at once; the boot runs on the panel's worker thread
@@ -217,8 +238,8 @@ def test_vm_panel_buttons_drive_a_real_vm_and_the_chart_fills_with_samples(page:
     first = panel.wait_newer_sample(-1, 10)
     assert panel.points() >= 2  # markers, not just a line
     panel.wait_newer_sample(first, 10)  # samples keep arriving (drawn every second)
-    assert "vlab#" in cell.locator("pre").inner_text() or "VLAB-READY" in cell.locator("pre").inner_text()
-    shot(cell, "panel-2-running")
+    assert "VLAB-READY" in panel.console() or "vlab#" in panel.console()
+    shot_cell(page, 1, "panel-2-running")
 
     panel.click("Pause")
     panel.wait_state("paused", 20)
@@ -226,19 +247,19 @@ def test_vm_panel_buttons_drive_a_real_vm_and_the_chart_fills_with_samples(page:
     time.sleep(2)
     paused_at = panel.latest_sample()
     assert "paused" in panel.annotations()  # the pause is shaded and labelled while it lasts
-    shot(cell, "panel-3-paused")
+    shot_cell(page, 1, "panel-3-paused")
 
     panel.click("Resume")
     panel.wait_state("running", 20)
     assert panel.enabled() == {"Pause", "Stop"}
     panel.wait_newer_sample(paused_at, 10)
-    shot(cell, "panel-4-resumed")
+    shot_cell(page, 1, "panel-4-resumed")
 
     panel.click("Stop")
     panel.wait_state("stopped", 60)
     assert panel.enabled() == set()  # a stopped vlab.VM cannot start again: Start is not offered
-    shot(cell, "panel-5-stopped")
-    assert "the last lines read before the VM stopped" in cell.inner_text()
+    shot_cell(page, 1, "panel-5-stopped")
+    assert "the last lines read before the VM stopped" in panel.text()
     assert error_outputs(page) == []
     assert js_errors == []
 
@@ -281,7 +302,7 @@ def test_lab01_runs_and_leaves_the_vm_panel_frozen_in_its_final_state(
         page: Any, server: LabServer, workdir: Path) -> None:
     js_errors, size = run_lab(page, server, workdir, "01")
     panel = PanelView(page, code_cell_index(page, "panel = lab.vm_panel(vm1)"))
-    shot(panel.cell, "lab01-panel")
+    shot_cell(page, panel.index, "lab01-panel")
     assert panel.state() == "stopped"
     assert panel.enabled() == set()
     assert panel.points() >= 4

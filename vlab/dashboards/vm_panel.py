@@ -57,6 +57,10 @@ _IN_PROGRESS = {"start": "starting", "pause": "pausing", "resume": "resuming", "
 #: stretches of the chart shaded by state, with their label and colour
 _SHADED = {"paused": ("paused", "rgba(255,165,0,0.25)"), "starting": ("booting", "rgba(100,149,237,0.15)")}
 MIB = 2.0**-20
+#: points per trace the browser is asked to draw (older samples are thinned out, the newest always kept)
+MAX_DRAWN = 240
+#: traces get markers while they have at most this many points
+MARKERS_UP_TO = 120
 
 
 @dataclass(frozen=True)
@@ -289,17 +293,23 @@ class VMPanel(Panel):
                                    f"border:1px solid #ddd;max-height:14em;overflow:auto'>{body}</pre>")
 
     def _draw_chart(self) -> None:
-        utilisation = self.vcpu_utilisation()
+        # The browser re-renders the whole chart at each redraw: draw at most MAX_DRAWN points per trace, with
+        # markers only while there are few (they are what makes 2 points visible; at 200 they are just cost).
+        utilisation = {index: thin(points) for index, points in self.vcpu_utilisation().items()}
+        memory = thin([(s.time, s.rss * MIB) for s in self.samples])
+        mode = "lines+markers" if len(memory) <= MARKERS_UP_TO else "lines"
         with self.chart.batch_update():
-            self.chart.data[0].x = [s.time for s in self.samples]
-            self.chart.data[0].y = [s.rss * MIB for s in self.samples]
+            self.chart.data[0].x = [t for t, _ in memory]
+            self.chart.data[0].y = [m for _, m in memory]
             for index, points in utilisation.items():
                 if index not in self._vcpu_traces:
-                    self.chart.add_scatter(name=f"vCPU {index} host CPU", mode="lines+markers", x=[], y=[])
+                    self.chart.add_scatter(name=f"vCPU {index} host CPU", x=[], y=[])
                     self._vcpu_traces[index] = len(self.chart.data) - 1
                 trace = self.chart.data[self._vcpu_traces[index]]
                 trace.x = [t for t, _ in points]
                 trace.y = [u for _, u in points]
+            for trace in self.chart.data:
+                trace.mode = mode
             shapes, notes = [], []
             for state, start, end in self.stretches():
                 label, colour = _SHADED[state]
@@ -365,6 +375,14 @@ class VMPanel(Panel):
             lines.append("  serial console (last lines):")
             lines.extend(f"    | {line}" for line in console)
         return "\n".join(lines)
+
+
+def thin(points: list[tuple[float, float]], limit: int = MAX_DRAWN) -> list[tuple[float, float]]:
+    """At most *limit* of *points*: every k-th one, counted back from the newest (which is always kept)."""
+    if len(points) <= limit:
+        return points
+    step = -(-len(points) // limit)  # ceiling division
+    return points[::-1][::step][::-1]
 
 
 def _click(panel_ref: weakref.ref[VMPanel], action: str, _button: widgets.Button) -> None:
