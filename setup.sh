@@ -21,7 +21,8 @@ step() { printf '\n==> %s\n' "$*"; }
 # Python) and, for the tests, chromium (the browser test).
 mapfile -t apt_packages < <(sed -e 's/#.*//' -e 's/[[:space:]]//g' -e '/^$/d' binder/apt.txt)
 apt_packages+=(python3-venv)
-[ "$job" = test ] && apt_packages+=(chromium)
+# tests only: chromium (the browser test), qemu-system-misc (riscv64: the toy VMM's conformance reference)
+[ "$job" = test ] && apt_packages+=(chromium qemu-system-misc)
 if [ "$job" = packages ]; then  # what step 1 would install, one per line (for tests and packagers)
     printf '%s\n' "${apt_packages[@]}"
     exit 0
