@@ -5,9 +5,9 @@
   the first live chart takes to appear (recorded in ``test-artifacts/browser/timings.json``, not asserted:
   speed targets live in ``bench/``).
 * Labs 01, 04 and 07 run top to bottom (Run All), then saved: no cell error, no JavaScript error in the
-  console, no two edge labels of a mermaid diagram overlapping, the saved notebook ≤ 1 MB, and what each
-  lab's live parts leave on screen (lab 01's panel frozen in ``stopped``, lab 07's migration view replaced by
-  a static chart with whole-number rounds, lab 04's diagrams and charts).
+  console, the saved notebook ≤ 1 MB, and what each lab's live parts leave on screen (lab 01's panel frozen in
+  ``stopped``, lab 07's migration view replaced by a static chart with whole-number rounds, lab 04's charts).
+* Every lab's mermaid diagrams render with no two edge labels overlapping.
 
 Screenshots of every stage are kept in ``test-artifacts/browser/``.
 """
@@ -45,7 +45,6 @@ REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "browser"
 #: the issue's bound for a lab notebook saved after Run All
 MAX_SAVED_BYTES = 1_000_000
-LABS = ("01", "04", "07")
 
 PANEL_CELLS = [
     "import vlab\nfrom vlab.dashboards import VMPanel\n\nvm = vlab.VM(name='browser')",
@@ -72,8 +71,8 @@ def playwright_api() -> Iterator[Any]:
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("browser") / "labs"
     root.mkdir()
-    for number in LABS:
-        shutil.copy(lab(number), root)
+    for path in (REPO / "labs").glob("[0-9][0-9]-*.ipynb"):  # all of them for the diagrams; 01, 04, 07 are run
+        shutil.copy(path, root)
     panel = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code) for code in PANEL_CELLS])
     panel.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(panel, root / "panel.ipynb")
@@ -285,13 +284,26 @@ def run_lab(page: Any, server: LabServer, workdir: Path, number: str) -> tuple[l
     record_timing(f"lab {number} Run All (s)", time.monotonic() - started)
     errors = error_outputs(page)
     assert errors == [], errors
-    overlaps = mermaid_label_overlaps(page)
-    assert overlaps, "no mermaid diagram rendered"
-    assert all(pairs == 0 for _, pairs in overlaps), f"(labels, overlapping pairs) per diagram: {overlaps}"
     save_notebook(page)
     size = (workdir / name).stat().st_size
     record_timing(f"lab {number} saved size (MB)", size / 1e6)
     return js_errors, size
+
+
+def test_no_lab_diagram_has_overlapping_edge_labels(page: Any, server: LabServer) -> None:
+    # Markdown renders without running anything: every lab's mermaid diagrams, as JupyterLab draws them.
+    measured: dict[str, list[tuple[int, int]]] = {}
+    for path in sorted((REPO / "labs").glob("[0-9][0-9]-*.ipynb")):
+        open_notebook(page, server, path.name)
+        count = len(re.findall(r"```mermaid", path.read_text()))
+        if count:
+            page.wait_for_function(f"() => document.querySelectorAll('.jp-RenderedMermaid img').length >= {count}",
+                                   timeout=60_000)
+        measured[path.name] = mermaid_label_overlaps(page)
+        assert len(measured[path.name]) == count, f"{path.name}: {count} diagrams, {measured[path.name]} drawn"
+    assert sum(len(d) for d in measured.values()) >= 3, measured
+    overlapping = {name: d for name, d in measured.items() if any(pairs for _, pairs in d)}
+    assert not overlapping, f"(edge labels, overlapping pairs) per diagram: {overlapping}"
 
 
 def cell_with(page: Any, text: str) -> Any:
@@ -311,12 +323,10 @@ def test_lab01_runs_and_leaves_the_vm_panel_frozen_in_its_final_state(
     assert js_errors == []
 
 
-def test_lab04_runs_with_its_charts_and_diagrams_rendered(page: Any, server: LabServer, workdir: Path) -> None:
+def test_lab04_runs_with_its_charts_rendered(page: Any, server: LabServer, workdir: Path) -> None:
     js_errors, size = run_lab(page, server, workdir, "04")
     diagrams = page.locator(".jp-RenderedMermaid")
-    assert diagrams.count() >= 2
     for i in range(diagrams.count()):
-        diagrams.nth(i).scroll_into_view_if_needed()
         shot(diagrams.nth(i), f"lab04-diagram-{i + 1}")
     charts = page.locator(".js-plotly-plot")
     assert charts.count() >= 3
