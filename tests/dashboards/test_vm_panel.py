@@ -215,6 +215,27 @@ def test_chart_shows_rss_and_the_busy_vcpu_above_the_idle_one_with_markers(vm: T
     assert "host CPU: vCPU 0" in panel.text()
 
 
+def test_a_long_history_is_thinned_for_the_browser_keeping_the_newest_point() -> None:
+    from vlab.dashboards.vm_panel import MAX_DRAWN, thin
+
+    points = [(float(i), float(i)) for i in range(1000)]
+    drawn = thin(points)
+    assert len(drawn) <= MAX_DRAWN and drawn[-1] == (999.0, 999.0)
+    assert drawn == sorted(drawn) and thin(points[:10]) == points[:10]
+
+
+def test_markers_while_points_are_few_then_lines(vm: ThreadVM) -> None:
+    with VMPanel(vm, interval=0.01) as view:
+        click(view, "start")
+        view.refresh(force=True)
+        assert {trace.mode for trace in view.chart.data} == {"lines+markers"}
+        for _ in range(130):
+            view._read()
+        view.refresh(force=True)
+        assert {trace.mode for trace in view.chart.data} == {"lines"}
+        view.act("stop")
+
+
 def test_the_chart_is_drawn_as_plotly_json_in_an_output_widget_not_a_figure_widget(panel: VMPanel) -> None:
     click(panel, "start")
     panel.refresh(force=True)

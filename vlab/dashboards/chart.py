@@ -11,7 +11,7 @@ A redraw replaces the output; a fixed height keeps the page from jumping.
 
 from __future__ import annotations
 
-from typing import Any
+import json
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
@@ -33,7 +33,9 @@ class LiveChart:
         self.figure = figure
         self.figure.update_layout(height=height)
         self.widget = widgets.Output(layout=widgets.Layout(min_height=f"{height + 10}px"))
+        #: how many times the figure was sent to the browser
         self.draws = 0
+        self._shown = ""
 
     def draw(self, figure: go.Figure | None = None) -> None:
         """Show the figure as it is now, or *figure* from now on (callable from any thread: it only sets the
@@ -41,9 +43,13 @@ class LiveChart:
         if figure is not None:
             figure.update_layout(height=figure.layout.height or self.height)
             self.figure = figure
-        output: dict[str, Any] = {"output_type": "display_data", "data": mimebundle(self.figure), "metadata": {}}
+        data = mimebundle(self.figure)
+        key = json.dumps(data, sort_keys=True)
+        if key == self._shown:  # nothing new: the browser need not re-render (a stopped VM, an idle trace)
+            return
         height = self.figure.layout.height
         if height:  # a figure that grew (a Gantt chart with a new lane) gets the room it needs
             self.widget.layout.min_height = f"{height + 10}px"
-        self.widget.outputs = (output,)
+        self.widget.outputs = ({"output_type": "display_data", "data": data, "metadata": {}},)
+        self._shown = key
         self.draws += 1

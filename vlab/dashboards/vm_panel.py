@@ -35,7 +35,7 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 
 from vlab.dashboards.chart import LiveChart
-from vlab.dashboards.panel import DEFAULT_INTERVAL, Panel, error_html, error_of
+from vlab.dashboards.panel import Panel, error_html, error_of
 from vlab.dashboards.protocols import CONSOLE_STATES, SAMPLED_STATES, ControllableVM, state_name
 from vlab.errors import StateError, VlabError
 from vlab.measure import format_bytes
@@ -57,6 +57,10 @@ _IN_PROGRESS = {"start": "starting", "pause": "pausing", "resume": "resuming", "
 #: stretches of the chart shaded by state, with their label and colour
 _SHADED = {"paused": ("paused", "rgba(255,165,0,0.25)"), "starting": ("booting", "rgba(100,149,237,0.15)")}
 MIB = 2.0**-20
+#: points per trace the browser is asked to draw (older samples are thinned out, the newest always kept)
+MAX_DRAWN = 240
+#: traces get markers while they have at most this many points
+MARKERS_UP_TO = 120
 
 
 @dataclass(frozen=True)
@@ -84,13 +88,14 @@ class VMPanel(Panel):
 
         panel = VMPanel(vm)        # any object satisfying ControllableVM
         panel                      # shows the widget (or its text in a terminal)
-        panel.start_updates()      # live: sample every 0.5 s from a background thread
+        panel.start_updates()      # live: sample every 0.25 s from a background thread, redraw every 1 s
         ...
         panel.close()              # stops the updates; the VM itself is left as it is
 
     :param vm: the VM (see :class:`~vlab.dashboards.protocols.ControllableVM`).
-    :param interval: seconds between samples (and minimum seconds between redraws).
-    :param history: how many samples the chart keeps.
+    :param interval: minimum seconds between redraws (each one re-renders the chart in the browser: once a
+        second stays cheap on a busy 2-core Binder); samples are taken every ``min(interval, 0.25)`` s.
+    :param history: how many samples the chart keeps (480: the last two minutes).
     :param console_lines: how many console lines to show.
     """
 
@@ -99,12 +104,12 @@ class VMPanel(Panel):
     #: live updates sample at least this often, whatever the redraw interval: a chart needs points to read
     max_sample_period = 0.25
 
-    def __init__(self, vm: ControllableVM, *, interval: float = DEFAULT_INTERVAL, history: int = 240,
+    def __init__(self, vm: ControllableVM, *, interval: float = 1.0, history: int = 480,
                  console_lines: int = 12) -> None:
         super().__init__(interval=interval, title=str(getattr(vm, "name", "") or "VM"))
         if not isinstance(history, int) or isinstance(history, bool) or not 2 <= history <= 100_000:
             raise VlabError("must be a whole number of samples from 2 to 100000", field="history", value=history,
-                            fix="keep the default (240)")
+                            fix="keep the default (480: two minutes)")
         self.vm = vm
         self.console_lines = console_lines
         self.samples: deque[_HostSample] = deque(maxlen=history)
@@ -288,17 +293,23 @@ class VMPanel(Panel):
                                    f"border:1px solid #ddd;max-height:14em;overflow:auto'>{body}</pre>")
 
     def _draw_chart(self) -> None:
-        utilisation = self.vcpu_utilisation()
+        # The browser re-renders the whole chart at each redraw: draw at most MAX_DRAWN points per trace, with
+        # markers only while there are few (they are what makes 2 points visible; at 200 they are just cost).
+        utilisation = {index: thin(points) for index, points in self.vcpu_utilisation().items()}
+        memory = thin([(s.time, s.rss * MIB) for s in self.samples])
+        mode = "lines+markers" if len(memory) <= MARKERS_UP_TO else "lines"
         with self.chart.batch_update():
-            self.chart.data[0].x = [s.time for s in self.samples]
-            self.chart.data[0].y = [s.rss * MIB for s in self.samples]
+            self.chart.data[0].x = [t for t, _ in memory]
+            self.chart.data[0].y = [m for _, m in memory]
             for index, points in utilisation.items():
                 if index not in self._vcpu_traces:
-                    self.chart.add_scatter(name=f"vCPU {index} host CPU", mode="lines+markers", x=[], y=[])
+                    self.chart.add_scatter(name=f"vCPU {index} host CPU", x=[], y=[])
                     self._vcpu_traces[index] = len(self.chart.data) - 1
                 trace = self.chart.data[self._vcpu_traces[index]]
                 trace.x = [t for t, _ in points]
                 trace.y = [u for _, u in points]
+            for trace in self.chart.data:
+                trace.mode = mode
             shapes, notes = [], []
             for state, start, end in self.stretches():
                 label, colour = _SHADED[state]
@@ -364,6 +375,14 @@ class VMPanel(Panel):
             lines.append("  serial console (last lines):")
             lines.extend(f"    | {line}" for line in console)
         return "\n".join(lines)
+
+
+def thin(points: list[tuple[float, float]], limit: int = MAX_DRAWN) -> list[tuple[float, float]]:
+    """At most *limit* of *points*: every k-th one, counted back from the newest (which is always kept)."""
+    if len(points) <= limit:
+        return points
+    step = -(-len(points) // limit)  # ceiling division
+    return points[::-1][::step][::-1]
 
 
 def _click(panel_ref: weakref.ref[VMPanel], action: str, _button: widgets.Button) -> None:
