@@ -21,6 +21,7 @@ and the cgroup handle :class:`vlab.host.Cgroup`. This module holds only what is 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gzip
 import hashlib
@@ -36,6 +37,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 import traceback
@@ -79,6 +81,7 @@ __all__ = [
     "tree_digest",
     "unique_name",
     "view",
+    "workspace",
     "write_oci_layout",
 ]
 
@@ -227,6 +230,20 @@ def scratch() -> Iterator[Path]:
         _remove_tree(path)
 
 
+def workspace(shared: bool = False) -> Path:
+    """A directory for the lab's files (root filesystems, images), removed when Python exits or by
+    :func:`sweep`. ``shared``: readable by other users (mode 0755, under the system's temporary directory) —
+    for a grader that builds a root filesystem for the student's unprivileged process to use."""
+    if shared:
+        path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-{os.getpid()}-shared"))
+        path.chmod(0o755)
+    else:
+        path = runtime_dir() / unique_name("box")
+        path.mkdir(mode=0o700)
+    atexit.register(_remove_tree, path)
+    return path
+
+
 def _remove_tree(path: Path) -> None:
     # overlay leaves work/work at mode 000; open it up first (never through a symlink the container made)
     for dirpath, dirnames, _ in os.walk(path):
@@ -359,6 +376,11 @@ def kill_tree(pid: int, rounds: int = 50) -> None:
 # ---------------------------------------------------------------------------------------------- leftovers
 
 
+def _places() -> list[Path]:
+    """Where :func:`scratch` and :func:`workspace` make directories."""
+    return [runtime_dir(), Path(tempfile.gettempdir())]
+
+
 def _own_pid_ns() -> str:
     return os.readlink("/proc/self/ns/pid")
 
@@ -374,7 +396,7 @@ def leftovers() -> dict[str, list[str]]:
             point = line.split()[4]
             if mine in point:
                 mounts.append(point)
-    dirs = [str(p) for p in runtime_dir().glob(mine + "*")]
+    dirs = [str(p) for place in _places() for p in place.glob(mine + "scratch*")]
     groups = detect_cgroups()
     cgroups = [str(p) for c in ("memory", "pids", "cpu") if (place := groups.where(c))
                for p in place[1].glob(mine + "*")]
@@ -405,9 +427,13 @@ def sweep() -> dict[str, list[str]]:
 
     def stale(name: str) -> bool:
         match = re.match(rf"{PREFIX}-(\d+)-", name)
-        return match is not None and (name.startswith(mine) or not Path(f"/proc/{match.group(1)}").exists())
+        if match is None:
+            return False
+        if name.startswith(mine):  # ours: only what a container run made; the workspaces stay until exit
+            return not re.match(rf"{mine}(box|shared)", name)
+        return not Path(f"/proc/{match.group(1)}").exists()
 
-    for path in runtime_dir().glob(f"{PREFIX}-*"):
+    for path in (p for place in _places() for p in place.glob(f"{PREFIX}-*")):
         if stale(path.name):
             _remove_tree(path)
             removed["scratch"].append(str(path))
@@ -517,7 +543,7 @@ def write_oci_layout(dest: Path | str, layers: Sequence[bytes], *, cmd: Sequence
 
 #: What a system says about the kernel it runs on, one answer per line (busybox and Debian both run it).
 VIEW_COMMAND = ("uname -r; cat /proc/sys/kernel/random/boot_id; hostname; cut -d' ' -f1 /proc/uptime; "
-                "cat /proc/modules | wc -l; ls -d /proc/[0-9]* | wc -l")
+                "cat /proc/modules 2>/dev/null | wc -l; ls -d /proc/[0-9]* | wc -l")
 _VIEW_KEYS = ("kernel", "boot_id", "hostname", "uptime_s", "modules", "processes")
 
 
