@@ -470,6 +470,7 @@ def leaky_container(rootfs: Path | str, command: str, timeout: float = 10.0) -> 
     if os.geteuid() != 0:
         flags = ["--user", "--map-root-user", *flags]
     script = ('mount -t overlay overlay -o "lowerdir=$1,upperdir=$2/up,workdir=$2/work" "$2/root" && '
+              'for d in null zero urandom; do mount --bind "/dev/$d" "$2/root/dev/$d" || exit; done && '
               'mount --rbind /proc "$2/root/proc" && exec chroot "$2/root" /bin/sh -c "$3"')
     with scratch() as box:
         for sub in ("up", "work", "root"):
