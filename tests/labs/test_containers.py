@@ -20,6 +20,7 @@ import sys
 import tarfile
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -327,3 +328,30 @@ def test_params_are_deterministic_and_vary(tmp_path: Path) -> None:
     assert lab.params_for(5) == lab.params_for(5)
     assert len({lab.params_for(seed)["hostname"] for seed in range(20)}) > 5
     assert lab.params_for(lab.PRACTICE_SEED) != lab.params_for(1)
+
+
+@needs_ns
+@pytest.mark.skipif(os.geteuid() != 0, reason="a veth pair's host end needs root")
+def test_two_containers_on_a_bridge_ping_each_other_and_leave_no_interface(run_container: Runtime,
+                                                                         rootfs: Path) -> None:
+    def host_links() -> set[str]:  # only names this runtime makes: other tests may add their own meanwhile
+        text = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+        return {line.split(":")[1].strip() for line in text.splitlines()
+                if line.split(":")[1].strip().split("@")[0] in ("eth0", "br0") or " veth" in line}
+
+    before = host_links()
+    with lab.Bridge() as net:
+        server = threading.Thread(target=run_container, args=(rootfs, ["sleep", "3"], {
+            "network": net.pid, "ip": "10.88.0.2/24"}))
+        server.start()
+        try:
+            client = run_container(rootfs, ["sh", "-c", "sleep 0.3; ping -c 2 -W 1 10.88.0.2"],
+                                   {"network": net.pid, "ip": "10.88.0.3/24"})
+            attached = net.links()
+        finally:
+            server.join()
+        assert "2 packets received" in client.output, client.output
+        assert len([link for link in attached if link.startswith("veth")]) == 1  # the server's, while it runs
+    assert host_links() <= before, "a veth, eth0 or br0 was left on the host"
+    with pytest.raises(ProcessLookupError):
+        os.kill(net.pid, 0)

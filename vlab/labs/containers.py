@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUSYBOX",
+    "Bridge",
     "PREFIX",
     "PRACTICE_SEED",
     "VIEW_COMMAND",
@@ -450,6 +451,57 @@ def sweep() -> dict[str, list[str]]:
                 group.remove()
                 removed["cgroups"].append(name)
     return removed
+
+
+# ---------------------------------------------------------------------------------------------- network
+
+
+class Bridge:
+    """A private network for containers: a bridge ``br0`` inside a network namespace of its own, held open by a
+    sleeping process, so that the host's own network is never touched. A runtime connects a container by
+    creating a veth pair whose one end it moves into this namespace (``ip link add eth0 type veth peer name X
+    netns PID``) and attaches to ``br0``. Root only. :meth:`remove` (or ``with``) kills the holder: the
+    namespace, the bridge and every veth end in it disappear with it.
+    """
+
+    def __init__(self) -> None:
+        if os.geteuid() != 0:
+            raise VlabError("a container network needs root (CAP_NET_ADMIN in the host's namespaces)",
+                            field="Bridge", value=f"uid {os.geteuid()}", fix="skip the network part when not root")
+        self._holder = subprocess.Popen(["unshare", "--net", "sleep", "infinity"], start_new_session=True,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        #: the holder's pid: ``netns PID`` for ip(8), ``/proc/PID/ns/net`` for setns
+        self.pid = self._holder.pid
+        try:
+            deadline = time.monotonic() + 5
+            while os.readlink(f"/proc/{self.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
+                if time.monotonic() > deadline or self._holder.poll() is not None:
+                    raise VlabError("the network namespace's holder did not start", field="Bridge",
+                                    fix="is unshare(1) from util-linux installed?")
+                time.sleep(0.01)
+            for command in ("ip link add br0 type bridge", "ip link set br0 up", "ip link set lo up"):
+                subprocess.run(["nsenter", f"--net=/proc/{self.pid}/ns/net", *command.split()], check=True,
+                               capture_output=True, timeout=10)
+        except BaseException:
+            self.remove()
+            raise
+
+    def links(self) -> list[str]:
+        """The interfaces in the bridge's namespace (``br0``, ``lo`` and one veth end per connected container)."""
+        done = subprocess.run(["nsenter", f"--net=/proc/{self.pid}/ns/net", "ip", "-o", "link"],
+                              capture_output=True, text=True, timeout=10, check=False)
+        return [line.split(":")[1].strip().split("@")[0] for line in done.stdout.splitlines()]
+
+    def remove(self) -> None:
+        if self._holder.poll() is None:
+            self._holder.kill()
+        self._holder.wait()
+
+    def __enter__(self) -> Bridge:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
 
 
 # ---------------------------------------------------------------------------------------------- the leak
