@@ -13,8 +13,9 @@ and the cgroup handle :class:`vlab.host.Cgroup`. This module holds only what is 
   find and remove what a failed or killed runtime left (mounts, cgroups, directories, processes).
 * **An escape**: :func:`leaky_container` is a container built with ``unshare(1)`` and ``chroot`` that skips
   one step — it keeps the host's ``/proc`` instead of mounting a fresh one. The student finds the escape.
-* **OCI images**: :func:`layer_tar`, :func:`rootfs_layer` and :func:`write_oci_layout` build an image
-  layout (index, manifest, config, gzip'd layer tarballs) locally; the student unpacks it.
+* **OCI images** (from :mod:`vlab.labs.oci`): :func:`layer_tar`, :func:`rootfs_layer` and
+  :func:`write_oci_layout` build an image layout (index, manifest, config, gzip'd layer tarballs) locally; the
+  student unpacks it.
 * **Measurements**: :func:`view` (what a system reports about its kernel), :func:`start_seconds`,
   :func:`idle_footprint_kib` (proportional set size of an idle container's processes) and :func:`boot_vm`.
 """
@@ -23,11 +24,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import gzip
-import hashlib
-import io
 import itertools
-import json
 import os
 import random
 import re
@@ -36,12 +33,11 @@ import signal
 import stat
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from vlab.errors import VlabError
 from vlab.host import Cgroup, detect_cgroups
 from vlab.host.syscalls import die_with_parent
+from vlab.labs.oci import layer_tar, rootfs_layer, tree_digest, write_oci_layout
 from vlab.paths import runtime_dir
 
 if TYPE_CHECKING:
@@ -58,7 +55,6 @@ __all__ = [
     "BUSYBOX",
     "Bridge",
     "PREFIX",
-    "PRACTICE_SEED",
     "VIEW_COMMAND",
     "Completed",
     "Support",
@@ -88,8 +84,6 @@ __all__ = [
 
 #: Debian's statically linked busybox (package ``busybox-static``): the whole userland of the container.
 BUSYBOX = Path("/bin/busybox")
-#: The practice instance's seed: public, so the public checks may show its numbers.
-PRACTICE_SEED = 8080
 #: Prefix of everything this lab creates on the host (scratch directories, cgroups), followed by the pid.
 PREFIX = "vlab-l8"
 _MIB = 1 << 20
@@ -180,21 +174,6 @@ def build_rootfs(dest: Path | str) -> Path:
     for name in ("null", "zero", "urandom"):  # bind-mount targets for the host's device nodes
         (dest / "dev" / name).touch()
     return dest
-
-
-def tree_digest(root: Path | str) -> str:
-    """SHA-256 over every path, type, mode, symlink target and file content under ``root`` (symlinks are
-    not followed): equal digests before and after a container run mean the image stayed pristine."""
-    root = Path(root)
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        info = path.lstat()
-        digest.update(f"{path.relative_to(root)}\0{info.st_mode:o}\0".encode())
-        if path.is_symlink():
-            digest.update(os.readlink(path).encode())
-        elif path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- processes
@@ -533,63 +512,6 @@ def leaky_container(rootfs: Path | str, command: str, timeout: float = 10.0) -> 
                                   str(box), command])
 
         return spawn(child, timeout=timeout)
-
-
-# ---------------------------------------------------------------------------------------------- OCI images
-
-
-def layer_tar(files: dict[str, bytes | None], *, mode: int = 0o644) -> bytes:
-    """An uncompressed layer tarball: path -> file content, or None for an OCI *whiteout* (the entry
-    ``dir/.wh.name``: "delete ``name`` from the layers below")."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, content in sorted(files.items()):
-            head, _, base = name.rpartition("/")
-            member = tarfile.TarInfo(name if content is not None else f"{head}/.wh.{base}".lstrip("/"))
-            member.mode, member.mtime = mode, 0
-            member.size = len(content or b"")
-            tar.addfile(member, io.BytesIO(content or b""))
-    return buffer.getvalue()
-
-
-def rootfs_layer(rootfs: Path | str) -> bytes:
-    """The root filesystem as an uncompressed layer tarball (deterministic: sorted, mtime 0, owner 0)."""
-    buffer = io.BytesIO()
-
-    def reset(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-        return info
-
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        root = Path(rootfs)
-        for path in sorted(root.rglob("*")):
-            tar.add(path, arcname=str(path.relative_to(root)), recursive=False, filter=reset)
-    return buffer.getvalue()
-
-
-def _blob(dest: Path, data: bytes, media_type: str) -> dict[str, Any]:
-    digest = hashlib.sha256(data).hexdigest()
-    (dest / "blobs" / "sha256" / digest).write_bytes(data)
-    return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
-
-
-def write_oci_layout(dest: Path | str, layers: Sequence[bytes], *, cmd: Sequence[str] = ("/bin/sh",)) -> Path:
-    """An OCI image layout at ``dest``: ``oci-layout``, ``index.json`` → a manifest → a config (with the
-    layers' ``diff_ids``) and the layers, bottom first, as gzip'd tarballs in ``blobs/sha256/``."""
-    dest = Path(dest)
-    (dest / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
-    (dest / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
-    descriptors = [_blob(dest, gzip.compress(tar, mtime=0), "application/vnd.oci.image.layer.v1.tar+gzip")
-                   for tar in layers]
-    config = {"architecture": "amd64", "os": "linux", "config": {"Cmd": list(cmd)},
-              "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(t).hexdigest()}" for t in layers]}}
-    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": _blob(dest, json.dumps(config).encode(), "application/vnd.oci.image.config.v1+json"),
-                "layers": descriptors}
-    index = {"schemaVersion": 2, "manifests": [
-        _blob(dest, json.dumps(manifest).encode(), "application/vnd.oci.image.manifest.v1+json")]}
-    (dest / "index.json").write_text(json.dumps(index))
-    return dest
 
 
 # ---------------------------------------------------------------------------------------------- measurements
