@@ -389,9 +389,13 @@ def leftovers() -> dict[str, list[str]]:
     return {"mounts": mounts, "scratch": dirs, "cgroups": cgroups, "processes": processes}
 
 
-def sweep() -> dict[str, list[str]]:
+def sweep(workspaces: bool = False) -> dict[str, list[str]]:
     """Remove what containers of this process, or of a process that is gone, left behind; returns what
-    was removed (same keys as :func:`leftovers`). Safe to call at any time between container runs."""
+    was removed (same keys as :func:`leftovers`). Safe to call at any time between container runs.
+
+    :param workspaces: also remove this process's :func:`workspace` directories (at the end of the notebook:
+        a kernel that is killed never runs its exit handlers).
+    """
     removed: dict[str, list[str]] = {"mounts": [], "scratch": [], "cgroups": [], "processes": []}
     for victim in leftovers()["processes"]:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -410,7 +414,7 @@ def sweep() -> dict[str, list[str]]:
         if match is None:
             return False
         if name.startswith(mine):  # ours: only what a container run made; the workspaces stay until exit
-            return not re.match(rf"{mine}(box|shared)", name)
+            return workspaces or not re.match(rf"{mine}(box|shared)", name)
         return not Path(f"/proc/{match.group(1)}").exists()
 
     for path in (p for place in _places() for p in place.glob(f"{PREFIX}-*")):
