@@ -239,7 +239,7 @@ def _rootless(tmp_path: Path) -> None:
         lab._remove_tree(box)
         """))
     script.chmod(0o644)
-    (tmp_path / "rt").mkdir()
+    (tmp_path / "rt").mkdir(mode=0o700)
     os.chown(tmp_path / "rt", 65534, 65534)
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(REPO),
            "VLAB_RUNTIME": str(tmp_path / "rt")}

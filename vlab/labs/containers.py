@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlab.errors import VlabError
-from vlab.host import Cgroup, detect_cgroups
+from vlab.host import Cgroup, detect_cgroups, procfs
 from vlab.host.syscalls import die_with_parent
 from vlab.labs.oci import layer_tar, rootfs_layer, tree_digest, write_oci_layout
 from vlab.paths import runtime_dir
@@ -61,7 +61,6 @@ __all__ = [
     "VMRun",
     "boot_vm",
     "build_rootfs",
-    "descendants",
     "idle_footprint_kib",
     "kill_tree",
     "layer_tar",
@@ -316,33 +315,11 @@ def _collect(fd: int, deadline: float, chunks: list[bytes], limit: int) -> bool:
             kept += len(chunks[-1])
 
 
-def _children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                with open(f"/proc/{entry.name}/stat", "rb") as stat:
-                    parent = int(stat.read().rsplit(b")", 1)[1].split()[1])
-                children.setdefault(parent, []).append(int(entry.name))
-    return children
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid`` (from ``/proc``; parents before children)."""
-    children = _children()
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def kill_tree(pid: int, rounds: int = 50) -> None:
     """SIGKILL ``pid``'s descendants, then ``pid`` (not reaped: that is its parent's job). Killing a PID
     namespace's init kills the whole namespace, so a fork bomb inside cannot outrun this."""
     for _ in range(rounds):
-        victims = descendants(pid)
+        victims = procfs.descendants(pid)
         if not victims:
             break
         for victim in victims:
@@ -382,7 +359,7 @@ def leftovers() -> dict[str, list[str]]:
                for p in place[1].glob(mine + "*")]
     ns = _own_pid_ns()
     processes = []
-    for pid in descendants(os.getpid()):
+    for pid in sorted(procfs.descendants(os.getpid())):
         with contextlib.suppress(OSError):
             if os.readlink(f"/proc/{pid}/ns/pid") != ns:
                 processes.append(f"{pid} {Path(f'/proc/{pid}/comm').read_text().strip()}")
@@ -586,7 +563,7 @@ def idle_footprint_kib(run: Runtime, rootfs: Any, timeout: float = 10.0) -> list
     try:
         while time.monotonic() < deadline and thread.is_alive() and not sizes:
             inside = []
-            for pid in descendants(os.getpid()):
+            for pid in procfs.descendants(os.getpid()):
                 with contextlib.suppress(OSError):
                     if os.readlink(f"/proc/{pid}/ns/pid") != ns:
                         inside.append(pid)
