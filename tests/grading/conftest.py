@@ -20,6 +20,7 @@ import pytest
 from tests.grading import grading_submissions as s
 from tests.grading.grading_submissions import EXAMPLE_SOURCE
 from vlab.grading.assign import Assignment, assign
+from vlab.grading.bundle import Bundle
 from vlab.grading.runner import find_submissions, grade_all, make_jobs
 
 SECRET = "test-course-secret"
@@ -76,8 +77,7 @@ def batch(
     (root / "invalid.ipynb").write_text("this is not a notebook {")
     found, skipped = find_submissions(root, "00")
     assert not skipped
-    hide = [str(root), str(lab.bundle_path), str(secret_file)]
-    jobs = make_jobs(found, lab.bundle, hide=hide)
+    jobs = make_jobs(found, Bundle.from_dict(lab.bundle))
     with private_tmpdir(batch_tmp):
         results = grade_all(jobs, workers=2, progress=False)
     return {r["student"]: r for r in results}

@@ -1,9 +1,8 @@
-"""``vlab assign``, ``vlab grade`` and ``vlab grade-keys``."""
+"""``vlab assign`` and ``vlab grade``."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -38,21 +37,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     grade.add_argument("--out", type=Path, default=Path("gradebook.csv"), help="gradebook CSV")
     grade.add_argument("--dask", metavar="ADDRESS", help="send the jobs to this Dask scheduler")
     grade.add_argument(
-        "--same-uid",
+        "--no-isolation",
         action="store_true",
-        help="as root, run student code as root (weaker; for images only root can read)",
+        help="where neither root nor user namespaces are available: run student code with your own rights "
+        "(unsafe; recorded in the gradebook)",
     )
     grade.add_argument("--no-progress", action="store_true", help="no progress bar")
     grade.set_defaults(func=_grade)
-
-    keys = subparsers.add_parser(
-        "grade-keys",
-        help="print each student's key (and seed) for a roster",
-        description="Keys come from the instructor secret (VLAB_GRADING_SECRET or its file).",
-    )
-    keys.add_argument("roster", type=Path, help="one student id per line")
-    keys.add_argument("--lab", help="also print the seed of this lab")
-    keys.set_defaults(func=_keys)
 
 
 def _assign(args: argparse.Namespace) -> int:
@@ -87,12 +78,12 @@ def _grade(args: argparse.Namespace) -> int:
         raise VlabError("must be at least 1", field="--workers", value=args.workers)
     bundle_path = args.bundle or _default_bundle(args.lab)
     bundle = load_bundle(bundle_path)
-    if str(bundle["lab"]) != str(args.lab):
+    if bundle.lab != str(args.lab):
         raise VlabError(
-            f"the bundle is for lab {bundle['lab']}",
+            f"the bundle is for lab {bundle.lab}",
             field="--lab",
             value=args.lab,
-            fix=f"pass --lab {bundle['lab']} or the bundle of lab {args.lab}",
+            fix=f"pass --lab {bundle.lab} or the bundle of lab {args.lab}",
         )
     if bundle_path.stat().st_mode & 0o004:
         print(
@@ -108,38 +99,13 @@ def _grade(args: argparse.Namespace) -> int:
             value=str(args.submissions),
             fix=f"lay them out as <student>/{args.lab}-*.ipynb or <student>.ipynb",
         )
-    hide = [str(args.submissions.resolve()), str(bundle_path.resolve())]
-    secret_file = os.environ.get("VLAB_GRADING_SECRET_FILE")
-    if secret_file:
-        hide.append(str(Path(secret_file).resolve()))
-    jobs = make_jobs(submissions, bundle, throwaway_uid=not args.same_uid, hide=hide, embed=bool(args.dask))
+    isolation = "none" if args.no_isolation else "auto"
+    if args.no_isolation:
+        print("warning: --no-isolation: student code runs with your rights, outside any sandbox", file=sys.stderr)
+    jobs = make_jobs(submissions, bundle, isolation=isolation, embed=bool(args.dask))
     started = time.monotonic()
     results = grade_all(jobs, workers=args.workers, dask=args.dask, progress=not args.no_progress)
     summary = write_gradebook(results, args.out, seconds=time.monotonic() - started)
     print(format_summary(summary))
     print(f"gradebook: {args.out}  feedback: {args.out.parent / 'feedback'}")
-    return 0
-
-
-def _keys(args: argparse.Namespace) -> int:
-    from vlab.grading.seeds import SELF_STUDY_SECRET, instructor_secret, seed_for, student_key, valid_student_id
-
-    secret = instructor_secret()
-    if secret == SELF_STUDY_SECRET:
-        print(
-            "warning: no instructor secret set (VLAB_GRADING_SECRET): these are the public self-study keys",
-            file=sys.stderr,
-        )
-    try:
-        students = [line.strip() for line in args.roster.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except OSError as exc:
-        raise VlabError("cannot read the roster", field="roster", value=str(args.roster), detail=str(exc)) from exc
-    print("student,key" + (",seed" if args.lab else ""))
-    for student in students:
-        if not valid_student_id(student):
-            raise VlabError(
-                "not a valid student id", field="roster", value=student, fix="use letters, digits and . @ + - only"
-            )
-        key = student_key(student, secret)
-        print(f"{student},{key}" + (f",{seed_for(student, args.lab, key=key)}" if args.lab else ""))
     return 0

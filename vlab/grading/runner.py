@@ -19,21 +19,21 @@ from pathlib import Path
 from typing import Any
 
 from vlab.errors import VlabError
-from vlab.grading.assign import BUNDLE_FORMAT
-from vlab.grading.sandbox import Job, empty_result, grade_submission, status_of
-from vlab.grading.seeds import student_key, valid_student_id
+from vlab.grading.bundle import Bundle
+from vlab.grading.sandbox import Job, empty_result, grade_submission, isolation_mode, status_of
+from vlab.grading.seeds import valid_student_id
 
 __all__ = ["find_submissions", "grade_all", "load_bundle", "make_jobs"]
 
 
-def load_bundle(path: Path | str) -> dict[str, Any]:
+def load_bundle(path: Path | str) -> Bundle:
     """Read an autograder bundle written by ``vlab assign``.
 
     :raises VlabError: if it is missing or not a bundle.
     """
     path = Path(path)
     try:
-        bundle: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise VlabError(
             "no autograder bundle",
@@ -45,14 +45,7 @@ def load_bundle(path: Path | str) -> dict[str, Any]:
         raise VlabError(
             "cannot read the autograder bundle", field="--bundle", value=str(path), detail=str(exc)
         ) from exc
-    if bundle.get("format") != BUNDLE_FORMAT:
-        raise VlabError(
-            f"not a {BUNDLE_FORMAT} bundle",
-            field="--bundle",
-            value=str(path),
-            fix="regenerate it with `vlab assign`",
-        )
-    return bundle
+    return Bundle.from_dict(data, where=str(path))
 
 
 def _matches(name: str, lab: str) -> bool:
@@ -103,17 +96,18 @@ def find_submissions(root: Path | str, lab: str) -> tuple[list[tuple[str, Path]]
 
 def make_jobs(
     submissions: Iterable[tuple[str, Path]],
-    bundle: dict[str, Any],
+    bundle: Bundle,
     *,
-    secret: str | None = None,
-    throwaway_uid: bool = True,
-    hide: Sequence[str] = (),
+    isolation: str = "auto",
     embed: bool = False,
 ) -> list[Job]:
-    """One :class:`~vlab.grading.sandbox.Job` per submission, with the student's key (not the secret).
+    """One :class:`~vlab.grading.sandbox.Job` per submission.
 
+    :param isolation: ``auto`` or ``none`` (see :func:`~vlab.grading.sandbox.isolation_mode`).
     :param embed: put the notebook's text into the job (for workers on other machines).
+    :raises VlabError: if ``auto`` isolation is impossible on this host (checked once, before any job runs).
     """
+    isolation_mode(isolation)
     jobs = []
     for student, path in submissions:
         text = None
@@ -122,7 +116,7 @@ def make_jobs(
                 text = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError):
                 text = ""  # graded as 'invalid'
-        jobs.append(Job(str(path), student, bundle, student_key(student, secret), throwaway_uid, tuple(hide), text))
+        jobs.append(Job(str(path), student, bundle, isolation, text))
     return jobs
 
 
