@@ -13,7 +13,6 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,6 +20,7 @@ from tests.grading import grading_submissions as s
 from tests.grading.grading_submissions import EXAMPLE_SOURCE
 from vlab.grading.assign import Assignment, assign
 from vlab.grading.bundle import Bundle
+from vlab.grading.results import SubmissionResult
 from vlab.grading.runner import find_submissions, grade_all, make_jobs
 
 SECRET = "test-course-secret"
@@ -54,7 +54,7 @@ def vm_marker() -> str:
 @pytest.fixture(scope="session")
 def batch(
     lab: Assignment, secret_file: Path, vm_marker: str, batch_tmp: Path, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, SubmissionResult]:
     """Every synthetic submission graded in one batch: student name → result."""
     root = tmp_path_factory.mktemp("submissions")
     text = lab.student_text
@@ -80,7 +80,7 @@ def batch(
     jobs = make_jobs(found, Bundle.from_dict(lab.bundle))
     with private_tmpdir(batch_tmp):
         results = grade_all(jobs, workers=2, progress=False)
-    return {r["student"]: r for r in results}
+    return {r.student: r for r in results}
 
 
 @pytest.fixture(scope="session")

@@ -64,9 +64,9 @@ def test_dask_cluster_grades_the_same_and_survives_a_broken_job(lab: Assignment,
         Client(cluster) as client,
     ):
         results = grade_all(jobs, dask=client, progress=False)
-    assert [(r["student"], r["total"], r["status"]) for r in results] == [
+    assert [(r.student, r.total, r.status) for r in results] == [
         ("good", 8, "ok"),
         ("wrong", 5, "ok"),
         ("broken", 0, "grader-error"),
     ]
-    assert "a broken bundle" in results[2]["notes"][0]
+    assert "a broken bundle" in results[2].notes[0]

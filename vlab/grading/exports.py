@@ -302,16 +302,19 @@ def _broken(name: str, exc: Exception) -> Callable[..., Any]:
 
 
 class _ModuleGuard:
-    """The lab's modules as they were before any student code ran here, put back after each piece of it.
+    """The lab's modules (and the builtins) as they were before any student code ran here, put back after it.
 
-    Undoes what a student function's default argument or body assigns to ``vlab.*`` modules (e.g. replacing
-    the function a helper scores with). Student code shares this process, so this is a second line: what
-    decides a grade runs in the grader, which student code never reaches.
+    Undoes what a student function's default argument or body assigns to ``vlab.*`` modules (e.g. replacing the
+    function a helper scores with). Student code shares this process, so this is a second line: every verdict is
+    computed in the grader, which student code never reaches.
     """
 
     def __init__(self) -> None:
-        self._saved = {name: dict(vars(module)) for name, module in sys.modules.items()
-                       if name == "vlab" or name.startswith("vlab.")}
+        self._saved = {
+            name: dict(vars(module))
+            for name, module in sys.modules.items()
+            if name in ("vlab", "builtins") or name.startswith("vlab.")
+        }
 
     def restore(self) -> None:
         for name, saved in self._saved.items():
@@ -326,23 +329,32 @@ class _ModuleGuard:
                     current[key] = value
 
 
-def _host_namespaces(exports: Mapping[str, Any], helpers: Sequence[str]) -> tuple[dict[str, Any], set[str]]:
-    """One namespace for the calls: the locked cells' definitions, with the student's answers added."""
-    import vlab
-    import vlab.grading
+class _Namespaces:
+    """The student's functions (re-created once, before any helper exists) and the locked cells' helpers,
+    defined afresh for every call so that nothing a student function did to them in one call survives."""
 
-    trusted: dict[str, Any] = {"__name__": "vlab_helpers", "vlab": vlab, "__builtins__": __builtins__}
-    for number, source in enumerate(helpers):
-        with contextlib.suppress(Exception):  # a helper that cannot be defined here fails when called
-            exec(compile(definitions(source), f"<locked cell {number}>", "exec"), trusted)
-    helper_names = defined_helpers(helpers)
-    guard = _ModuleGuard()
-    student = _student_namespace(exports)
-    guard.restore()
-    for name, value in student.items():
-        if name not in helper_names and not name.startswith("__"):
-            trusted[name] = value
-    return trusted, helper_names
+    def __init__(self, exports: Mapping[str, Any], helpers: Sequence[str]) -> None:
+        import vlab
+        import vlab.grading
+
+        self._vlab = vlab
+        self._code = [compile(definitions(source), f"<locked cell {n}>", "exec") for n, source in enumerate(helpers)]
+        self.helper_names = defined_helpers(helpers)
+        self.guard = _ModuleGuard()
+        self.student = _student_namespace(exports)
+        self.guard.restore()
+
+    def function(self, name: str) -> Any:
+        if name not in self.helper_names:
+            return self.student[name]
+        trusted: dict[str, Any] = {"__name__": "vlab_helpers", "vlab": self._vlab, "__builtins__": __builtins__}
+        for code in self._code:
+            with contextlib.suppress(Exception):  # a helper that cannot be defined here fails when called
+                exec(code, trusted)
+        for key, value in self.student.items():
+            if key not in self.helper_names and not key.startswith("__"):
+                trusted[key] = value
+        return trusted[name]
 
 
 def _host_main(exports_path: str) -> int:
@@ -352,12 +364,11 @@ def _host_main(exports_path: str) -> int:
     os.dup2(2, 1)  # student prints go to stderr, not into the protocol
     replies = os.fdopen(reply_fd, "w", encoding="utf-8")
     setup = json.loads(sys.stdin.readline() or "{}")
-    namespace, _ = _host_namespaces(load_exports(Path(exports_path)), setup.get("helpers", []))
-    guard = _ModuleGuard()
+    namespaces = _Namespaces(load_exports(Path(exports_path)), setup.get("helpers", []))
     for line in sys.stdin:
         request = json.loads(line)
         try:
-            function = namespace[request["name"]]
+            function = namespaces.function(request["name"])
             value = function(*decode(request["args"]), **decode(request["kwargs"]))
             reply: dict[str, Any] = {"ok": encode(value)}
         except TypeError as exc:
@@ -366,7 +377,7 @@ def _host_main(exports_path: str) -> int:
             reply = {"error": "NotImplementedError", "unanswered": True}
         except BaseException as exc:
             reply = {"error": f"{type(exc).__name__}: {exc}"}
-        guard.restore()
+        namespaces.guard.restore()
         replies.write(json.dumps(reply, allow_nan=True) + "\n")
         replies.flush()
     return 0

@@ -77,30 +77,49 @@ def _problem(entry: LockedCell, cell: dict[str, Any]) -> str | None:
     return None
 
 
+def _out_of_order(places: list[int]) -> set[int]:
+    """Indexes into ``places`` outside one longest increasing run: the fewest cells that were moved."""
+    if not places:
+        return set()
+    best = [1] * len(places)
+    before = [-1] * len(places)
+    for i, place in enumerate(places):
+        for j in range(i):
+            if places[j] < place and best[j] + 1 > best[i]:
+                best[i], before[i] = best[j] + 1, j
+    keep, i = set(), max(range(len(places)), key=best.__getitem__)
+    while i != -1:
+        keep.add(i)
+        i = before[i]
+    return set(range(len(places))) - keep
+
+
 def find_tampering(notebook: dict[str, Any], bundle: Bundle) -> list[Tampering]:
     """Every locked cell that was deleted, edited, turned into another type, duplicated or moved.
 
     A duplicate (a pristine copy beside an edited one) counts however the copies compare: the kernel runs both.
-    Locked cells must keep the bundle's order; cells the student adds may go anywhere.
+    Locked cells must keep the bundle's order (the fewest moved cells are named); cells the student adds may go
+    anywhere.
     """
     positions = _positions(notebook)
     found: list[Tampering] = []
-    last = -1
+    in_place: list[tuple[LockedCell, int]] = []
     for entry in bundle.locked:
         places = positions.get(entry.cell, [])
+        problem = None
         if not places:
-            found.append(Tampering(entry.cell, entry.question, "deleted"))
-            continue
-        if len(places) > 1:
-            found.append(Tampering(entry.cell, entry.question, "duplicated"))
-            continue
-        problem = _problem(entry, notebook["cells"][places[0]])
-        if entry.sha256:  # the release cell is written per student: only its presence and type are compared
-            if problem is None and places[0] < last:
-                problem = "reordered"
-            last = max(last, places[0])
+            problem = "deleted"
+        elif len(places) > 1:
+            problem = "duplicated"
+        else:
+            problem = _problem(entry, notebook["cells"][places[0]])
+            if problem is None and entry.sha256:  # the release cell is per student: presence and type only
+                in_place.append((entry, places[0]))
         if problem is not None:
             found.append(Tampering(entry.cell, entry.question, problem))
+    for index in sorted(_out_of_order([place for _, place in in_place])):
+        entry = in_place[index][0]
+        found.append(Tampering(entry.cell, entry.question, "reordered"))
     return found
 
 

@@ -20,7 +20,8 @@ from typing import Any
 
 from vlab.errors import VlabError
 from vlab.grading.bundle import Bundle
-from vlab.grading.sandbox import Job, empty_result, grade_submission, isolation_mode, status_of
+from vlab.grading.results import SubmissionResult
+from vlab.grading.sandbox import Job, empty_result, grade_submission, isolation_mode
 from vlab.grading.seeds import valid_student_id
 
 __all__ = ["find_submissions", "grade_all", "load_bundle", "make_jobs"]
@@ -120,15 +121,18 @@ def make_jobs(
     return jobs
 
 
-def _safe(job: Job) -> dict[str, Any]:
+def _failed(job: Job, why: str) -> SubmissionResult:
+    result = empty_result(job)
+    result.flag("grader-error")
+    result.notes.append(why)
+    return result
+
+
+def _safe(job: Job) -> SubmissionResult:
     try:
         return grade_submission(job)
     except Exception as exc:  # the grader's own failure: recorded, the batch goes on
-        result = empty_result(job)
-        result["flags"] = ["grader-error"]
-        result["status"] = status_of(result["flags"])
-        result["notes"].append(f"{type(exc).__name__}: {exc}")
-        return result
+        return _failed(job, f"{type(exc).__name__}: {exc}")
 
 
 def grade_all(
@@ -137,8 +141,8 @@ def grade_all(
     workers: int | None = None,
     dask: str | Any = None,
     progress: bool = True,
-    on_result: Callable[[dict[str, Any]], None] | None = None,
-) -> list[dict[str, Any]]:
+    on_result: Callable[[SubmissionResult], None] | None = None,
+) -> list[SubmissionResult]:
     """Grade ``jobs`` and return their results (in the order of ``jobs``).
 
     :param workers: local parallelism (default: the number of CPUs).
@@ -147,12 +151,12 @@ def grade_all(
     """
     from tqdm.auto import tqdm
 
-    results: dict[int, dict[str, Any]] = {}
+    results: dict[int, SubmissionResult] = {}
     bar = tqdm(total=len(jobs), unit="submission", disable=not progress, desc="grading")
 
-    def done(index: int, result: dict[str, Any]) -> None:
+    def done(index: int, result: SubmissionResult) -> None:
         results[index] = result
-        bar.set_postfix_str(f"{result['student']}: {result['status']}", refresh=False)
+        bar.set_postfix_str(f"{result.student}: {result.status}", refresh=False)
         bar.update(1)
         if on_result is not None:
             on_result(result)
@@ -170,7 +174,7 @@ def grade_all(
     return [results[i] for i in range(len(jobs))]
 
 
-def _run_dask(jobs: Sequence[Job], dask: str | Any, done: Callable[[int, dict[str, Any]], None]) -> None:
+def _run_dask(jobs: Sequence[Job], dask: str | Any, done: Callable[[int, SubmissionResult], None]) -> None:
     from distributed import Client
     from distributed import as_completed as dask_completed
 
@@ -183,10 +187,7 @@ def _run_dask(jobs: Sequence[Job], dask: str | Any, done: Callable[[int, dict[st
             try:
                 result = future.result()
             except Exception as exc:  # a lost worker: recorded, the batch goes on
-                result = empty_result(jobs[i])
-                result["flags"] = ["grader-error"]
-                result["status"] = status_of(result["flags"])
-                result["notes"].append(f"dask: {type(exc).__name__}: {exc}")
+                result = _failed(jobs[i], f"dask: {type(exc).__name__}: {exc}")
             done(i, result)
     finally:
         if isinstance(dask, str):

@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -60,24 +61,11 @@ from vlab.grading.jail import (
     userns_available,
 )
 from vlab.grading.mounts import student_readonly
+from vlab.grading.results import CellError, QuestionScore, SubmissionResult
 from vlab.paths import images_dir
 
-__all__ = ["FLAGS", "MAX_MESSAGE_BYTES", "Job", "empty_result", "grade_submission", "isolation_mode", "status_of"]
+__all__ = ["MAX_MESSAGE_BYTES", "Job", "empty_result", "grade_submission", "isolation_mode"]
 
-#: Status flags in the order the status string lists them.
-FLAGS = (
-    "invalid",
-    "tampered",
-    "timeout",
-    "memory",
-    "processes",
-    "kernel-died",
-    "errors",
-    "export-failed",
-    "unanswered",
-    "leftovers",
-    "grader-error",
-)
 _QUIET_ERRORS = {"NotImplementedError", "CellTimeout", "KeyboardInterrupt", "MemoryError", "BlockingIOError"}
 #: The largest kernel message the supervisor accepts (a bigger one is dropped by ZeroMQ, unread).
 MAX_MESSAGE_BYTES = 8 * 2**20
@@ -131,40 +119,17 @@ def isolation_mode(requested: str = "auto") -> str:
     )
 
 
-def empty_result(job: Job) -> dict[str, Any]:
+def empty_result(job: Job) -> SubmissionResult:
     """The result of a submission before anything ran: every question 0."""
-    return {
-        "student": job.student,
-        "lab": job.bundle.lab,
-        "submission": job.submission,
-        "status": "ok",
-        "flags": [],
-        "isolation": job.isolation,
-        "questions": {
-            q: {"score": 0.0, "max": info.points, "tampered": False} for q, info in job.bundle.questions.items()
-        },
-        "total": 0.0,
-        "max": job.bundle.max_points,
-        "checks": [],
-        "cell_errors": [],
-        "tampered_cells": [],
-        "leftovers": [],
-        "export_problems": {},
-        "notes": [],
-        "output_bytes": 0,
-        "seconds": 0.0,
-    }
-
-
-def status_of(flags: list[str]) -> str:
-    """``ok``, or the flags joined by ``+`` in :data:`FLAGS` order."""
-    ordered = [f for f in FLAGS if f in flags]
-    return "+".join(ordered) if ordered else "ok"
-
-
-def _flag(result: dict[str, Any], name: str) -> None:
-    if name not in result["flags"]:
-        result["flags"].append(name)
+    questions = {q: QuestionScore(0.0, info.points) for q, info in job.bundle.questions.items()}
+    return SubmissionResult(
+        student=job.student,
+        lab=job.bundle.lab,
+        submission=job.submission,
+        questions=questions,
+        max=job.bundle.max_points,
+        isolation=job.isolation,
+    )
 
 
 def _student_seed(student: str, bundle: Bundle) -> int:
@@ -224,9 +189,13 @@ def _kernel_manager(spec: JailSpec, conn: Path) -> Any:
         def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
             return spec.command(super().format_kernel_cmd(extra_arguments))
 
+        def client(self, **kwargs: Any) -> Any:
+            client = super().client(**kwargs)
+            client.context.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)  # a bigger message is dropped unread
+            return client
+
     manager = JailedKernelManager(kernel_name="python3", transport="ipc", ip=str(conn / "k"))
     manager.connection_file = str(conn / "kernel.json")
-    manager.context.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
     manager.write_connection_file()
     os.chmod(manager.connection_file, 0o644)  # the kernel's uid reads it; conn/ is its own, 0700, untouched yet
     return manager
@@ -300,9 +269,9 @@ async def _run_cells(
             run.notebook_timeout = True
             break
     if not run.died and not run.notebook_timeout:
-        client.timeout = 20
+        client.timeout = int(_export_timeout(limits))
         try:
-            await asyncio.wait_for(client.async_execute_cell(export_cell, student_cells), 25)
+            await asyncio.wait_for(client.async_execute_cell(export_cell, student_cells), client.timeout + 5)
             run.exported = True
         except DeadKernelError:
             run.died = True
@@ -313,6 +282,11 @@ async def _run_cells(
     run.export_errors = [f"{e['ename']}: {e['evalue']}" for e in run.errors if e["cell"] >= student_cells]
     run.errors = [e for e in run.errors if e["cell"] < student_cells]
     run.exported = run.exported and not run.export_errors
+
+
+def _export_timeout(limits: Limits) -> float:
+    """Seconds the export cell may take: like any cell, but at least 5 s."""
+    return max(5.0, limits.cell_timeout)
 
 
 def _leftovers(jail_pid: int | None, cgroup: Cgroup | None) -> list[dict[str, Any]]:
@@ -392,17 +366,17 @@ def _student_env(work: Path, job: Job, mode: str) -> dict[str, str]:
     }
 
 
-def _score(result: dict[str, Any], checks: list[CheckResult], tampered: list[dict[str, Any]]) -> None:
-    result["checks"] = [c.as_dict() for c in checks]
-    zeroed = {t["question"] for t in tampered}
-    for qid, entry in result["questions"].items():
-        entry["score"] = float(sum(c.score for c in checks if c.question == qid))
-        entry["tampered"] = qid in zeroed or None in zeroed
-        if entry["tampered"]:
-            entry["score"] = 0.0
-    result["total"] = float(sum(e["score"] for e in result["questions"].values()))
+def _score(result: SubmissionResult, checks: list[CheckResult]) -> None:
+    result.checks = [c.as_dict() for c in checks]
+    zeroed = {t["question"] for t in result.tampered_cells}
+    for qid, entry in result.questions.items():
+        entry.score = float(sum(c.score for c in checks if c.question == qid))
+        entry.tampered = qid in zeroed or None in zeroed
+        if entry.tampered:
+            entry.score = 0.0
+    result.total = float(sum(e.score for e in result.questions.values()))
     if any(c.unanswered for c in checks):
-        _flag(result, "unanswered")
+        result.flag("unanswered")
 
 
 def _runnable(raw: dict[str, Any], exports: tuple[str, ...], exports_path: Path) -> tuple[Any, Any]:
@@ -426,20 +400,20 @@ def _runnable(raw: dict[str, Any], exports: tuple[str, ...], exports_path: Path)
     return notebook, export_cell
 
 
-def _record_run(result: dict[str, Any], run: _Run, cgroup: Cgroup | None) -> None:
-    result["leftovers"] = run.leftovers
-    result["cell_errors"] = run.errors
-    result["output_bytes"] = run.output_bytes
+def _record_run(result: SubmissionResult, run: _Run, cgroup: Cgroup | None) -> None:
+    result.leftovers = run.leftovers
+    result.cell_errors = [CellError(**e) for e in run.errors]
+    result.output_bytes = run.output_bytes
     _classify(result, run, run.errors, cgroup)
     if run.kernel_stderr.strip():
-        result["notes"].append("the kernel died; the end of its stderr:\n" + run.kernel_stderr.strip())
+        result.notes.append("the kernel died; the end of its stderr:\n" + run.kernel_stderr.strip())
     if not run.exported:
         why = f" ({'; '.join(run.export_errors)})" if run.export_errors else ""
         if run.export_timeout:
-            why = " (the export did not finish in 20 s)"
-        result["notes"].append(f"the notebook's names could not be exported{why}: every question scores 0")
+            why = " (the export did not finish in time)"
+        result.notes.append(f"the notebook's names could not be exported{why}: every question scores 0")
         if run.export_errors or run.export_timeout:
-            _flag(result, "export-failed")
+            result.flag("export-failed")
 
 
 def _read_text(job: Job) -> str | bytes:
@@ -476,25 +450,24 @@ def _make_private_dirs(uid: int | None) -> tuple[Path, int, int]:
     return base, fds[0], fds[1]
 
 
-def _supervise(job: Job) -> dict[str, Any]:
+def _supervise(job: Job) -> SubmissionResult:
     started = time.monotonic()
     result = empty_result(job)
     bundle, limits = job.bundle, job.bundle.limits
+    mode = isolation_mode(job.isolation)
+    result.isolation = mode
     try:
         raw, why = parse_submission(_read_text(job))
     except OSError as exc:
         raw, why = None, f"the submission cannot be read: {exc.strerror or exc}"
     if raw is None:
-        _flag(result, "invalid")
-        result["notes"].append(why)
+        result.flag("invalid")
+        result.notes.append(why)
         return result
-    tampered = [t.as_dict() for t in find_tampering(raw, bundle)]
-    result["tampered_cells"] = tampered
-    if tampered:
-        _flag(result, "tampered")
+    result.tampered_cells = [t.as_dict() for t in find_tampering(raw, bundle)]
+    if result.tampered_cells:
+        result.flag("tampered")
     helpers = verified_sources(raw, bundle)
-    mode = isolation_mode(job.isolation)
-    result["isolation"] = mode
     uid = _throwaway_uid() if mode == "root" else None
     base, work_fd, conn_fd = _make_private_dirs(uid)
     work = base / "work"
@@ -525,18 +498,21 @@ def _supervise(job: Job) -> dict[str, Any]:
         notebook, export_cell = _runnable(raw, bundle.exports, work / EXPORTS_FILE)
         run = asyncio.run(_execute(notebook, export_cell, spec, env, limits, cgroup, (conn_fd, stderr_fd)))
         sweep(cgroup, [run.jail_pid] if run.jail_pid else [])
+        if mode == "none" and run.jail_pid:  # no namespace to end: at least the kernel's process group
+            with contextlib.suppress(OSError):
+                os.killpg(run.jail_pid, signal.SIGKILL)
         if run.died:
             run.kernel_stderr = _tail(stderr_fd)
         _record_run(result, run, cgroup)
         exports = load_exports(Path(EXPORTS_FILE), dir_fd=work_fd)
-        result["export_problems"] = {
+        result.export_problems = {
             **{name: "not defined" for name in exports["missing"]},
             **exports["unexportable"],
             **({"*": exports["error"]} if "error" in exports else {}),
         }
         if exports["unexportable"] or (run.exported and "error" in exports):
-            _flag(result, "export-failed")
-        _score(result, _run_checks(job, exports, spec, env, helpers), tampered)
+            result.flag("export-failed")
+        _score(result, _run_checks(job, exports, spec, env, helpers))
     finally:
         sweep(cgroup)
         if cgroup is not None:
@@ -544,34 +520,33 @@ def _supervise(job: Job) -> dict[str, Any]:
         for fd in (work_fd, conn_fd, stderr_fd):
             os.close(fd)
         shutil.rmtree(base, ignore_errors=True)  # fd-based: never follows a symlink the student left
-        result["seconds"] = round(time.monotonic() - started, 3)
+        result.seconds = round(time.monotonic() - started, 3)
     return result
 
 
-def _classify(result: dict[str, Any], run: _Run, errors: list[dict[str, Any]], cgroup: Cgroup | None) -> None:
+def _classify(result: SubmissionResult, run: _Run, errors: list[dict[str, Any]], cgroup: Cgroup | None) -> None:
     names = {e["ename"] for e in errors}
     if run.notebook_timeout or "CellTimeout" in names:
-        _flag(result, "timeout")
+        result.flag("timeout")
     oom = cgroup.counter("memory", "memory.oom_control", "oom_kill") if cgroup else 0
     if "MemoryError" in names or oom:
-        _flag(result, "memory")
+        result.flag("memory")
     if "BlockingIOError" in names or (cgroup and cgroup.counter("pids", "pids.events", "max")):
-        _flag(result, "processes")
+        result.flag("processes")
     if run.died:
-        _flag(result, "kernel-died")
+        result.flag("kernel-died")
     if names - _QUIET_ERRORS:
-        _flag(result, "errors")
+        result.flag("errors")
     if "NotImplementedError" in names:
-        _flag(result, "unanswered")
+        result.flag("unanswered")
     if run.leftovers:
-        _flag(result, "leftovers")
+        result.flag("leftovers")
 
 
-def _grader_error(job: Job, message: str) -> dict[str, Any]:
+def _grader_error(job: Job, message: str) -> SubmissionResult:
     result = empty_result(job)
-    result["flags"] = ["grader-error"]
-    result["status"] = status_of(result["flags"])
-    result["notes"].append(message[-2000:])
+    result.flag("grader-error")
+    result.notes.append(message[-2000:])
     return result
 
 
@@ -586,7 +561,7 @@ def _supervisor_env() -> dict[str, str]:
     }
 
 
-def grade_submission(job: Job) -> dict[str, Any]:
+def grade_submission(job: Job) -> SubmissionResult:
     """Grade one submission in a fresh supervisor process; never raises for a bad submission."""
     limits = job.bundle.limits
     budget = limits.notebook_timeout + 60 + 10 * limits.call_timeout
@@ -613,8 +588,8 @@ def grade_submission(job: Job) -> dict[str, Any]:
                 group.remove()
             return _grader_error(job, f"the grader gave up after {budget:g} s")
         try:
-            result: dict[str, Any] = json.loads(result_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            result = SubmissionResult.from_dict(json.loads(result_file.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError):
             return _grader_error(job, f"the supervisor failed (exit {proc.returncode}): {stderr.strip()[-2000:]}")
     return result
 
@@ -640,10 +615,9 @@ def _main(argv: list[str]) -> int:
         result = _supervise(job)
     except VlabError as exc:
         result = _grader_error(job, str(exc))
-    result["status"] = status_of(result["flags"])
-    result["supervisor_peak_mib"] = _peak_mib()
+    result.supervisor_peak_mib = _peak_mib()
     tmp = Path(argv[0] + ".part")
-    tmp.write_text(json.dumps(result), encoding="utf-8")
+    tmp.write_text(json.dumps(result.to_dict()), encoding="utf-8")
     os.replace(tmp, argv[0])
     return 0
 
