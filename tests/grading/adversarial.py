@@ -125,6 +125,15 @@ def move_to_end(nb: Notebook, cell_id: str) -> None:
     nb["cells"].append(nb["cells"].pop(_index(nb, cell_id)))
 
 
+def keep_only_graded_code(nb: Notebook) -> None:
+    """Drop every code cell that is neither locked, an answer nor the attack's own (a student may delete them)."""
+    nb["cells"] = [
+        c
+        for c in nb["cells"]
+        if c["cell_type"] != "code" or c.get("metadata", {}).get("vlab") or str(c.get("id", "")).startswith("extra")
+    ]
+
+
 def strip_ids(nb: Notebook) -> None:
     for cell in nb["cells"]:
         cell.pop("id", None)
@@ -357,5 +366,6 @@ ATTACKS = [
             "solution q5": "# vlab: solution q5\ndef answer_q5():\n    return {'c', 'd'}",
         },
         extra=(("solution q5", LAB01_LEAVES_VM), ("solution q5", READS_COURSE.replace("raise RuntimeError", "print"))),
+        mangle=keep_only_graded_code,
     ),
 ]

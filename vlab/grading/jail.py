@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vlab.grading.mounts import build_root
+from vlab.grading.mounts import build_root, libc_call
 from vlab.host.cgroups import Cgroup as HostCgroup
 
 __all__ = [
@@ -115,18 +115,8 @@ def jail_command(spec_json: str, argv: Sequence[str]) -> list[str]:
     return [sys.executable, "-I", "-m", "vlab.grading.jail", spec_json, "--", *argv]
 
 
-def _libc_call(name: str, *args: object) -> int:
-    libc = ctypes.CDLL(None, use_errno=True)
-    encoded = [a.encode() if isinstance(a, str) else a for a in args]
-    result = int(getattr(libc, name)(*encoded))
-    if result == -1:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"{name}{tuple(args)!r}: {os.strerror(errno)}")
-    return result
-
-
 def _prctl(option: int, value: int) -> int:
-    return _libc_call("prctl", option, ctypes.c_ulong(value), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+    return libc_call("prctl", option, ctypes.c_ulong(value), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
 
 
 def _set_limit(which: int, value: int) -> None:
@@ -165,7 +155,7 @@ def userns_available() -> bool:
     if pid == 0:  # probe in a child: unshare cannot be undone
         code = 1
         try:
-            _libc_call("unshare", _CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWPID | _CLONE_NEWNET)
+            libc_call("unshare", _CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWPID | _CLONE_NEWNET)
             _map_own_ids()
             code = 0
         finally:
@@ -229,7 +219,7 @@ def enter(spec: JailSpec, argv: Sequence[str]) -> None:
         flags = _CLONE_NEWNS | _CLONE_NEWPID | _CLONE_NEWNET | _CLONE_NEWIPC | _CLONE_NEWUTS
         if spec.mode == "userns":
             flags |= _CLONE_NEWUSER
-        _libc_call("unshare", flags)
+        libc_call("unshare", flags)
         if spec.mode == "userns":
             _map_own_ids()
         init = os.fork()

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["SYSTEM_READONLY", "build_root", "student_readonly"]
+__all__ = ["SYSTEM_READONLY", "build_root", "libc_call", "student_readonly"]
 
 #: Host system directories every student process may read.
 SYSTEM_READONLY = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32", "/sys")
@@ -34,19 +34,18 @@ _MNT_DETACH = 2
 _PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41}  # syscall numbers: glibc has no wrapper
 
 
-def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+def libc_call(name: str, *args: object) -> int:
+    """Call a libc function (strings encoded); an OSError naming it and its arguments when it returns -1."""
     libc = ctypes.CDLL(None, use_errno=True)
-    args = [None if a is None else a.encode() for a in (source, target, fstype)]
-    if libc.mount(*args, ctypes.c_ulong(flags), None if data is None else data.encode()) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"mount {source} on {target}: {os.strerror(errno)}")
-
-
-def _syscall(name: str, *args: object) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if getattr(libc, name)(*[a.encode() if isinstance(a, str) else a for a in args]) != 0:
+    result = int(getattr(libc, name)(*[a.encode() if isinstance(a, str) else a for a in args]))
+    if result == -1:
         errno = ctypes.get_errno()
         raise OSError(errno, f"{name}{args!r}: {os.strerror(errno)}")
+    return result
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    libc_call("mount", source, target, fstype, ctypes.c_ulong(flags), data)
 
 
 def student_readonly() -> tuple[str, ...]:
@@ -117,8 +116,8 @@ def build_root(stage: str, *, workdir: str, writable: Iterable[str] = (), readon
     os.makedirs(stage + "/proc", exist_ok=True)
     _mount("proc", stage + "/proc", "proc", _MS_NOSUID | _MS_NODEV)
     os.makedirs(stage + "/.old", exist_ok=True)
-    _syscall("syscall", ctypes.c_long(_PIVOT_ROOT[os.uname().machine]), stage.encode(), (stage + "/.old").encode())
+    libc_call("syscall", ctypes.c_long(_PIVOT_ROOT[os.uname().machine]), stage, stage + "/.old")
     os.chdir("/")
-    _syscall("umount2", "/.old", _MNT_DETACH)
+    libc_call("umount2", "/.old", _MNT_DETACH)
     os.rmdir("/.old")
     _mount(None, "/", None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
