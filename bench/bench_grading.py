@@ -78,17 +78,17 @@ def main() -> int:
         elapsed = time.perf_counter() - started
         bare_wall = bare_nbclient_wall([path for _, path in found], args.workers)
 
-    wrong = [r["student"] for r in results if (r["total"], r["status"]) != (8, "ok")]
+    wrong = [r.student for r in results if (r.total, r.status) != (8, "ok")]
     if wrong:
         print(f"error: these submissions were not graded 8/8 ok: {wrong}", file=sys.stderr)
         return 1
-    isolation = sorted({r["isolation"] for r in results})
+    isolation = sorted({r.isolation for r in results})
     if isolation not in (["root"], ["userns"]):
         print(f"error: graded without full isolation: {isolation}", file=sys.stderr)
         return 1
     cores = min(args.workers, os.cpu_count() or 1)
     per_minute_per_core = len(results) / elapsed * 60 / cores
-    supervisor = statistics.median(r["seconds"] for r in results)
+    supervisor = statistics.median(r.seconds for r in results)
     bare_rate = len(results) / bare_wall * 60 / cores
     met = "met" if per_minute_per_core >= TARGET_PER_MINUTE_PER_CORE else "NOT met"
     facts = {
