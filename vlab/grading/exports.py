@@ -7,8 +7,10 @@
    JSON-able globals, found by parsing the source).
 2. **In the grader**, :class:`GradedExports` gives checks attribute access to those values; a
    function becomes a proxy that sends its arguments to a :class:`StudentHost`, a separate
-   jailed process that re-creates the functions from source and runs them (with a timeout per
-   call). Student code thus never runs in the process that computes the grade: whatever it
+   jailed process that re-creates the functions from source in a fresh namespace and runs them
+   (with a timeout per call). A helper that a locked cell defines (e.g. ``drive``) is always the
+   instructor's: its source comes from the cell whose checksum matches the bundle, never from the
+   kernel. Student code thus never runs in the process that computes the grade: whatever it
    monkeypatches, it patches in its own process.
 
 Only JSON crosses the boundary in either direction; nothing is unpickled.

@@ -6,7 +6,7 @@ it. Nothing else of the host exists inside -- no source notebooks, bundles, grad
 submissions or home directories -- whatever the host's directory modes are:
 
 * read-only: the system (``/usr``, ``/etc`` and the ``/bin``, ``/lib`` links), the Python
-  environment, the vlab package and the guest images (:func:`student_readonly`);
+  environment, the vlab package, the guest images and their sources (:func:`student_readonly`);
 * read-write: the submission's working directory (and the kernel's connection directory);
 * fresh and private: ``/tmp``, ``/var/tmp``, ``/dev/shm`` and ``/run`` (tmpfs, gone with the
   namespace), a ``/proc`` of the new pid namespace, a minimal ``/dev``.
@@ -49,15 +49,18 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
 
 
 def student_readonly() -> tuple[str, ...]:
-    """What a student process needs to read besides the system: this Python, its packages, vlab, the images.
+    """What a student process needs to read besides the system: this Python, its packages, vlab, the guest
+    images and their sources (``vm-images/``).
 
-    Only the ``vlab`` package directory is bound, never the checkout around it (``labs/source`` is there).
+    Only those directories are bound, never the checkout around them (``labs/source`` is there).
     """
     import vlab
-    from vlab.paths import images_dir
+    from vlab.paths import images_dir, vm_images_src
 
     wanted = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}
     wanted.add(str(Path(vlab.__file__).resolve().parent))
+    if vm_images_src().is_dir():  # the guest programs' sources: the toy VMM assembles them on demand
+        wanted.add(str(vm_images_src().resolve()))
     if images_dir().is_dir():
         wanted.add(str(images_dir().resolve()))
     wanted.update(p for p in sys.path if p and os.path.isdir(p) and "site-packages" in p)
