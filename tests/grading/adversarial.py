@@ -126,10 +126,14 @@ def move_to_end(nb: Notebook, cell_id: str) -> None:
 
 
 def keep_only_graded_code(nb: Notebook) -> None:
-    """Drop every code cell that is neither locked, an answer nor the attack's own (a student may delete them)."""
-    nb["cells"] = [
+    """After the params cell, drop every code cell that is neither locked, an answer nor the attack's own (a
+    student may delete them: here, the cells that boot VMs)."""
+    params = next(
+        i for i, c in enumerate(nb["cells"]) if (c.get("metadata", {}).get("vlab") or {}).get("role") == "params"
+    )
+    nb["cells"] = nb["cells"][: params + 1] + [
         c
-        for c in nb["cells"]
+        for c in nb["cells"][params + 1 :]
         if c["cell_type"] != "code" or c.get("metadata", {}).get("vlab") or str(c.get("id", "")).startswith("extra")
     ]
 
@@ -264,7 +268,7 @@ def build(student_text: str, attack: Attack, canary: str, marker: str) -> str:
     for key, source in attack.answers.items():
         nb["cells"][_index(nb, key)]["source"] = fill(source)
     for number, (after, source) in enumerate(attack.extra):
-        cell = {
+        cell: dict[str, Any] = {
             "cell_type": "code",
             "id": f"extra{number}",
             "metadata": {},

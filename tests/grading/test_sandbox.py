@@ -114,3 +114,17 @@ def _processes_with(marker: str, where: str = "cmdline") -> list[int]:
             except OSError:
                 pass
     return found
+
+
+def test_without_root_or_user_namespaces_grading_is_refused_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host that allows neither is faked here (this one allows both): geteuid and the probe are patched."""
+    from vlab.errors import VlabError
+    from vlab.grading import sandbox
+
+    monkeypatch.setattr(sandbox.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(sandbox, "userns_available", lambda: False)
+    with pytest.raises(VlabError, match="--no-isolation"):
+        sandbox.isolation_mode("auto")
+    assert sandbox.isolation_mode("none") == "none"
+    monkeypatch.setattr(sandbox, "userns_available", lambda: True)
+    assert sandbox.isolation_mode("auto") == "userns"
