@@ -1,4 +1,4 @@
-"""The command line: vlab assign (and --check), vlab grade."""
+"""The command line: vlab assign (and --check) and vlab grade."""
 
 from __future__ import annotations
 

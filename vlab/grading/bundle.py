@@ -13,11 +13,9 @@ from typing import Any
 
 from vlab.errors import VlabError
 from vlab.grading.assign import BUNDLE_FORMAT, DEFAULT_LIMITS
+from vlab.grading.seeds import DEFAULT_COURSE
 
-__all__ = ["DEFAULT_COURSE", "Bundle", "CheckSource", "Limits", "LockedCell", "Question"]
-
-#: The course of a bundle written without ``vlab assign --course``.
-DEFAULT_COURSE = "self-study"
+__all__ = ["Bundle", "CheckSource", "Limits", "LockedCell", "Question"]
 
 
 @dataclass(frozen=True)

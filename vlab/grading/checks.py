@@ -117,7 +117,8 @@ class CheckResult:
     hidden: bool
     passed: bool
     message: str = ""
-    unanswered: bool = False  # the student's function is still the stub
+    #: The check failed because the student's stub still raises NotImplementedError.
+    unanswered: bool = False
 
     @property
     def score(self) -> float:
@@ -132,7 +133,6 @@ class CheckResult:
             "hidden": self.hidden,
             "passed": self.passed,
             "message": self.message if reveal or not self.hidden else "",
-            "unanswered": self.unanswered,
         }
 
 

@@ -23,6 +23,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     assign.add_argument("sources", nargs="+", type=Path, metavar="SOURCE", help="source notebooks")
     assign.add_argument("--out", type=Path, help="directory for student notebooks (default: SOURCE/../..)")
     assign.add_argument("--check", action="store_true", help="write nothing; exit 1 if any output is stale")
+    assign.add_argument(
+        "--course",
+        default=None,
+        help="course id written into every copy and the bundle (the seeds depend on it; default: self-study)",
+    )
+    assign.add_argument(
+        "--roster",
+        type=Path,
+        help="one student id per line: also write OUT/release/<student>/NN-x.ipynb, a copy that knows its student",
+    )
     assign.set_defaults(func=_assign)
 
     grade = subparsers.add_parser(
@@ -46,17 +56,31 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     grade.set_defaults(func=_grade)
 
 
+def _read_roster(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VlabError("cannot read the roster", field="--roster", value=str(path), detail=str(exc)) from exc
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
 def _assign(args: argparse.Namespace) -> int:
     from vlab.grading.assign import assign, is_stale
+    from vlab.grading.seeds import DEFAULT_COURSE
 
+    course = args.course or DEFAULT_COURSE
+    roster = _read_roster(args.roster) if args.roster else None
     stale = []
     for source in args.sources:
         if args.check:
-            if is_stale(source, args.out):
+            if is_stale(source, args.out, course=course):
                 stale.append(str(source))
             continue
-        result = assign(source, args.out)
+        result = assign(source, args.out, course=course, roster=roster)
         print(f"{source} → {result.student_path} + {result.bundle_path}")
+        if result.released:
+            where = result.released[0][1].parent.parent
+            print(f"  {len(result.released)} released copies in {where}/<student>/{result.student_path.name}")
     for source in stale:
         print(f"stale: {source} (run `vlab assign {source}`)")
     return 1 if stale else 0

@@ -133,8 +133,8 @@ def empty_result(job: Job) -> SubmissionResult:
 
 
 def _student_seed(student: str, bundle: Bundle) -> int:
-    """The student's seed, as the kernel computes it (the one place that knows how ``seeds`` is called)."""
-    return seeds.seed_for(student, bundle.lab, secret=seeds.SELF_STUDY_SECRET)
+    """The student's seed, as the kernel computes it (no secret: what is hidden are the checks)."""
+    return seeds.seed_for(student, bundle.lab, bundle.course)
 
 
 # --- step 2 and 3: execute ----------------------------------------------------------------------
@@ -375,8 +375,14 @@ def _score(result: SubmissionResult, checks: list[CheckResult]) -> None:
         if entry.tampered:
             entry.score = 0.0
     result.total = float(sum(e.score for e in result.questions.values()))
-    if any(c.unanswered for c in checks):
-        result.flag("unanswered")
+    if checks and all(_unanswered(qid, checks) for qid in result.questions):
+        result.flag("unanswered")  # a blank submission: no question was even attempted
+
+
+def _unanswered(question: str, checks: list[CheckResult]) -> bool:
+    """No check of ``question`` passed and one found the student's stub still raising NotImplementedError."""
+    mine = [c for c in checks if c.question == question]
+    return not any(c.passed for c in mine) and any(c.unanswered for c in mine)
 
 
 def _runnable(raw: dict[str, Any], exports: tuple[str, ...], exports_path: Path) -> tuple[Any, Any]:
