@@ -363,7 +363,7 @@ ATTACKS = [
         "lab01-leaves-vm",
         "01",
         "6",
-        "unanswered+leftovers",
+        "leftovers",  # q4 and q5 are answered: not a blank submission
         3,
         {
             "solution q4": "# vlab: solution q4\ndef answer_q4():\n    return 'B'",

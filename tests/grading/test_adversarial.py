@@ -133,7 +133,7 @@ def test_nothing_the_attacks_started_is_running(graded: dict[str, SubmissionResu
     assert _processes_with(course.marker) == []
     for result in graded.values():  # every leftover the grader reported (the lab 01 VM has no marker) is gone
         for process in result.leftovers:
-            assert _command(process["pid"]) != process["command"], process
+            assert not _still_running(process["pid"], process["command"]), process
 
 
 def test_no_host_file_changed_or_left_behind(graded: dict[str, SubmissionResult], course: Course) -> None:
@@ -186,12 +186,14 @@ def test_tampering_names_the_problem(graded: dict[str, SubmissionResult]) -> Non
     }
 
 
-def _command(pid: int) -> str:
+def _still_running(pid: int, command: str) -> bool:
+    """Whether ``pid`` is still the process the grader reported (by command line, or ``[comm]`` without one)."""
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
-        return ""
-    return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:300]
+        return False
+    return command in (cmdline.strip()[:300], f"[{comm}]")
 
 
 def _processes_with(marker: str) -> list[str]:

@@ -300,6 +300,8 @@ def _leftovers(jail_pid: int | None, cgroup: Cgroup | None) -> list[dict[str, An
             continue
         with contextlib.suppress(OSError):
             command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if not command.strip():  # a zombie leader whose other threads run on has no command line
+                command = "[" + Path(f"/proc/{pid}/comm").read_text().strip() + "]"
             found.append({"pid": pid, "command": command.strip()[:300]})
     return found
 
