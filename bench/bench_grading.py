@@ -1,7 +1,8 @@
 """How many submissions `vlab grade` grades per minute per core, for the example lab.
 
 Grades N copies of a correct submission of tests/grading/data/source/00-example.ipynb through
-the full sandbox (supervisor process, jailed kernel, export, checks in a jailed host, sweep),
+the full sandbox (supervisor process; kernel and student host each in an allow-list root with new
+mount, pid, network namespaces and a throw-away uid or a user namespace; export; checks; sweep),
 with one worker per core, and compares with a baseline measured in the same run: the same
 notebooks executed by a bare nbclient (a process each, same parallelism, no sandbox, no checks).
 The machine's load average is printed too: the rates are only comparable at similar load.
@@ -30,6 +31,7 @@ sys.path.insert(0, str(REPO / "tests" / "grading"))
 import grading_submissions as subs  # noqa: E402
 
 from vlab.grading.assign import build  # noqa: E402
+from vlab.grading.bundle import Bundle  # noqa: E402
 from vlab.grading.runner import grade_all, make_jobs  # noqa: E402
 
 SOURCE = REPO / "tests" / "grading" / "data" / "source" / "00-example.ipynb"
@@ -69,20 +71,24 @@ def main() -> int:
         root = Path(tmp)
         text = subs.build_submission(assignment.student_text, subs.CORRECT, [])
         found = [(f"s{i:03d}", subs.write(root, f"s{i:03d}", text)) for i in range(args.submissions)]
-        jobs = make_jobs(found, assignment.bundle, secret="bench")
+        jobs = make_jobs(found, Bundle.from_dict(assignment.bundle))  # isolation "auto": never unisolated
 
         started = time.perf_counter()
         results = grade_all(jobs, workers=args.workers, progress=False)
         elapsed = time.perf_counter() - started
         bare_wall = bare_nbclient_wall([path for _, path in found], args.workers)
 
-    wrong = [r["student"] for r in results if (r["total"], r["status"]) != (8, "ok")]
+    wrong = [r.student for r in results if (r.total, r.status) != (8, "ok")]
     if wrong:
         print(f"error: these submissions were not graded 8/8 ok: {wrong}", file=sys.stderr)
         return 1
+    isolation = sorted({r.isolation for r in results})
+    if isolation not in (["root"], ["userns"]):
+        print(f"error: graded without full isolation: {isolation}", file=sys.stderr)
+        return 1
     cores = min(args.workers, os.cpu_count() or 1)
     per_minute_per_core = len(results) / elapsed * 60 / cores
-    supervisor = statistics.median(r["seconds"] for r in results)
+    supervisor = statistics.median(r.seconds for r in results)
     bare_rate = len(results) / bare_wall * 60 / cores
     met = "met" if per_minute_per_core >= TARGET_PER_MINUTE_PER_CORE else "NOT met"
     facts = {
@@ -91,6 +97,7 @@ def main() -> int:
         "cores": cores,
         "wall_s": round(elapsed, 2),
         "bare_wall_s": round(bare_wall, 2),
+        "isolation": isolation[0],
         "load_average_1min": os.getloadavg()[0],
     }
     print(json.dumps(facts))

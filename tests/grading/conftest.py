@@ -13,13 +13,14 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.grading import grading_submissions as s
 from tests.grading.grading_submissions import EXAMPLE_SOURCE
 from vlab.grading.assign import Assignment, assign
+from vlab.grading.bundle import Bundle
+from vlab.grading.results import SubmissionResult
 from vlab.grading.runner import find_submissions, grade_all, make_jobs
 
 SECRET = "test-course-secret"
@@ -53,7 +54,7 @@ def vm_marker() -> str:
 @pytest.fixture(scope="session")
 def batch(
     lab: Assignment, secret_file: Path, vm_marker: str, batch_tmp: Path, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, SubmissionResult]:
     """Every synthetic submission graded in one batch: student name → result."""
     root = tmp_path_factory.mktemp("submissions")
     text = lab.student_text
@@ -76,11 +77,10 @@ def batch(
     (root / "invalid.ipynb").write_text("this is not a notebook {")
     found, skipped = find_submissions(root, "00")
     assert not skipped
-    hide = [str(root), str(lab.bundle_path), str(secret_file)]
-    jobs = make_jobs(found, lab.bundle, hide=hide)
+    jobs = make_jobs(found, Bundle.from_dict(lab.bundle))
     with private_tmpdir(batch_tmp):
         results = grade_all(jobs, workers=2, progress=False)
-    return {r["student"]: r for r in results}
+    return {r.student: r for r in results}
 
 
 @pytest.fixture(scope="session")

@@ -97,4 +97,19 @@ def test_grade_sends_jobs_to_a_dask_scheduler_by_address(lab: Assignment, tmp_pa
             ]
         )
     assert code == 0
-    assert out.read_text().splitlines()[1] == "dora,00,3,3,2,8,8,ok"
+    assert out.read_text().splitlines()[1] == "dora,00,3,3,2,8,8,ok,root"
+
+
+def test_no_isolation_is_explicit_and_recorded(
+    lab: Assignment, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    subs = tmp_path / "subs"
+    s.write(subs, "cay", s.build_submission(lab.student_text, s.CORRECT, []), "flat")
+    out = tmp_path / "gradebook.csv"
+    argv = ["grade", str(subs), "--lab", "00", "--bundle", str(lab.bundle_path), "--out", str(out), "--no-progress"]
+    assert main([*argv, "--no-isolation"]) == 0
+    assert "--no-isolation: student code runs with your rights" in capsys.readouterr().err
+    with out.open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert (row["total"], row["status"], row["isolation"]) == ("8", "ok", "none")
+    assert json.loads((tmp_path / "gradebook-summary.json").read_text())["isolation"] == ["none"]

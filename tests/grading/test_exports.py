@@ -59,9 +59,7 @@ def test_host_runs_functions_in_another_process_with_a_timeout(tmp_path: Path) -
     exported["functions"]["huge"] = "def huge():\n    return 'x' * (33 * 2**20)\n"  # over the 32 MiB cap
     path = tmp_path / "exports.json"
     path.write_text(json.dumps(exported))
-    host = StudentHost(
-        [sys.executable, "-m", "vlab.grading.exports", "HOST", str(path)], 2, {"PATH": "/usr/bin"}, tmp_path
-    )
+    host = StudentHost([sys.executable, "-I", "-m", "vlab.grading.exports", "HOST", str(path)], 2, {"PATH": "/usr/bin"})
     try:
         assert host.call("answer", [16], {}) == pytest.approx(math.sqrt(16) * 3)
         with pytest.raises(StudentCodeError, match="ZeroDivisionError"):

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
-from typing import Any
 
 from vlab.grading.gradebook import format_summary, write_gradebook
+from vlab.grading.results import SubmissionResult
 
 
 def test_csv_has_one_row_per_student_and_a_column_per_question(
-    batch: dict[str, dict[str, Any]], tmp_path: Path
+    batch: dict[str, SubmissionResult], tmp_path: Path
 ) -> None:
     write_gradebook(list(batch.values()), tmp_path / "gradebook.csv", seconds=1.0)
     with (tmp_path / "gradebook.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["student", "lab", "q1", "q2", "q3", "total", "max", "status"]
+    assert list(rows[0]) == ["student", "lab", "q1", "q2", "q3", "total", "max", "status", "isolation"]
     by_student = {r["student"]: r for r in rows}
     assert by_student["partly-wrong"] == {
         "student": "partly-wrong",
@@ -27,17 +28,18 @@ def test_csv_has_one_row_per_student_and_a_column_per_question(
         "total": "5",
         "max": "8",
         "status": "ok",
+        "isolation": "root" if os.geteuid() == 0 else "userns",
     }
     assert by_student["tampered"]["q3"] == "0" and by_student["tampered"]["status"] == "tampered"
     assert len(rows) == len(batch)
 
 
 def test_feedback_names_hidden_checks_but_never_their_messages_or_code(
-    batch: dict[str, dict[str, Any]], tmp_path: Path
+    batch: dict[str, SubmissionResult], tmp_path: Path
 ) -> None:
     write_gradebook(list(batch.values()), tmp_path / "gradebook.csv")
     result = batch["partly-wrong"]
-    hidden_messages = [c["message"] for c in result["checks"] if c["hidden"] and c["message"]]
+    hidden_messages = [c["message"] for c in result.checks if c["hidden"] and c["message"]]
     assert hidden_messages  # the grader knows why they failed ...
     for suffix in ("json", "html"):
         text = (tmp_path / "feedback" / f"partly-wrong.{suffix}").read_text()
@@ -56,7 +58,7 @@ def test_feedback_names_hidden_checks_but_never_their_messages_or_code(
     }
 
 
-def test_summary_counts_statuses_and_killed_processes(batch: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+def test_summary_counts_statuses_and_killed_processes(batch: dict[str, SubmissionResult], tmp_path: Path) -> None:
     summary = write_gradebook(list(batch.values()), tmp_path / "gb.csv", seconds=12.5)
     assert summary["submissions"] == len(batch)
     assert summary["status"]["ok"] == 2 and summary["status"]["leftovers"] == 1

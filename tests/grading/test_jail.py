@@ -1,4 +1,4 @@
-"""The jail around student processes and the sweep that ends them, on real processes."""
+"""The jail around student processes and the sweep that ends them, on real processes and namespaces."""
 
 from __future__ import annotations
 
@@ -8,70 +8,159 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from vlab.grading.jail import Cgroup, JailSpec, descendants, python_paths, sweep
+from tests.grading.unprivileged import NOBODY, available, unprivileged
+from vlab.grading.jail import Cgroup, JailSpec, namespace_members, sweep
+from vlab.grading.mounts import student_readonly
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="uid switching, namespaces and cgroups need root")
 
+PROBE = """
+import json, os, socket, sys
+seen = {}
+for path in sys.argv[1:]:
+    try:
+        seen[path] = "READ " + open(path).read()[:20]
+    except OSError as exc:
+        seen[path] = type(exc).__name__
+def tries(action):
+    try:
+        action()
+        return "done"
+    except OSError as exc:
+        return type(exc).__name__
+print(json.dumps({
+    "uid": os.getuid(), "pid": os.getpid(), "files": seen,
+    "interfaces": sorted(n for _, n in socket.if_nameindex()),
+    "mountinfo": open("/proc/self/mountinfo").read(),
+    "processes": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+    "write_usr": tries(lambda: open("/usr/vlab-jail-test", "w")),
+    "write_tmp": tries(lambda: open("/tmp/x", "w").write("x")),
+    "cap_eff": [l for l in open("/proc/self/status") if l.startswith("CapEff")][0].split()[1],
+}))
+"""
 
-def _spec(tmp_path: Path, **changes: object) -> JailSpec:
-    base: dict[str, object] = dict(
-        uid=None, address_space_mb=1024, cpu_seconds=30, file_mb=64, processes=64, workdir=str(tmp_path)
+
+@pytest.fixture
+def place() -> Iterator[Path]:
+    """A directory that the throw-away uid can work in: ``work/`` (its own) and ``stage/``."""
+    base = Path(tempfile.mkdtemp(prefix="vlab-jailtest-"))
+    base.chmod(0o755)
+    (base / "work").mkdir()
+    (base / "stage").mkdir()
+    yield base
+    shutil.rmtree(base)
+
+
+def _spec(base: Path, **changes: object) -> JailSpec:
+    values: dict[str, object] = dict(
+        mode="none",
+        uid=None,
+        address_space_mb=1024,
+        cpu_seconds=30,
+        file_mb=64,
+        processes=64,
+        workdir=str(base / "work"),
+        readonly=student_readonly(),
+        stage=str(base / "stage"),
     )
-    base.update(changes)
-    return JailSpec(**base)  # type: ignore[arg-type]
+    values.update(changes)
+    return JailSpec(**values)  # type: ignore[arg-type]
 
 
-def _run(spec: JailSpec, code: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(spec.command([sys.executable, "-c", code]), capture_output=True, text=True, timeout=60)
+def _run(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd="/")
 
 
-def test_rlimits_hold_inside_the_jail(tmp_path: Path) -> None:
-    done = _run(_spec(tmp_path), "import resource; print(resource.getrlimit(resource.RLIMIT_AS)[0] >> 20)")
+def _probe(spec: JailSpec, *paths: str, wrap: object = None) -> dict[str, object]:
+    import json
+
+    argv = spec.command([sys.executable, "-c", PROBE, *paths])
+    done = _run(wrap(argv) if callable(wrap) else argv)
+    assert done.returncode == 0, done.stderr
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+def test_rlimits_hold_inside_the_jail(place: Path) -> None:
+    spec = _spec(place)
+    done = _run(
+        spec.command([sys.executable, "-c", "import resource; print(resource.getrlimit(resource.RLIMIT_AS)[0] >> 20)"])
+    )
     assert done.stdout.strip() == "1024"
-    hog = _run(_spec(tmp_path), "bytearray(2 * 2**30)")
+    hog = _run(spec.command([sys.executable, "-c", "bytearray(2 * 2**30)"]))
     assert "MemoryError" in hog.stderr
 
 
-@root_only
-def test_throwaway_uid_cannot_read_private_files_or_reach_the_network(tmp_path: Path) -> None:
-    secret = tmp_path / "bundle.json"
-    secret.write_text("hidden checks")
+def _canaries(place: Path) -> tuple[Path, Path]:
+    course = Path(__file__).resolve().parents[2] / "labs" / "source"
+    secret = place / "instructor-secret"
+    secret.write_text("root only")
     secret.chmod(0o600)
-    work = Path(tempfile.mkdtemp(prefix="vlab-jailtest-"))  # pytest's tmp dirs are private to root
-    os.chown(work, 1_999_999_999, 1_999_999_999)
-    spec = _spec(work, uid=1_999_999_999, new_netns=True, reveal=python_paths(), hide=(str(secret),))
-    code = (
-        "import os, socket\n"
-        f"try:\n    open({str(secret)!r}).read(); print('READ')\nexcept OSError as e:\n    print(type(e).__name__)\n"
-        "print(os.getuid())\n"
-        "print(sorted(n for _, n in socket.if_nameindex()))\n"
-    )
-    try:
-        done = _run(spec, code)
-    finally:
-        shutil.rmtree(work)
-    lines = done.stdout.split("\n")
-    assert lines[0] in ("PermissionError", "FileNotFoundError"), done.stderr
-    assert lines[1] == "1999999999"
-    assert lines[2] == "['lo']"
+    return course, secret
+
+
+def _assert_allow_list(seen: dict[str, object], course: Path, secret: Path) -> None:
+    files = seen["files"]
+    assert isinstance(files, dict)
+    assert not any(str(v).startswith("READ") for v in files.values()), files
+    assert files[str(secret)] == "FileNotFoundError"  # not hidden: absent from the sandbox's root
+    assert str(course) not in str(seen["mountinfo"]) and "labs" not in str(seen["mountinfo"])
+    assert seen["interfaces"] == ["lo"]
+    assert seen["write_usr"] in ("OSError", "PermissionError")  # read-only
+    assert seen["write_tmp"] == "done"  # a private tmpfs
+    assert seen["cap_eff"] == "0000000000000000"
+    assert seen["processes"] == [1, 2]  # its own pid namespace: the jail's init and itself
 
 
 @root_only
-def test_cgroup_limits_processes_and_is_removed(tmp_path: Path) -> None:
+def test_root_mode_sees_only_the_allow_list_as_a_throwaway_uid(place: Path) -> None:
+    course, secret = _canaries(place)
+    os.chown(place / "work", 1_999_999_999, 1_999_999_999)
+    spec = _spec(place, mode="root", uid=1_999_999_999)
+    seen = _probe(spec, str(secret), str(course / "01-create-vm.ipynb"), "/etc/shadow", "/root/.bash_history")
+    assert seen["uid"] == 1_999_999_999
+    _assert_allow_list(seen, course, secret)
+    assert not os.path.exists("/tmp/x") or os.stat("/tmp/x").st_uid != 1_999_999_999
+
+
+@pytest.mark.skipif(not available(), reason="needs root to set up the unprivileged user, unshare and setpriv")
+def test_userns_mode_gives_an_unprivileged_grader_the_same_allow_list(place: Path) -> None:
+    course, secret = _canaries(place)
+    os.chown(place / "work", NOBODY, NOBODY)
+    os.chown(place / "stage", NOBODY, NOBODY)
+    (place / "root").mkdir()
+    spec = _spec(place, mode="userns")
+    seen = _probe(
+        spec, str(secret), str(course / "01-create-vm.ipynb"), wrap=lambda argv: unprivileged(argv, place / "root")
+    )
+    assert seen["uid"] == 0  # "root" of a user namespace that owns nothing, without capabilities
+    _assert_allow_list(seen, course, secret)
+
+
+def test_userns_mode_refuses_to_run_as_root(place: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root can be refused")
+    done = _run(_spec(place, mode="userns").command([sys.executable, "-c", "print('ran')"]))
+    assert "ran" not in done.stdout and "userns mode is for an unprivileged grader" in done.stderr
+
+
+@root_only
+def test_cgroup_limits_processes_and_is_removed(place: Path) -> None:
     group = Cgroup.create(f"vlab-test-{os.getpid()}", memory_mb=256, processes=8, cpu_percent=50)
     if group is None:
-        pytest.skip("no usable cgroup v1 hierarchy here")
+        pytest.skip("no usable cgroup hierarchy here")
     try:
         code = (
             "import os\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n"
             "            import time; os.closerange(0, 1024); time.sleep(60)\n"
             "        n += 1\nexcept OSError:\n    print(n)\n"
         )
-        done = _run(_spec(tmp_path, cgroup_procs=group.procs_files), code)
+        done = _run(_spec(place, cgroup_procs=group.procs_files).command([sys.executable, "-c", code]))
         assert 1 <= int(done.stdout.split()[0]) < 8
         assert group.counter("pids", "pids.events", "max") >= 1
         sweep(group)
@@ -81,36 +170,64 @@ def test_cgroup_limits_processes_and_is_removed(tmp_path: Path) -> None:
     assert not any(p.exists() for p in group.paths.values())
 
 
-def test_sweep_kills_daemonized_descendants() -> None:
-    # a grandchild that double-forks away into its own session, like `qemu -daemonize`
-    code = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(120)\n"
-    from vlab.grading.jail import become_subreaper
-
-    if not become_subreaper():
-        pytest.skip("no child subreaper on this system")
-    try:
-        subprocess.run([sys.executable, "-c", code], check=True)
-        time.sleep(0.2)
-        orphans = descendants(os.getpid())
-        assert orphans, "the daemonized process should have been re-parented to us"
-        killed = sweep(None)
-        assert {p.pid for p in killed} >= orphans
-        assert descendants(os.getpid()) == set()
-    finally:
-        # Stop being a subreaper: later tests in this process expect orphans to go to init (and be reaped).
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(36, 0, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER, off
+# a daemon that double-forks into its own session, and a process whose main thread has exited while another
+# thread runs on (it shows as a zombie in /proc, which is how the old sweep missed it)
+ESCAPES = """
+import os, threading, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        time.sleep(300)
+    os._exit(0)
+if os.fork() == 0:
+    threading.Thread(target=time.sleep, args=(300,)).start()
+    import ctypes
+    ctypes.CDLL(None).syscall(60, 0)  # exit(2) of the main thread only
+print("started", flush=True)
+time.sleep(300)
+"""
 
 
 @root_only
-def test_cgroup_memory_limit_kills_what_the_rlimit_lets_through(tmp_path: Path) -> None:
+def test_sweep_kills_everything_in_the_namespace_and_cgroup(place: Path) -> None:
+    os.chown(place / "work", 1_999_999_998, 1_999_999_998)
+    group = Cgroup.create(f"vlab-test-sweep-{os.getpid()}", memory_mb=256, processes=32, cpu_percent=100)
+    spec = _spec(place, mode="root", uid=1_999_999_998, cgroup_procs=group.procs_files if group else ())
+    proc = subprocess.Popen(spec.command([sys.executable, "-c", ESCAPES]), stdout=subprocess.PIPE, text=True, cwd="/")
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
+        time.sleep(0.3)
+        members = namespace_members(proc.pid)
+        assert len(members) >= 5  # init, the command, the daemon, the thread-only process (and its parent)
+        killed = sweep(group, [proc.pid])
+        assert {p.pid for p in killed} >= members
+        time.sleep(0.1)
+        assert all(not Path(f"/proc/{pid}").exists() or _state(pid) == "Z" for pid in members)
+        assert group is None or group.members() == set()
+    finally:
+        proc.kill()
+        proc.wait()
+        if group is not None:
+            sweep(group)
+            group.remove()
+
+
+def _state(pid: int) -> str:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "gone"
+    return text[text.rfind(")") + 2]
+
+
+@root_only
+def test_cgroup_memory_limit_kills_what_the_rlimit_lets_through(place: Path) -> None:
     group = Cgroup.create(f"vlab-test-mem-{os.getpid()}", memory_mb=64, processes=16, cpu_percent=100)
     if group is None or "memory" not in group.paths:
         pytest.skip("no usable memory cgroup here")
     try:
         touch = "block = bytearray(200 * 2**20)\nblock[::4096] = b'x' * len(block[::4096])\nprint('survived')"
-        done = _run(_spec(tmp_path, cgroup_procs=group.procs_files), touch)
+        done = _run(_spec(place, cgroup_procs=group.procs_files).command([sys.executable, "-c", touch]))
         assert done.returncode == -9 and "survived" not in done.stdout
         assert group.counter("memory", "memory.oom_control", "oom_kill") >= 1
     finally:

@@ -10,6 +10,7 @@ import pytest
 from tests.grading import grading_submissions as s
 from vlab.errors import VlabError
 from vlab.grading.assign import Assignment
+from vlab.grading.bundle import Bundle
 from vlab.grading.runner import find_submissions, grade_all, load_bundle, make_jobs
 
 
@@ -55,17 +56,17 @@ def test_dask_cluster_grades_the_same_and_survives_a_broken_job(lab: Assignment,
     broken_bundle["check_sources"].append(
         {"cell": "x", "question": "q1", "hidden": True, "source": "raise RuntimeError('a broken bundle')"}
     )
-    jobs = make_jobs([("good", good), ("wrong", wrong)], lab.bundle, embed=True)
-    jobs += make_jobs([("broken", good)], broken_bundle, embed=True)
+    jobs = make_jobs([("good", good), ("wrong", wrong)], Bundle.from_dict(lab.bundle), embed=True)
+    jobs += make_jobs([("broken", good)], Bundle.from_dict(broken_bundle), embed=True)
     with (
         LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None,
                      local_directory=str(tmp_path)) as cluster,
         Client(cluster) as client,
     ):
         results = grade_all(jobs, dask=client, progress=False)
-    assert [(r["student"], r["total"], r["status"]) for r in results] == [
+    assert [(r.student, r.total, r.status) for r in results] == [
         ("good", 8, "ok"),
         ("wrong", 5, "ok"),
         ("broken", 0, "grader-error"),
     ]
-    assert "a broken bundle" in results[2]["notes"][0]
+    assert "a broken bundle" in results[2].notes[0]

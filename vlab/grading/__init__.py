@@ -15,8 +15,11 @@ One module per concern (the lab format is documented for authors in ``labs/READM
 * :mod:`~vlab.grading.scan` — finds a solution's answer literals in what students can see.
 * :mod:`~vlab.grading.exports` — what leaves the student's kernel (values as JSON, functions as
   source) and the sandboxed process that runs student functions for the checks.
-* :mod:`~vlab.grading.jail` — the limits around every student process (rlimits, cgroup, network
-  namespace, throw-away uid) and the sweep that kills whatever is left.
+* :mod:`~vlab.grading.bundle`, :mod:`~vlab.grading.results` — the bundle and a submission's result as
+  typed data.
+* :mod:`~vlab.grading.integrity` — is it a notebook, are its locked cells the instructor's.
+* :mod:`~vlab.grading.jail`, :mod:`~vlab.grading.mounts` — the jail around every student process
+  (allow-list root, namespaces, throw-away uid or user namespace, cgroup, rlimits) and the sweep.
 * :mod:`~vlab.grading.sandbox` — grades one submission in its own process.
 * :mod:`~vlab.grading.gradebook` — CSV, per-student JSON/HTML feedback, summary.
 * :mod:`~vlab.grading.runner` — many submissions on a local pool or a Dask cluster.

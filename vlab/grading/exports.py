@@ -7,8 +7,10 @@
    JSON-able globals, found by parsing the source).
 2. **In the grader**, :class:`GradedExports` gives checks attribute access to those values; a
    function becomes a proxy that sends its arguments to a :class:`StudentHost`, a separate
-   jailed process that re-creates the functions from source and runs them (with a timeout per
-   call). Student code thus never runs in the process that computes the grade: whatever it
+   jailed process that re-creates the functions from source in a fresh namespace and runs them
+   (with a timeout per call). A helper that a locked cell defines (e.g. ``drive``) is always the
+   instructor's: its source comes from the cell whose checksum matches the bundle, never from the
+   kernel. Student code thus never runs in the process that computes the grade: whatever it
    monkeypatches, it patches in its own process.
 
 Only JSON crosses the boundary in either direction; nothing is unpickled.
@@ -29,7 +31,7 @@ import sys
 import textwrap
 import time
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -195,17 +197,21 @@ def export_cell_source(names: Sequence[str], path: Path) -> str:
     )
 
 
-def load_exports(path: Path) -> dict[str, Any]:
-    """Read what the kernel exported (untrusted: size-limited, shape-checked). Missing file → empty."""
+def load_exports(path: Path, dir_fd: int | None = None) -> dict[str, Any]:
+    """Read what the kernel exported (untrusted: size-limited, shape-checked). Missing file → empty.
+
+    :param dir_fd: open directory ``path`` is relative to (the grader reads the student's directory through
+        it, never following a symlink the student planted).
+    """
     empty = _empty_exports()
     try:
-        raw = _read_regular_file(path, _MAX_EXPORTS_BYTES)
+        raw = _read_regular_file(path, _MAX_EXPORTS_BYTES, dir_fd)
     except FileNotFoundError:
         return {**empty, "error": "the notebook exported nothing (it did not finish)"}
     except OSError as exc:
         return {**empty, "error": f"unreadable exports: {exc.strerror or exc}"}
     if raw is None:
-        return {**empty, "error": "the exports are larger than 32 MiB"}
+        return {**empty, "error": f"the exports are larger than {_MAX_EXPORTS_BYTES >> 20} MiB"}
     try:
         data = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError):
@@ -219,9 +225,9 @@ def load_exports(path: Path) -> dict[str, Any]:
     return clean
 
 
-def _read_regular_file(path: Path, limit: int) -> bytes | None:
+def _read_regular_file(path: Path, limit: int, dir_fd: int | None = None) -> bytes | None:
     """Read at most ``limit`` bytes of a regular file, never following a symlink the student planted."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(0, "not a regular file")
@@ -235,7 +241,37 @@ def _read_regular_file(path: Path, limit: int) -> bytes | None:
 # --- the student host: runs student functions in their own process ---------------------------
 
 
-def _build_namespace(exports: Mapping[str, Any]) -> dict[str, Any]:
+def definitions(source: str) -> str:
+    """The top-level imports, functions, classes and literal constants of a locked cell (nothing it *does*:
+    a cell that boots a VM or draws a chart only defines its helpers when the grader runs it)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return ""
+    kept: list[ast.stmt] = []
+    for node in tree.body:
+        if isinstance(node, ast.Import | ast.ImportFrom | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            kept.append(node)
+        elif isinstance(node, ast.Assign):
+            with contextlib.suppress(ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                ast.literal_eval(node.value)
+                kept.append(node)
+    return ast.unparse(ast.Module(body=kept, type_ignores=[]))
+
+
+def defined_helpers(sources: Sequence[str]) -> set[str]:
+    """Functions and classes the locked cells define: checks call the instructor's, never the kernel's."""
+    names: set[str] = set()
+    for source in sources:
+        with contextlib.suppress(SyntaxError):
+            for node in ast.parse(definitions(source)).body:
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                    names.add(node.name)
+    return names
+
+
+def _student_namespace(exports: Mapping[str, Any]) -> dict[str, Any]:
+    """The student's functions re-created from source in a fresh namespace of their own."""
     import importlib
 
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
@@ -267,16 +303,74 @@ def _broken(name: str, exc: Exception) -> Callable[..., Any]:
     return broken
 
 
+class _ModuleGuard:
+    """The lab's modules (and the builtins) as they were before any student code ran here, put back after it.
+
+    Undoes what a student function's default argument or body assigns to ``vlab.*`` modules (e.g. replacing the
+    function a helper scores with). Student code shares this process, so this is a second line: every verdict is
+    computed in the grader, which student code never reaches.
+    """
+
+    def __init__(self) -> None:
+        self._saved = {
+            name: dict(vars(module))
+            for name, module in sys.modules.items()
+            if name in ("vlab", "builtins") or name.startswith("vlab.")
+        }
+
+    def restore(self) -> None:
+        for name, saved in self._saved.items():
+            module = sys.modules.get(name)
+            if module is None:
+                continue
+            current = vars(module)
+            for key in [k for k in current if k not in saved]:
+                del current[key]
+            for key, value in saved.items():
+                if current.get(key, _ModuleGuard) is not value:
+                    current[key] = value
+
+
+class _Namespaces:
+    """The student's functions (re-created once, before any helper exists) and the locked cells' helpers,
+    defined afresh for every call so that nothing a student function did to them in one call survives."""
+
+    def __init__(self, exports: Mapping[str, Any], helpers: Sequence[str]) -> None:
+        import vlab
+        import vlab.grading
+
+        self._vlab = vlab
+        self._code = [compile(definitions(source), f"<locked cell {n}>", "exec") for n, source in enumerate(helpers)]
+        self.helper_names = defined_helpers(helpers)
+        self.guard = _ModuleGuard()
+        self.student = _student_namespace(exports)
+        self.guard.restore()
+
+    def function(self, name: str) -> Any:
+        if name not in self.helper_names:
+            return self.student[name]
+        trusted: dict[str, Any] = {"__name__": "vlab_helpers", "vlab": self._vlab, "__builtins__": __builtins__}
+        for code in self._code:
+            with contextlib.suppress(Exception):  # a helper that cannot be defined here fails when called
+                exec(code, trusted)
+        for key, value in self.student.items():
+            if key not in self.helper_names and not key.startswith("__"):
+                trusted[key] = value
+        return trusted[name]
+
+
 def _host_main(exports_path: str) -> int:
-    """Serve calls: one JSON request per line on stdin, one JSON reply per line on the original stdout."""
+    """Serve calls: a first line with the locked cells' sources, then one JSON request per line on stdin,
+    one JSON reply per line on the original stdout."""
     reply_fd = os.dup(1)
     os.dup2(2, 1)  # student prints go to stderr, not into the protocol
     replies = os.fdopen(reply_fd, "w", encoding="utf-8")
-    namespace = _build_namespace(load_exports(Path(exports_path)))
+    setup = json.loads(sys.stdin.readline() or "{}")
+    namespaces = _Namespaces(load_exports(Path(exports_path)), setup.get("helpers", []))
     for line in sys.stdin:
         request = json.loads(line)
         try:
-            function = namespace[request["name"]]
+            function = namespaces.function(request["name"])
             value = function(*decode(request["args"]), **decode(request["kwargs"]))
             reply: dict[str, Any] = {"ok": encode(value)}
         except TypeError as exc:
@@ -285,23 +379,28 @@ def _host_main(exports_path: str) -> int:
             reply = {"error": "NotImplementedError", "unanswered": True}
         except BaseException as exc:
             reply = {"error": f"{type(exc).__name__}: {exc}"}
+        namespaces.guard.restore()
         replies.write(json.dumps(reply, allow_nan=True) + "\n")
         replies.flush()
     return 0
 
 
 class StudentHost:
-    """A jailed process that runs the student's exported functions on request.
+    """A jailed process that runs the student's exported functions (and the locked cells' helpers) on request.
 
-    :param command: argv that starts ``python -m vlab.grading.exports HOST EXPORTS`` inside the jail.
+    :param command: argv that starts ``python -I -m vlab.grading.exports HOST EXPORTS`` inside the jail.
     :param call_timeout: seconds a single call may take before the process is killed.
+    :param helpers: the verified sources of the locked code cells
+        (:func:`~vlab.grading.integrity.verified_sources`).
     """
 
-    def __init__(self, command: Sequence[str], call_timeout: float, env: Mapping[str, str], cwd: Path) -> None:
+    def __init__(
+        self, command: Sequence[str], call_timeout: float, env: Mapping[str, str], helpers: Sequence[str] = ()
+    ) -> None:
         self._command = list(command)
         self._timeout = call_timeout
         self._env = dict(env)
-        self._cwd = cwd
+        self._setup = json.dumps({"helpers": list(helpers)})
         self._proc: subprocess.Popen[str] | None = None
         self.calls = 0
 
@@ -314,9 +413,12 @@ class StudentHost:
                 stderr=subprocess.DEVNULL,
                 text=True,
                 env=self._env,
-                cwd=self._cwd,
+                cwd="/",  # the jail changes to the working directory once it has dropped its rights
                 start_new_session=True,
             )
+            assert self._proc.stdin is not None
+            with contextlib.suppress(OSError):
+                self._proc.stdin.write(self._setup + "\n")
         return self._proc
 
     def call(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
@@ -380,27 +482,32 @@ class StudentHost:
 
 
 class GradedExports:
-    """What checks see as ``sub`` at grading time: exported values, and proxies for functions."""
+    """What checks see as ``sub`` at grading time: exported values, and proxies for functions.
 
-    def __init__(self, exports: Mapping[str, Any], host: StudentHost | None) -> None:
+    A name a locked cell defines (a helper such as ``drive``) always calls the instructor's definition in
+    the student host, whatever the kernel exported under that name.
+    """
+
+    def __init__(self, exports: Mapping[str, Any], host: StudentHost | None, helpers: Iterable[str] = ()) -> None:
         self._exports = exports
         self._host = host
+        self._helpers = frozenset(helpers)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
         exports = self._exports
-        if name in exports["functions"] and self._host is not None:
+        if (name in self._helpers or name in exports["functions"]) and self._host is not None:
             host = self._host
             return lambda *args, **kwargs: host.call(name, args, kwargs)
-        if name in exports["values"]:
+        if name in exports["values"] and name not in self._helpers:
             return decode(exports["values"][name])
         if name in exports["unexportable"]:
             fail(f"'{name}' could not be exported from the notebook: {exports['unexportable'][name]}")
         fail(f"'{name}' is not defined: run the cell that defines it, and keep its name")
 
     def __contains__(self, name: str) -> bool:
-        return name in self._exports["values"] or name in self._exports["functions"]
+        return name in self._exports["values"] or name in self._exports["functions"] or name in self._helpers
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vlab.grading.results import SubmissionResult
+
 __all__ = ["feedback", "feedback_html", "format_summary", "summarize", "write_gradebook"]
 
 
@@ -34,10 +36,11 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def feedback(result: dict[str, Any]) -> dict[str, Any]:
-    """What a student may see of their result: hidden checks by name and pass/fail only."""
+def feedback(result: SubmissionResult) -> dict[str, Any]:
+    """What a student may see of their result (JSON): hidden checks by name and pass/fail only."""
+    data = result.to_dict()
     checks = []
-    for check in result.get("checks", []):
+    for check in result.checks:
         entry = dict(check)
         if entry.get("hidden"):
             entry["message"] = ""
@@ -54,11 +57,12 @@ def feedback(result: dict[str, Any]) -> dict[str, Any]:
         "leftovers",
         "export_problems",
         "notes",
+        "isolation",
     )
-    return {**{k: result.get(k) for k in keep}, "checks": checks}
+    return {**{k: data[k] for k in keep}, "checks": checks}
 
 
-def feedback_html(result: dict[str, Any]) -> str:
+def feedback_html(result: SubmissionResult) -> str:
     """The feedback as a small self-contained HTML page."""
     data = feedback(result)
     esc = html.escape
@@ -94,21 +98,22 @@ def feedback_html(result: dict[str, Any]) -> str:
     )
 
 
-def summarize(results: Sequence[dict[str, Any]], seconds: float | None = None) -> dict[str, Any]:
+def summarize(results: Sequence[SubmissionResult], seconds: float | None = None) -> dict[str, Any]:
     """Counts by status, mean and median total, mean per question."""
-    totals = [r["total"] for r in results]
+    totals = [r.total for r in results]
     questions: dict[str, list[float]] = {}
     for r in results:
-        for qid, q in r["questions"].items():
-            questions.setdefault(qid, []).append(q["score"])
+        for qid, q in r.questions.items():
+            questions.setdefault(qid, []).append(q.score)
     return {
         "submissions": len(results),
-        "status": dict(sorted(Counter(r["status"] for r in results).items())),
-        "max": results[0]["max"] if results else 0,
+        "status": dict(sorted(Counter(r.status for r in results).items())),
+        "isolation": sorted({r.isolation for r in results}),
+        "max": results[0].max if results else 0,
         "mean_total": round(statistics.fmean(totals), 3) if totals else 0,
         "median_total": statistics.median(totals) if totals else 0,
         "mean_per_question": {q: round(statistics.fmean(s), 3) for q, s in questions.items()},
-        "leftover_processes_killed": sum(len(r.get("leftovers", [])) for r in results),
+        "leftover_processes_killed": sum(len(r.leftovers) for r in results),
         "seconds": seconds,
     }
 
@@ -129,27 +134,28 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def write_gradebook(
-    results: Sequence[dict[str, Any]], csv_path: Path | str, *, seconds: float | None = None
+    results: Sequence[SubmissionResult], csv_path: Path | str, *, seconds: float | None = None
 ) -> dict[str, Any]:
     """Write the CSV, ``feedback/<student>.json|.html`` and ``<stem>-summary.json`` next to it.
 
     :returns: the summary.
     """
     csv_path = Path(csv_path)
-    ordered = sorted(results, key=lambda r: r["student"])
+    ordered = sorted(results, key=lambda r: r.student)
     questions: list[str] = []
     for r in ordered:
-        questions.extend(q for q in r["questions"] if q not in questions)
+        questions.extend(q for q in r.questions if q not in questions)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["student", "lab", *questions, "total", "max", "status"])
+    writer.writerow(["student", "lab", *questions, "total", "max", "status", "isolation"])
     for r in ordered:
-        scores = [f"{r['questions'][q]['score']:g}" if q in r["questions"] else "" for q in questions]
-        writer.writerow([r["student"], r["lab"], *scores, f"{r['total']:g}", f"{r['max']:g}", r["status"]])
+        scores = [f"{r.questions[q].score:g}" if q in r.questions else "" for q in questions]
+        row = [r.student, r.lab, *scores, f"{r.total:g}", f"{r.max:g}", r.status, r.isolation]
+        writer.writerow(row)
     feedback_dir = csv_path.parent / "feedback"
     for r in ordered:
-        _write_atomic(feedback_dir / f"{r['student']}.json", json.dumps(feedback(r), indent=1) + "\n")
-        _write_atomic(feedback_dir / f"{r['student']}.html", feedback_html(r))
+        _write_atomic(feedback_dir / f"{r.student}.json", json.dumps(feedback(r), indent=1) + "\n")
+        _write_atomic(feedback_dir / f"{r.student}.html", feedback_html(r))
     summary = summarize(ordered, seconds)
     _write_atomic(csv_path.parent / f"{csv_path.stem}-summary.json", json.dumps(summary, indent=1) + "\n")
     _write_atomic(csv_path, buffer.getvalue())

@@ -1,34 +1,38 @@
-"""The limits around every process that runs student code, and the sweep that ends them.
+"""The jail around every process that runs student code, and the sweep that ends them.
 
 A student process (the notebook's kernel, the :class:`~vlab.grading.exports.StudentHost`) is
-started as ``python -m vlab.grading.jail SPEC -- COMMAND...``; :func:`enter` applies the
-:class:`JailSpec` to itself and then ``exec``\\ s the command, so the limits hold before any
-student code runs:
+started as ``python -I -m vlab.grading.jail SPEC -- COMMAND...`` from a root-owned directory;
+:func:`enter` applies the :class:`JailSpec` and then ``exec``\\ s the command, so every limit holds
+before any student code runs. By :attr:`JailSpec.mode`:
 
-* joins a :class:`Cgroup` (cgroup v1 ``memory``, ``pids``, ``cpu``, created under the
-  grader's own cgroups, where the host allows it);
-* a new network namespace with only ``lo`` (root only);
-* rlimits: address space, CPU seconds, file size, no core dumps and, for a throw-away uid,
-  the number of processes;
-* as root, switches to a throw-away uid/gid that owns nothing but the working directory, so the
-  student's code cannot read the bundle (mode 0600), other submissions' processes or the
-  grader's memory.
+``root``
+    joins the submission's :class:`Cgroup` (memory, pids, cpu, freezer), enters new mount, pid,
+    network, IPC and UTS namespaces, builds the allow-list root (:mod:`vlab.grading.mounts`),
+    switches to a throw-away uid/gid that owns nothing on the host, sets ``no_new_privs``.
+``userns``
+    the same namespaces inside a new *user* namespace (for an instructor without root, where the
+    host allows unprivileged user namespaces): the student is "root" of a namespace that owns
+    nothing, with every capability dropped before the exec.
+``none``
+    rlimits only (``vlab grade --no-isolation``: recorded in the gradebook).
 
-:func:`sweep` kills everything left: members of the cgroup and every descendant of the grading
-process (which is a child *subreaper*, so daemonized QEMU guests are re-parented to it instead
-of escaping to init), and reports what it found.
+The pid namespace is how everything is found and killed: the first process in it is the jail's
+child; when it dies the kernel kills every other process of the namespace (a daemonized QEMU
+included). :func:`sweep` kills the members of the submission's cgroup as well (frozen first, so a
+fork bomb cannot outrun it) -- by membership, never by walking ``/proc`` states.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import resource
-import shutil
 import signal
-import subprocess
+import socket
+import struct
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -36,26 +40,32 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from vlab.grading.mounts import build_root, libc_call
 from vlab.host.cgroups import Cgroup as HostCgroup
 
 __all__ = [
+    "MODES",
     "Cgroup",
     "JailSpec",
     "ProcessInfo",
     "become_subreaper",
-    "python_paths",
-    "descendants",
     "enter",
-    "remove_files_of",
-    "survivors",
+    "inner_pid",
+    "jail_command",
+    "namespace_members",
     "sweep",
+    "userns_available",
 ]
 
-_CLONE_NEWNET = 0x40000000
-_CLONE_NEWNS = 0x00020000
-_MS_BIND, _MS_MOVE, _MS_REC, _MS_PRIVATE = 4096, 8192, 16384, 1 << 18
-_PR_SET_CHILD_SUBREAPER = 36
-_PR_SET_PDEATHSIG = 1
+#: Isolation modes, strongest first.
+MODES = ("root", "userns", "none")
+
+_CLONE_NEWNS, _CLONE_NEWUTS, _CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+_CLONE_NEWUSER, _CLONE_NEWPID, _CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
+_PR_SET_PDEATHSIG, _PR_CAPBSET_DROP, _PR_SET_SECUREBITS = 1, 24, 28
+_PR_SET_CHILD_SUBREAPER, _PR_SET_NO_NEW_PRIVS = 36, 38
+_SECBIT_NOROOT_LOCKED_ALL = 0x2F  # NOROOT, NO_SETUID_FIXUP and their locks: uid 0 gains no capability on exec
+_SIOCSIFFLAGS, _IFF_UP_LOOPBACK_RUNNING = 0x8914, 0x1 | 0x8 | 0x40
 
 
 @dataclass(frozen=True)
@@ -70,35 +80,43 @@ class ProcessInfo:
 class JailSpec:
     """What :func:`enter` applies before exec'ing a student command.
 
-    :param uid: switch to this uid/gid (root only); None keeps the current user.
+    :param mode: one of :data:`MODES`.
+    :param uid: the throw-away uid/gid (mode ``root``).
     :param address_space_mb: RLIMIT_AS per process.
     :param cpu_seconds: RLIMIT_CPU per process.
     :param file_mb: RLIMIT_FSIZE.
-    :param processes: RLIMIT_NPROC (only applied with a throw-away uid: it counts per user).
-    :param cgroup_procs: ``cgroup.procs`` files to join.
-    :param new_netns: unshare the network namespace.
-    :param chown: paths to hand to ``uid`` before switching.
-    :param workdir: directory to change to.
-    :param hide: paths covered (in a private mount namespace) by an empty tmpfs or /dev/null.
-    :param reveal: paths the throw-away uid must reach (the Python installation) although an
-        ancestor is private (``/root`` is 0700): see :func:`_reveal`.
+    :param processes: RLIMIT_NPROC (mode ``root``: it counts per user, and the uid is the submission's own).
+    :param cgroup_procs: ``cgroup.procs`` files to join (mode ``root``).
+    :param workdir: the submission's directory: bound read-write, the cwd.
+    :param writable: other directories bound read-write (the kernel's connection directory).
+    :param readonly: what else the student may read: the Python environment, vlab, the guest images.
+    :param stage: an empty directory only the grader can reach, where the new root is assembled.
     """
 
+    mode: str
     uid: int | None
     address_space_mb: int
     cpu_seconds: int
     file_mb: int
     processes: int
     cgroup_procs: tuple[str, ...] = ()
-    new_netns: bool = False
-    chown: tuple[str, ...] = ()
     workdir: str = "/"
-    hide: tuple[str, ...] = ()
-    reveal: tuple[str, ...] = ()
+    writable: tuple[str, ...] = ()
+    readonly: tuple[str, ...] = ()
+    stage: str = ""
 
     def command(self, argv: Sequence[str]) -> list[str]:
         """``argv`` wrapped so that it runs inside this jail."""
-        return [sys.executable, "-m", "vlab.grading.jail", json.dumps(asdict(self)), "--", *argv]
+        return jail_command(json.dumps(asdict(self)), argv)
+
+
+def jail_command(spec_json: str, argv: Sequence[str]) -> list[str]:
+    """The isolated interpreter (``-I``: no cwd, no PYTHON* variables, no user site) that applies a jail."""
+    return [sys.executable, "-I", "-m", "vlab.grading.jail", spec_json, "--", *argv]
+
+
+def _prctl(option: int, value: int) -> int:
+    return libc_call("prctl", option, ctypes.c_ulong(value), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
 
 
 def _set_limit(which: int, value: int) -> None:
@@ -110,119 +128,126 @@ def _set_limit(which: int, value: int) -> None:
             resource.setrlimit(which, (hard, hard))
 
 
-def _unshare_net() -> None:
-    _libc_call("unshare", _CLONE_NEWNET)
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=False, capture_output=True)
+def _loopback_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        fcntl.ioctl(sock.fileno(), _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", _IFF_UP_LOOPBACK_RUNNING))
 
 
-def _libc_call(name: str, *args: object) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    encoded = [a.encode() if isinstance(a, str) else a for a in args]
-    if getattr(libc, name)(*encoded) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"{name}{tuple(args)!r}: {os.strerror(errno)}")
+def _map_own_ids() -> None:
+    """In a fresh user namespace: this process's uid/gid become 0 there (unprivileged: one id each)."""
+    uid, gid = os.getuid(), os.getgid()
+    Path("/proc/self/setgroups").write_text("deny")
+    Path("/proc/self/uid_map").write_text(f"0 {uid} 1")
+    Path("/proc/self/gid_map").write_text(f"0 {gid} 1")
 
 
-def _private_ancestor(path: Path) -> Path | None:
-    """The first ancestor of ``path`` that other users cannot traverse, if any."""
-    for parent in reversed(path.parents):
+def _drop_capabilities() -> None:
+    """Namespace root without any capability: empty bounding set, exec never grants any, no_new_privs."""
+    for cap in range(64):
+        with contextlib.suppress(OSError):
+            _prctl(_PR_CAPBSET_DROP, cap)
+    _prctl(_PR_SET_SECUREBITS, _SECBIT_NOROOT_LOCKED_ALL)
+
+
+def userns_available() -> bool:
+    """Whether this process may create a user namespace with mount, pid and network namespaces in it."""
+    pid = os.fork()
+    if pid == 0:  # probe in a child: unshare cannot be undone
+        code = 1
         try:
-            if not os.stat(parent).st_mode & 0o001:
-                return parent
-        except OSError:
-            return None
-    return None
+            libc_call("unshare", _CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWPID | _CLONE_NEWNET)
+            _map_own_ids()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
 
 
-def _reveal(paths: Iterable[str], stage: Path) -> None:
-    """Make ``paths`` reachable for another uid in this mount namespace only.
+def _relay_and_wait(child: int) -> None:
+    """The jail's first process: pass termination on to the namespace's init, exit as it exits.
 
-    For a private ancestor A (e.g. ``/root``) of a needed path A/C/...: bind A/C aside, cover A
-    with an empty world-traversable tmpfs, recreate C in it and move the bind back. Everything
-    else in A (e.g. ``/root/.config/vlab/grading-secret``) stays hidden.
+    SIGINT is not relayed: the kernel manager signals the whole process group, which already holds the kernel.
     """
-    for level in range(8):  # one private level at a time: /root, then a private dir inside it, ...
-        groups: dict[Path, set[str]] = {}
-        for raw in paths:
-            path = Path(raw)
-            ancestor = _private_ancestor(path)
-            if ancestor is not None:
-                groups.setdefault(ancestor, set()).add(path.relative_to(ancestor).parts[0])
-        if not groups:
-            return
-        _reveal_level(groups, stage / str(level))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(number, lambda signum, _frame: os.kill(child, signal.SIGKILL))
+    os._exit(_wait_for(child))
 
 
-def _reveal_level(groups: dict[Path, set[str]], stage: Path) -> None:
-    for number, (ancestor, children) in enumerate(sorted(groups.items())):
-        staged = []
-        for index, child in enumerate(sorted(children)):
-            target = stage / f"{number}-{index}"
-            target.mkdir(parents=True)
-            _libc_call("mount", str(ancestor / child), str(target), None, _MS_BIND | _MS_REC, None)
-            staged.append((child, target))
-        _libc_call("mount", "tmpfs", str(ancestor), "tmpfs", 0, "mode=0755,size=64k")
-        for child, target in staged:
-            (ancestor / child).mkdir()
-            _libc_call("mount", str(target), str(ancestor / child), None, _MS_MOVE, None)
+def _wait_for(child: int) -> int:
+    """Reap every child (pid 1 inherits the orphans) until ``child`` exits; its exit code."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return 1
+        except InterruptedError:
+            continue
+        if pid == child:
+            return os.waitstatus_to_exitcode(status) & 0xFF
 
 
-def _hide(paths: Iterable[str]) -> None:
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            _libc_call("mount", "tmpfs", str(path), "tmpfs", 0, "mode=0755,size=64k")
-        elif path.exists():
-            _libc_call("mount", "/dev/null", str(path), None, _MS_BIND, None)
+def _drop_privileges(spec: JailSpec) -> None:
+    if spec.mode == "root" and spec.uid is not None:
+        _set_limit(resource.RLIMIT_NPROC, spec.processes)
+        os.setgroups([])
+        os.setresgid(spec.uid, spec.uid, spec.uid)
+        os.setresuid(spec.uid, spec.uid, spec.uid)
+    elif spec.mode == "userns":
+        _drop_capabilities()
+    _prctl(_PR_SET_NO_NEW_PRIVS, 1)  # no setuid binary or file capability raises the student's rights
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # again: a uid change clears it
 
 
 def enter(spec: JailSpec, argv: Sequence[str]) -> None:
-    """Apply ``spec`` to this process and exec ``argv`` (never returns)."""
+    """Apply ``spec`` to this process and exec ``argv`` (never returns).
+
+    With namespaces, three processes: this one (outside, what the kernel manager sees), the new pid
+    namespace's init (builds the root, reaps, ends the namespace when the command exits) and the
+    command itself (pid 2: a student cannot signal init, and init's death kills everything).
+    """
+    if spec.mode not in MODES:
+        raise ValueError(f"unknown jail mode {spec.mode!r}")
+    if spec.mode == "userns" and os.getuid() == 0:  # uid 0 would map to the host's root: its files are its own
+        raise ValueError("the userns mode is for an unprivileged grader; root uses the root mode")
     for procs in spec.cgroup_procs:
         with contextlib.suppress(OSError):  # the cgroup vanished or is not ours: rlimits still hold
             Path(procs).write_text(str(os.getpid()))
-    if spec.new_netns:
-        _unshare_net()
-    if spec.hide or spec.reveal:
-        _libc_call("unshare", _CLONE_NEWNS)
-        _libc_call("mount", None, "/", None, _MS_REC | _MS_PRIVATE, None)
-        _reveal(spec.reveal, Path(spec.workdir) / f".stage-{os.getpid()}")
-        _hide(spec.hide)
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the grader, even if it is killed
+    if spec.mode != "none":
+        flags = _CLONE_NEWNS | _CLONE_NEWPID | _CLONE_NEWNET | _CLONE_NEWIPC | _CLONE_NEWUTS
+        if spec.mode == "userns":
+            flags |= _CLONE_NEWUSER
+        libc_call("unshare", flags)
+        if spec.mode == "userns":
+            _map_own_ids()
+        init = os.fork()
+        if init:
+            _relay_and_wait(init)
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        build_root(spec.stage, workdir=spec.workdir, writable=spec.writable, readonly=spec.readonly)
+        _loopback_up()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        command = os.fork()
+        if command:
+            os._exit(_wait_for(command))
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.environ.pop("JPY_PARENT_PID", None)  # a pid from outside the namespace: ipykernel would poll it
     _set_limit(resource.RLIMIT_CORE, 0)
     _set_limit(resource.RLIMIT_AS, spec.address_space_mb * 2**20)
     _set_limit(resource.RLIMIT_CPU, spec.cpu_seconds)
     _set_limit(resource.RLIMIT_FSIZE, spec.file_mb * 2**20)
-    if spec.uid is not None:
-        for path in spec.chown:
-            os.chown(path, spec.uid, spec.uid)
-        _set_limit(resource.RLIMIT_NPROC, spec.processes)
-        os.setgroups([])
-        os.setgid(spec.uid)
-        os.setuid(spec.uid)
-    # after the uid switch, which clears it: die with the grader even if it is killed
-    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    _drop_privileges(spec)
     os.chdir(spec.workdir)
     os.execvp(argv[0], list(argv))
 
 
-def python_paths() -> tuple[str, ...]:
-    """What a student process needs to read: this Python installation, its packages, vlab and
-    the guest-image cache (for labs that boot VMs)."""
-    import vlab
-    from vlab.paths import images_dir
-
-    wanted = {sys.prefix, sys.base_prefix, os.path.realpath(sys.executable), str(Path(vlab.__file__).parent)}
-    if images_dir().is_dir():
-        wanted.add(str(images_dir()))
-    wanted.update(p for p in sys.path if p and os.path.isdir(p))
-    return tuple(sorted(os.path.realpath(p) for p in wanted))
-
-
 class Cgroup(HostCgroup):
-    """The per-submission group (``memory``, ``pids``, ``cpu``) under the grader's own groups.
+    """The per-submission group (``memory``, ``pids``, ``cpu``, and a freezer) under the grader's own groups.
 
-    :meth:`create` returns None where cgroups cannot be used (none offered, not root): the rlimits are then the only
-    limits.
+    :meth:`create` returns None where cgroups cannot be used (none offered, not root): the pid namespace and
+    the rlimits are then the only bounds.
     """
 
     CONTROLLERS = ("memory", "pids", "cpu")
@@ -239,10 +264,35 @@ class Cgroup(HostCgroup):
                 group.set_pids_max(processes)
             if "cpu" in group.dirs:
                 group.set_cpu_quota(cpu_percent / 100)
+            group._add_freezer()
         except OSError:
             group.remove()
             return None
         return group
+
+    def _freezer_v1(self) -> Path | None:
+        own = next((line.split(":", 2)[2] for line in _own_cgroups() if ":freezer:" in line), None)
+        base = Path("/sys/fs/cgroup/freezer")
+        if own is None or not (base / "tasks").exists():
+            return None
+        return base / own.lstrip("/") / self.name
+
+    def _add_freezer(self) -> None:
+        """A v1 freezer group beside the others (v2 groups freeze through ``cgroup.freeze`` themselves)."""
+        path = self._freezer_v1()
+        if path is not None and "freezer" not in self.dirs:
+            with contextlib.suppress(OSError):
+                path.mkdir(exist_ok=True)
+                self.dirs["freezer"] = (1, path)
+
+    def freeze(self, frozen: bool) -> None:
+        """Stop (or resume) every member at once, so none can fork while the group is being killed."""
+        for version, path in set(self.dirs.values()):
+            with contextlib.suppress(OSError):
+                if version == 1 and (path / "freezer.state").exists():
+                    (path / "freezer.state").write_text("FROZEN" if frozen else "THAWED")
+                elif version == 2:
+                    (path / "cgroup.freeze").write_text("1" if frozen else "0")
 
     def remove(self, timeout: float = 1.0) -> None:
         """Remove the group's directories (after :func:`sweep` emptied it); a straggler leaves it behind."""
@@ -250,23 +300,23 @@ class Cgroup(HostCgroup):
             super().remove(timeout)
 
 
-def become_subreaper() -> bool:
-    """Make orphaned descendants re-parent to this process (Linux); False where unsupported."""
+def _own_cgroups() -> list[str]:
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+        return Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return []
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants re-parent to this process (Linux); False where unsupported.
+
+    Only the dedicated supervisor process calls this: a subreaper must reap what it inherits.
+    """
+    try:
+        _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     except (OSError, AttributeError):
         return False
-
-
-def _stat(pid: int) -> tuple[int, str] | None:
-    """(parent pid, state) of ``pid`` from /proc, or None if it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rfind(")") + 2 :].split()
-    return int(fields[1]), fields[0]
+    return True
 
 
 def _command(pid: int) -> str:
@@ -277,59 +327,67 @@ def _command(pid: int) -> str:
     return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:300]
 
 
-def descendants(root: int) -> set[int]:
-    """Live (non-zombie) descendants of ``root``, found by walking /proc."""
-    children: dict[int, list[int]] = {}
+def _pid_namespace(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+def namespace_members(jail: int) -> set[int]:
+    """Processes in the pid namespace of the jail whose outer process has host pid ``jail``."""
+    try:
+        children = Path(f"/proc/{jail}/task/{jail}/children").read_text().split()
+    except OSError:
+        return set()
+    inner = {_pid_namespace(int(child)) for child in children} - {None, _pid_namespace(os.getpid())}
+    if not inner:
+        return set()
+    found = set()
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = _stat(int(entry))
-            if stat is not None and stat[1] != "Z":
-                children.setdefault(stat[0], []).append(int(entry))
-    found: set[int] = set()
-    stack = [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in found:
-                found.add(child)
-                stack.append(child)
+        if entry.isdigit() and _pid_namespace(int(entry)) in inner:
+            found.add(int(entry))
     return found
 
 
-def _alive(pids: Iterable[int]) -> set[int]:
-    return {pid for pid in pids if (stat := _stat(pid)) is not None and stat[1] != "Z"}
+def inner_pid(pid: int) -> int | None:
+    """The pid of host process ``pid`` inside its own pid namespace (1 is a jail's init, 2 its command)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("NSpid:"):
+                return int(line.split()[-1])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
-def survivors(cgroup: Cgroup | None, exclude: Iterable[int] = ()) -> list[ProcessInfo]:
-    """Live processes in ``cgroup`` or below this process, but ``exclude`` (listed, not killed)."""
-    found = descendants(os.getpid())
-    if cgroup is not None:
-        found |= cgroup.members()
-    pids = _alive(found - set(exclude) - {os.getpid()})
-    return [ProcessInfo(pid, _command(pid)) for pid in sorted(pids)]
+def sweep(cgroup: Cgroup | None, jails: Iterable[int] = (), *, exclude: Iterable[int] = ()) -> list[ProcessInfo]:
+    """Kill every member of ``cgroup`` and of the pid namespaces of the jails ``jails`` (but ``exclude``).
 
-
-def sweep(cgroup: Cgroup | None, *, exclude: Iterable[int] = (), rounds: int = 50) -> list[ProcessInfo]:
-    """Kill every process in ``cgroup`` and every descendant of this process (but ``exclude``).
-
-    Repeats until nothing is left (a fork bomb keeps forking while it is being killed) and reaps
-    the zombies this process inherited. Returns what was alive at the first look.
+    The cgroup is frozen first so that nothing forks meanwhile; a namespace ends with its first process.
+    Returns what was alive at the first look.
     """
     skip = set(exclude) | {os.getpid()}
 
-    def targets() -> set[int]:
-        found = descendants(os.getpid())
-        if cgroup is not None:
-            found |= cgroup.members()
-        return _alive(found - skip)
+    def members() -> set[int]:
+        found = set(cgroup.members()) if cgroup is not None else set()
+        for jail in jails:
+            found |= namespace_members(jail)
+        return found - skip
 
-    report = survivors(cgroup, skip)
-    for _ in range(rounds):
-        pids = targets()
+    first = members()
+    report = [ProcessInfo(pid, _command(pid)) for pid in sorted(first)]
+    for _ in range(100):
+        pids = members()
         if not pids:
             break
+        if cgroup is not None:
+            cgroup.freeze(True)
         for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
+        if cgroup is not None:
+            cgroup.freeze(False)  # SIGKILL is delivered on thaw
         time.sleep(0.01)
         _reap()
     _reap()
@@ -346,36 +404,13 @@ def _reap() -> None:
             return
 
 
-def remove_files_of(uid: int, places: Sequence[str] = ("/tmp", "/var/tmp", "/dev/shm")) -> list[str]:
-    """Remove what a throw-away uid left in world-writable places; returns the paths removed."""
-    removed: list[str] = []
-    for place in places:
-        try:
-            entries = list(os.scandir(place))
-        except OSError:
-            continue
-        for entry in entries:
-            try:
-                if entry.stat(follow_symlinks=False).st_uid != uid:
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                else:
-                    os.unlink(entry.path)
-                removed.append(entry.path)
-            except OSError:
-                pass
-    return removed
-
-
 def _main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[1] != "--":
-        print("usage: python -m vlab.grading.jail SPEC_JSON -- COMMAND...", file=sys.stderr)
+        print("usage: python -I -m vlab.grading.jail SPEC_JSON -- COMMAND...", file=sys.stderr)
         return 2
     raw: dict[str, Any] = json.loads(argv[0])
     fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-    spec = JailSpec(**fields)
-    enter(spec, argv[2:])
+    enter(JailSpec(**fields), argv[2:])
     return 0  # not reached: enter() execs
 
 

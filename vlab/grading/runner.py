@@ -19,21 +19,22 @@ from pathlib import Path
 from typing import Any
 
 from vlab.errors import VlabError
-from vlab.grading.assign import BUNDLE_FORMAT
-from vlab.grading.sandbox import Job, empty_result, grade_submission, status_of
+from vlab.grading.bundle import Bundle
+from vlab.grading.results import SubmissionResult
+from vlab.grading.sandbox import Job, empty_result, grade_submission, isolation_mode
 from vlab.grading.seeds import valid_student_id
 
 __all__ = ["find_submissions", "grade_all", "load_bundle", "make_jobs"]
 
 
-def load_bundle(path: Path | str) -> dict[str, Any]:
+def load_bundle(path: Path | str) -> Bundle:
     """Read an autograder bundle written by ``vlab assign``.
 
     :raises VlabError: if it is missing or not a bundle.
     """
     path = Path(path)
     try:
-        bundle: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise VlabError(
             "no autograder bundle",
@@ -45,14 +46,7 @@ def load_bundle(path: Path | str) -> dict[str, Any]:
         raise VlabError(
             "cannot read the autograder bundle", field="--bundle", value=str(path), detail=str(exc)
         ) from exc
-    if bundle.get("format") != BUNDLE_FORMAT:
-        raise VlabError(
-            f"not a {BUNDLE_FORMAT} bundle",
-            field="--bundle",
-            value=str(path),
-            fix="regenerate it with `vlab assign`",
-        )
-    return bundle
+    return Bundle.from_dict(data, where=str(path))
 
 
 def _matches(name: str, lab: str) -> bool:
@@ -103,16 +97,18 @@ def find_submissions(root: Path | str, lab: str) -> tuple[list[tuple[str, Path]]
 
 def make_jobs(
     submissions: Iterable[tuple[str, Path]],
-    bundle: dict[str, Any],
+    bundle: Bundle,
     *,
-    throwaway_uid: bool = True,
-    hide: Sequence[str] = (),
+    isolation: str = "auto",
     embed: bool = False,
 ) -> list[Job]:
     """One :class:`~vlab.grading.sandbox.Job` per submission.
 
+    :param isolation: ``auto`` or ``none`` (see :func:`~vlab.grading.sandbox.isolation_mode`).
     :param embed: put the notebook's text into the job (for workers on other machines).
+    :raises VlabError: if ``auto`` isolation is impossible on this host (checked once, before any job runs).
     """
+    isolation_mode(isolation)
     jobs = []
     for student, path in submissions:
         text = None
@@ -121,19 +117,22 @@ def make_jobs(
                 text = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError):
                 text = ""  # graded as 'invalid'
-        jobs.append(Job(str(path), student, bundle, throwaway_uid, tuple(hide), text))
+        jobs.append(Job(str(path), student, bundle, isolation, text))
     return jobs
 
 
-def _safe(job: Job) -> dict[str, Any]:
+def _failed(job: Job, why: str) -> SubmissionResult:
+    result = empty_result(job)
+    result.flag("grader-error")
+    result.notes.append(why)
+    return result
+
+
+def _safe(job: Job) -> SubmissionResult:
     try:
         return grade_submission(job)
     except Exception as exc:  # the grader's own failure: recorded, the batch goes on
-        result = empty_result(job)
-        result["flags"] = ["grader-error"]
-        result["status"] = status_of(result["flags"])
-        result["notes"].append(f"{type(exc).__name__}: {exc}")
-        return result
+        return _failed(job, f"{type(exc).__name__}: {exc}")
 
 
 def grade_all(
@@ -142,8 +141,8 @@ def grade_all(
     workers: int | None = None,
     dask: str | Any = None,
     progress: bool = True,
-    on_result: Callable[[dict[str, Any]], None] | None = None,
-) -> list[dict[str, Any]]:
+    on_result: Callable[[SubmissionResult], None] | None = None,
+) -> list[SubmissionResult]:
     """Grade ``jobs`` and return their results (in the order of ``jobs``).
 
     :param workers: local parallelism (default: the number of CPUs).
@@ -152,12 +151,12 @@ def grade_all(
     """
     from tqdm.auto import tqdm
 
-    results: dict[int, dict[str, Any]] = {}
+    results: dict[int, SubmissionResult] = {}
     bar = tqdm(total=len(jobs), unit="submission", disable=not progress, desc="grading")
 
-    def done(index: int, result: dict[str, Any]) -> None:
+    def done(index: int, result: SubmissionResult) -> None:
         results[index] = result
-        bar.set_postfix_str(f"{result['student']}: {result['status']}", refresh=False)
+        bar.set_postfix_str(f"{result.student}: {result.status}", refresh=False)
         bar.update(1)
         if on_result is not None:
             on_result(result)
@@ -175,7 +174,7 @@ def grade_all(
     return [results[i] for i in range(len(jobs))]
 
 
-def _run_dask(jobs: Sequence[Job], dask: str | Any, done: Callable[[int, dict[str, Any]], None]) -> None:
+def _run_dask(jobs: Sequence[Job], dask: str | Any, done: Callable[[int, SubmissionResult], None]) -> None:
     from distributed import Client
     from distributed import as_completed as dask_completed
 
@@ -188,10 +187,7 @@ def _run_dask(jobs: Sequence[Job], dask: str | Any, done: Callable[[int, dict[st
             try:
                 result = future.result()
             except Exception as exc:  # a lost worker: recorded, the batch goes on
-                result = empty_result(jobs[i])
-                result["flags"] = ["grader-error"]
-                result["status"] = status_of(result["flags"])
-                result["notes"].append(f"dask: {type(exc).__name__}: {exc}")
+                result = _failed(jobs[i], f"dask: {type(exc).__name__}: {exc}")
             done(i, result)
     finally:
         if isinstance(dask, str):

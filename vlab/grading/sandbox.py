@@ -1,90 +1,74 @@
 """Grade one submission, in its own process.
 
 :func:`grade_submission` is what a worker (local or Dask) runs for one :class:`Job`: it starts a
-*supervisor* (``python -m vlab.grading.sandbox RESULT_FILE``, the job on stdin) and returns its
-result, or a ``grader-error`` result if the supervisor itself failed — one broken submission never
-stops a batch. The supervisor, a fresh and trusted process:
+*supervisor* (``python -I -m vlab.grading.sandbox RESULT_FILE`` from ``/`` with a clean
+environment, the job on stdin) and returns its result, or a ``grader-error`` result if the
+supervisor itself failed -- one broken submission never stops a batch. The supervisor:
 
-1. reads the submission (``invalid`` if it is not a notebook) and compares the read-only cells
-   with the bundle's checksums (``tampered``);
-2. runs the notebook with nbclient in a kernel started through :mod:`vlab.grading.jail`
-   (timeout per cell: the cell is interrupted and the next one runs; timeout per notebook),
-   then a last injected cell that exports the lab's names (:mod:`vlab.grading.exports`);
-3. notes which processes the notebook left running (QEMU guests, toy VMs), shuts the kernel
-   down and sweeps: everything in the submission's cgroup or below the supervisor is killed;
-4. runs the bundle's public and hidden checks *here*, on the exports, with student functions
-   called in a jailed :class:`~vlab.grading.exports.StudentHost`;
-5. removes the cgroup, the working directory and what the throw-away uid left in /tmp, and
-   writes the result (a JSON dict, see :func:`empty_result`).
+1. parses the submission (``invalid`` if it is not a well-formed notebook) and compares its
+   locked cells with the bundle (``tampered``, :mod:`vlab.grading.integrity`);
+2. makes a private directory (``work/`` for the student, ``conn/`` for the kernel's sockets) and
+   runs the notebook with nbclient in a kernel started through :mod:`vlab.grading.jail` (an
+   allow-list root, new namespaces, a throw-away uid or a user namespace, a cgroup); the
+   outputs are counted, never kept; a last injected cell exports the lab's names;
+3. notes what the notebook left running in its pid namespace and cgroup and kills it;
+4. runs the bundle's checks *here*, on the exports, with student functions and the locked
+   cells' helpers called in a jailed :class:`~vlab.grading.exports.StudentHost`;
+5. removes the cgroup and the directory, and writes the result (a JSON dict, see :func:`empty_result`).
+
+The supervisor never opens, follows or executes anything in ``work/`` by path: the exports are read
+through a directory descriptor with ``O_NOFOLLOW``, and the sockets' directory becomes root's once the
+kernel is up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlab.grading.assign import DEFAULT_LIMITS, check_namespace
+from vlab.errors import VlabError
+from vlab.grading import seeds
+from vlab.grading.assign import check_namespace
+from vlab.grading.bundle import Bundle, Limits
 from vlab.grading.checks import CheckResult, Registry, run_checks
-from vlab.grading.exports import EXPORTS_FILE, GradedExports, StudentHost, export_cell_source, load_exports
-from vlab.grading.format import cell_source, digest
+from vlab.grading.exports import (
+    EXPORTS_FILE,
+    GradedExports,
+    StudentHost,
+    defined_helpers,
+    export_cell_source,
+    load_exports,
+)
+from vlab.grading.integrity import MAX_NOTEBOOK_BYTES, find_tampering, parse_submission, verified_sources
 from vlab.grading.jail import (
     Cgroup,
     JailSpec,
     become_subreaper,
-    python_paths,
-    remove_files_of,
-    survivors,
+    inner_pid,
+    namespace_members,
     sweep,
+    userns_available,
 )
-from vlab.grading.seeds import DEFAULT_COURSE, seed_for
+from vlab.grading.mounts import student_readonly
+from vlab.grading.results import CellError, QuestionScore, SubmissionResult
 from vlab.paths import images_dir
 
-__all__ = ["FLAGS", "Job", "Limits", "empty_result", "grade_submission", "status_of"]
+__all__ = ["MAX_MESSAGE_BYTES", "Job", "empty_result", "grade_submission", "isolation_mode"]
 
-#: Status flags in the order the status string lists them.
-FLAGS = (
-    "invalid",
-    "tampered",
-    "timeout",
-    "memory",
-    "processes",
-    "kernel-died",
-    "errors",
-    "unanswered",
-    "leftovers",
-    "grader-error",
-)
-_MAX_NOTEBOOK_BYTES = 20 * 2**20
 _QUIET_ERRORS = {"NotImplementedError", "CellTimeout", "KeyboardInterrupt", "MemoryError", "BlockingIOError"}
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Grading limits of a lab (bundle ``limits``; defaults in :data:`~vlab.grading.assign.DEFAULT_LIMITS`)."""
-
-    cell_timeout: float = DEFAULT_LIMITS["cell_timeout"]
-    notebook_timeout: float = DEFAULT_LIMITS["notebook_timeout"]
-    memory_mb: int = int(DEFAULT_LIMITS["memory_mb"])
-    address_space_mb: int = int(DEFAULT_LIMITS["address_space_mb"])
-    processes: int = int(DEFAULT_LIMITS["processes"])
-    cpu_percent: int = int(DEFAULT_LIMITS["cpu_percent"])
-    call_timeout: float = DEFAULT_LIMITS["call_timeout"]
-    file_mb: int = 4096
-
-    @classmethod
-    def from_bundle(cls, limits: Mapping[str, Any]) -> Limits:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: type(getattr(cls(), k))(v) for k, v in limits.items() if k in known})
+#: The largest kernel message the supervisor accepts (a bigger one is dropped by ZeroMQ, unread).
+MAX_MESSAGE_BYTES = 8 * 2**20
 
 
 @dataclass(frozen=True)
@@ -92,93 +76,65 @@ class Job:
     """One submission to grade.
 
     :param submission: path of the notebook (also how results name it).
-    :param student: the student id.
-    :param bundle: the lab's autograder bundle (parsed JSON).
-    :param throwaway_uid: as root, run student code under a throw-away uid (default).
-    :param hide: paths student code must not see (the submissions directory, the secret file):
-        covered in its private mount namespace (with a throw-away uid only).
+    :param student: the student id (its owner: the parameters are computed for this id).
+    :param bundle: the lab's autograder bundle.
+    :param isolation: ``auto`` (root's namespaces and throw-away uid, else a user namespace; refused where
+        neither is possible) or ``none`` (``vlab grade --no-isolation``: rlimits only).
     :param notebook: the notebook's text, if the worker cannot read ``submission`` (Dask).
     """
 
     submission: str
     student: str
-    bundle: dict[str, Any]
-    throwaway_uid: bool = True
-    hide: tuple[str, ...] = ()
+    bundle: Bundle
+    isolation: str = "auto"
     notebook: str | None = None
 
+    def to_json(self) -> str:
+        return json.dumps({**self.__dict__, "bundle": self.bundle.to_dict()})
 
-def empty_result(job: Job) -> dict[str, Any]:
+    @classmethod
+    def from_json(cls, text: str) -> Job:
+        data = json.loads(text)
+        return cls(**{**data, "bundle": Bundle.from_dict(data["bundle"])})
+
+
+def isolation_mode(requested: str = "auto") -> str:
+    """The jail mode for ``requested`` on this host: ``root``, ``userns`` or ``none``.
+
+    :raises VlabError: if isolation is wanted but neither root nor unprivileged user namespaces are available.
+    """
+    if requested == "none":
+        return "none"
+    if requested != "auto":
+        raise VlabError("unknown isolation", field="isolation", value=requested, fix="use 'auto' or 'none'")
+    if os.geteuid() == 0:
+        return "root"
+    if userns_available():
+        return "userns"
+    raise VlabError(
+        "cannot isolate student code here: not root, and unprivileged user namespaces are disabled",
+        field="vlab grade",
+        fix="run as root, enable user namespaces (sysctl kernel.unprivileged_userns_clone=1), or pass "
+        "--no-isolation to run student code with your own rights (recorded in the gradebook)",
+    )
+
+
+def empty_result(job: Job) -> SubmissionResult:
     """The result of a submission before anything ran: every question 0."""
-    questions = job.bundle.get("questions", {})
-    return {
-        "student": job.student,
-        "lab": job.bundle.get("lab"),
-        "submission": job.submission,
-        "status": "ok",
-        "flags": [],
-        "questions": {
-            q: {"score": 0.0, "max": float(info.get("points", 0)), "tampered": False} for q, info in questions.items()
-        },
-        "total": 0.0,
-        "max": float(sum(info.get("points", 0) for info in questions.values())),
-        "checks": [],
-        "cell_errors": [],
-        "tampered_cells": [],
-        "leftovers": [],
-        "export_problems": {},
-        "notes": [],
-        "seconds": 0.0,
-    }
+    questions = {q: QuestionScore(0.0, info.points) for q, info in job.bundle.questions.items()}
+    return SubmissionResult(
+        student=job.student,
+        lab=job.bundle.lab,
+        submission=job.submission,
+        questions=questions,
+        max=job.bundle.max_points,
+        isolation=job.isolation,
+    )
 
 
-def status_of(flags: list[str]) -> str:
-    """``ok``, or the flags joined by ``+`` in :data:`FLAGS` order."""
-    ordered = [f for f in FLAGS if f in flags]
-    return "+".join(ordered) if ordered else "ok"
-
-
-def _flag(result: dict[str, Any], name: str) -> None:
-    if name not in result["flags"]:
-        result["flags"].append(name)
-
-
-# --- step 1: read and compare -------------------------------------------------------------------
-
-
-def _read_submission(job: Job) -> dict[str, Any] | None:
-    try:
-        text = job.notebook
-        if text is None:
-            path = Path(job.submission)
-            if path.stat().st_size > _MAX_NOTEBOOK_BYTES:
-                return None
-            text = path.read_text(encoding="utf-8")
-        if len(text) > _MAX_NOTEBOOK_BYTES:
-            return None
-        notebook = json.loads(text)
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        return None
-    if not isinstance(notebook, dict) or not isinstance(notebook.get("cells"), list):
-        return None
-    if not all(isinstance(c, dict) and c.get("cell_type") in ("code", "markdown", "raw") for c in notebook["cells"]):
-        return None
-    return notebook
-
-
-def _tampered(notebook: dict[str, Any], readonly: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    by_id: dict[str, dict[str, Any]] = {}
-    for cell in notebook["cells"]:
-        if isinstance(cell.get("id"), str):
-            by_id.setdefault(cell["id"], cell)
-    found = []
-    for entry in readonly:
-        cell = by_id.get(entry["cell"])
-        if cell is None:
-            found.append({**entry, "problem": "deleted"})
-        elif digest(cell_source(cell)) != entry["sha256"]:
-            found.append({**entry, "problem": "edited"})
-    return [{"cell": t["cell"], "question": t["question"], "problem": t["problem"]} for t in found]
+def _student_seed(student: str, bundle: Bundle) -> int:
+    """The student's seed, as the kernel computes it (no secret: what is hidden are the checks)."""
+    return seeds.seed_for(student, bundle.lab, bundle.course)
 
 
 # --- step 2 and 3: execute ----------------------------------------------------------------------
@@ -188,41 +144,76 @@ def _tampered(notebook: dict[str, Any], readonly: list[dict[str, Any]]) -> list[
 class _Run:
     died: bool = False
     notebook_timeout: bool = False
-    kernel_pid: int | None = None
+    jail_pid: int | None = None
     leftovers: list[dict[str, Any]] = field(default_factory=list)
     exported: bool = False
+    export_timeout: bool = False
     errors: list[dict[str, Any]] = field(default_factory=list)
     kernel_stderr: str = ""
     export_errors: list[str] = field(default_factory=list)
+    output_bytes: int = 0
 
     def record(self, cell: Any, cell_index: int, execute_reply: dict[str, Any] | None) -> None:
         """nbclient's ``on_cell_executed`` hook: keep each failing cell's error from its reply."""
         content = (execute_reply or {}).get("content", {})
-        if content.get("status") == "error":
-            ename, evalue = str(content.get("ename")), str(content.get("evalue"))[:300]
+        if isinstance(content, dict) and content.get("status") == "error":
+            ename, evalue = str(content.get("ename"))[:100], str(content.get("evalue"))[:300]
             self.errors.append({"cell": cell_index, "ename": ename, "evalue": evalue})
 
 
-def _kernel_manager(spec: JailSpec, workdir: Path) -> Any:
+def _client_class() -> Any:
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionComplete
+
+    class CountingClient(NotebookClient):
+        """Keeps no output at all: the supervisor's memory must not grow with what the student prints."""
+
+        run: _Run
+
+        def process_message(self, msg: dict[str, Any], cell: Any, cell_index: int) -> None:
+            content = msg.get("content") or {}
+            if msg.get("msg_type") == "status":
+                if content.get("execution_state") == "idle":
+                    raise CellExecutionComplete()
+                return
+            self.run.output_bytes += sum(len(str(v)) for v in content.values()) if isinstance(content, dict) else 0
+
+    return CountingClient
+
+
+def _kernel_manager(spec: JailSpec, conn: Path) -> Any:
+    import zmq
     from jupyter_client.manager import AsyncKernelManager
 
-    class JailedKernelManager(AsyncKernelManager):  # type: ignore[misc]
+    class JailedKernelManager(AsyncKernelManager):
         def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
             return spec.command(super().format_kernel_cmd(extra_arguments))
 
-    manager = JailedKernelManager(kernel_name="python3", transport="ipc", ip=str(workdir / "ipc"))
-    manager.connection_file = str(workdir / "kernel.json")
+        def client(self, **kwargs: Any) -> Any:
+            client = super().client(**kwargs)
+            client.context.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)  # a bigger message is dropped unread
+            return client
+
+    manager = JailedKernelManager(kernel_name="python3", transport="ipc", ip=str(conn / "k"))
+    manager.connection_file = str(conn / "kernel.json")
+    manager.write_connection_file()
+    os.chmod(manager.connection_file, 0o644)  # the kernel's uid reads it; conn/ is its own, 0700, untouched yet
     return manager
 
 
 async def _execute(
-    notebook: Any, export_cell: Any, spec: JailSpec, env: dict[str, str], limits: Limits, cgroup: Cgroup | None
+    notebook: Any,
+    export_cell: Any,
+    spec: JailSpec,
+    env: dict[str, str],
+    limits: Limits,
+    cgroup: Cgroup | None,
+    fds: tuple[int, int],
 ) -> _Run:
-    from nbclient import NotebookClient
-
+    conn_fd, stderr_fd = fds
     run = _Run()
-    manager = _kernel_manager(spec, Path(spec.workdir))
-    client = NotebookClient(
+    manager = _kernel_manager(spec, Path(spec.writable[0]))
+    client = _client_class()(
         notebook,
         km=manager,
         timeout=int(limits.cell_timeout),
@@ -239,25 +230,16 @@ async def _execute(
         iopub_timeout=2,
         on_cell_executed=run.record,
     )
-    # the kernel's stderr goes to a file the supervisor reads if the kernel dies (never to our stdout)
-    stderr = open(Path(spec.workdir) / "kernel-stderr.log", "wb")  # noqa: SIM115 - closed below
+    client.run = run
     try:
-        async with client.async_setup_kernel(env=env, cwd=spec.workdir, stdout=subprocess.DEVNULL, stderr=stderr):
+        async with client.async_setup_kernel(env=env, cwd="/", stdout=subprocess.DEVNULL, stderr=stderr_fd):
+            if spec.mode == "root":  # the sockets are bound: from now on the student cannot swap them
+                os.fchown(conn_fd, 0, 0)
+                os.fchmod(conn_fd, 0o711)
             await _run_cells(client, notebook, export_cell, limits, cgroup, run, manager)
-    finally:
-        stderr.close()
-    if run.died:
-        run.kernel_stderr = _tail(Path(spec.workdir) / "kernel-stderr.log")
+    except RuntimeError as exc:  # the kernel did not come up: no student code ran
+        raise VlabError("the jailed kernel did not start", detail=f"{exc}; its stderr: {_tail(stderr_fd)}") from exc
     return run
-
-
-def _tail(path: Path, size: int = 1500) -> str:
-    try:
-        with path.open("rb") as handle:
-            handle.seek(max(0, path.stat().st_size - size))
-            return handle.read().decode(errors="replace")
-    except OSError:
-        return ""
 
 
 async def _run_cells(
@@ -267,7 +249,7 @@ async def _run_cells(
     from nbclient.exceptions import DeadKernelError
 
     deadline = time.monotonic() + limits.notebook_timeout
-    run.kernel_pid = manager.provisioner.process.pid if manager.provisioner else None
+    run.jail_pid = manager.provisioner.process.pid if manager.provisioner else None
     student_cells = len(notebook.cells)
     notebook.cells.append(export_cell)
     for index, cell in enumerate(notebook.cells[:student_cells]):
@@ -286,65 +268,80 @@ async def _run_cells(
         except TimeoutError:
             run.notebook_timeout = True
             break
-    if not run.died:
-        client.timeout = 20
+    if not run.died and not run.notebook_timeout:
+        client.timeout = int(_export_timeout(limits))
         try:
-            await asyncio.wait_for(client.async_execute_cell(export_cell, student_cells), 25)
+            await asyncio.wait_for(client.async_execute_cell(export_cell, student_cells), client.timeout + 5)
             run.exported = True
         except DeadKernelError:
             run.died = True
         except TimeoutError:
-            run.notebook_timeout = True
-    # what the notebook leaves running (a VM, a fork bomb's children) is counted, then killed
-    others = survivors(cgroup, exclude={run.kernel_pid} if run.kernel_pid else set())
-    run.leftovers = [{"pid": p.pid, "command": p.command} for p in others]
+            run.export_timeout = True
+    run.leftovers = _leftovers(run.jail_pid, cgroup)
     notebook.cells.pop()
     run.export_errors = [f"{e['ename']}: {e['evalue']}" for e in run.errors if e["cell"] >= student_cells]
     run.errors = [e for e in run.errors if e["cell"] < student_cells]
     run.exported = run.exported and not run.export_errors
 
 
+def _export_timeout(limits: Limits) -> float:
+    """Seconds the export cell may take: like any cell, but at least 5 s."""
+    return max(5.0, limits.cell_timeout)
+
+
+def _leftovers(jail_pid: int | None, cgroup: Cgroup | None) -> list[dict[str, Any]]:
+    """What the notebook leaves running besides its kernel (a VM, a fork bomb's children), by membership."""
+    if jail_pid is None:
+        return []
+    members = namespace_members(jail_pid) | (cgroup.members() if cgroup else set())
+    found = []
+    for pid in sorted(members - {jail_pid, os.getpid()}):
+        if inner_pid(pid) in (1, 2):  # the jail's init and the kernel itself
+            continue
+        with contextlib.suppress(OSError):
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if not command.strip():  # a zombie leader whose other threads run on has no command line
+                command = "[" + Path(f"/proc/{pid}/comm").read_text().strip() + "]"
+            found.append({"pid": pid, "command": command.strip()[:300]})
+    return found
+
+
 # --- step 4: checks -----------------------------------------------------------------------------
 
 
-def _lab_namespace(bundle: Mapping[str, Any], student: str) -> tuple[dict[str, Any], list[Any]]:
+def _lab_namespace(bundle: Bundle, student: str) -> tuple[dict[str, Any], list[Any]]:
     """Run the bundle's ``params`` cell, then its check cells, in one namespace as in the notebook.
 
-    :returns: the per-student parameters and the checks.
+    :returns: the owner's parameters (from the instructor's code, never from the submission) and the checks.
     """
-    os.environ["VLAB_STUDENT_ID"] = student  # what the kernel had: setup() resolves the same student here
     namespace = check_namespace()
     namespace["STUDENT_ID"] = student
-    source = bundle.get("params_source")
     params: dict[str, Any] = {}
-    if source:
-        exec(compile(source, f"<lab {bundle['lab']} params>", "exec"), namespace)
+    if bundle.params_source:
+        exec(compile(bundle.params_source, f"<lab {bundle.lab} params>", "exec"), namespace)
         if callable(namespace.get("params_for")):
-            seed = seed_for(student, str(bundle["lab"]), str(bundle.get("course", DEFAULT_COURSE)))
-            params = dict(namespace["params_for"](seed))
+            params = dict(namespace["params_for"](_student_seed(student, bundle)))
         else:
             params = dict(namespace.get("PARAMS", {}))
     checks = []
-    for entry in bundle.get("check_sources", []):
-        with Registry(hidden=bool(entry["hidden"])) as registry:
-            exec(compile(entry["source"], f"<lab {bundle['lab']} checks {entry['cell']}>", "exec"), namespace)
+    for entry in bundle.check_sources:
+        with Registry(hidden=entry.hidden) as registry:
+            exec(compile(entry.source, f"<lab {bundle.lab} checks {entry.cell}>", "exec"), namespace)
         checks.extend(registry.checks)
     return params, checks
 
 
 def _run_checks(
-    job: Job, exports: dict[str, Any], spec: JailSpec, env: dict[str, str], limits: Limits, exports_path: Path
+    job: Job, exports: dict[str, Any], spec: JailSpec, env: dict[str, str], helpers: list[str]
 ) -> list[CheckResult]:
     params, checks = _lab_namespace(job.bundle, job.student)
-    host = None
-    if exports["functions"]:
-        command = spec.command([sys.executable, "-m", "vlab.grading.exports", "HOST", str(exports_path)])
-        host = StudentHost(command, limits.call_timeout, env, Path(spec.workdir))
+    exports_path = Path(spec.workdir) / EXPORTS_FILE
+    command = spec.command([sys.executable, "-I", "-m", "vlab.grading.exports", "HOST", str(exports_path)])
+    host = StudentHost(command, job.bundle.limits.call_timeout, env, helpers)
     try:
-        return run_checks(checks, GradedExports(exports, host), params)
+        return run_checks(checks, GradedExports(exports, host, defined_helpers(helpers)), params)
     finally:
-        if host is not None:
-            host.close()
+        host.close()
 
 
 # --- the supervisor -----------------------------------------------------------------------------
@@ -354,36 +351,34 @@ def _throwaway_uid() -> int:
     return 1_900_000_000 + os.getpid() % 100_000_000
 
 
-def _student_env(workdir: Path, job: Job) -> dict[str, str]:
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+def _student_env(work: Path, job: Job, mode: str) -> dict[str, str]:
+    return {
+        "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
         "LANG": "C.UTF-8",
-        "HOME": str(workdir),
-        "TMPDIR": str(workdir / "tmp"),
-        "IPYTHONDIR": str(workdir / ".ipython"),
+        "HOME": str(work),
+        "TMPDIR": "/tmp" if mode != "none" else str(work),
+        "IPYTHONDIR": str(work / ".ipython"),
         "MPLBACKEND": "Agg",
         "PYTHONDONTWRITEBYTECODE": "1",
         "VLAB_GRADING": "1",
         "VLAB_STUDENT_ID": job.student,
+        "VLAB_COURSE": job.bundle.course,
+        "VLAB_DENY_OUTBOUND": "1",
+        "VLAB_IMAGES": str(images_dir()),  # the grader's cache (read-only inside), not one under the fresh HOME
     }
-    env["VLAB_IMAGES"] = str(images_dir())  # the grader's cache, not one under the fresh HOME
-    for name in ("PYTHONPATH", "VLAB_RUNTIME"):
-        if os.environ.get(name):
-            env[name] = os.environ[name]
-    return env
 
 
-def _score(result: dict[str, Any], checks: list[CheckResult], tampered: list[dict[str, Any]]) -> None:
-    result["checks"] = [c.as_dict() for c in checks]
-    zeroed = {t["question"] for t in tampered}
-    for qid, entry in result["questions"].items():
-        entry["score"] = float(sum(c.score for c in checks if c.question == qid))
-        entry["tampered"] = qid in zeroed or None in zeroed
-        if entry["tampered"]:
-            entry["score"] = 0.0
-    result["total"] = float(sum(e["score"] for e in result["questions"].values()))
-    if checks and all(_unanswered(qid, checks) for qid in result["questions"]):
-        _flag(result, "unanswered")  # a blank submission: no question was even attempted
+def _score(result: SubmissionResult, checks: list[CheckResult]) -> None:
+    result.checks = [c.as_dict() for c in checks]
+    zeroed = {t["question"] for t in result.tampered_cells}
+    for qid, entry in result.questions.items():
+        entry.score = float(sum(c.score for c in checks if c.question == qid))
+        entry.tampered = qid in zeroed or None in zeroed
+        if entry.tampered:
+            entry.score = 0.0
+    result.total = float(sum(e.score for e in result.questions.values()))
+    if checks and all(_unanswered(qid, checks) for qid in result.questions):
+        result.flag("unanswered")  # a blank submission: no question was even attempted
 
 
 def _unanswered(question: str, checks: list[CheckResult]) -> bool:
@@ -392,180 +387,245 @@ def _unanswered(question: str, checks: list[CheckResult]) -> bool:
     return not any(c.passed for c in mine) and any(c.unanswered for c in mine)
 
 
-def _hideable(paths: tuple[str, ...], needed: tuple[str, ...]) -> tuple[str, ...]:
-    """The paths to hide, but none that holds something the student's process needs (Python, its workdir)."""
-    return tuple(h for h in paths if not any(Path(n).is_relative_to(os.path.realpath(h)) for n in needed))
-
-
-def _jail_spec(job: Job, limits: Limits, workdir: Path, uid: int | None, cgroup: Cgroup | None) -> JailSpec:
-    root = os.geteuid() == 0
-    reveal = python_paths() if uid is not None else ()
-    return JailSpec(
-        uid=uid,
-        address_space_mb=limits.address_space_mb,
-        cpu_seconds=int(limits.notebook_timeout * 2 + 10),
-        file_mb=limits.file_mb,
-        processes=limits.processes,
-        cgroup_procs=cgroup.procs_files if cgroup else (),
-        new_netns=root,
-        chown=(str(workdir / "kernel.json"),) if uid is not None else (),
-        workdir=str(workdir),
-        hide=_hideable(tuple(job.hide), (*reveal, os.path.realpath(workdir))) if uid is not None else (),
-        reveal=reveal,
-    )
-
-
-def _runnable(raw: dict[str, Any], exports: list[str], exports_path: Path) -> tuple[Any, Any]:
-    """The submission as an nbformat node without outputs, forced onto our kernel, and the export cell."""
+def _runnable(raw: dict[str, Any], exports: tuple[str, ...], exports_path: Path) -> tuple[Any, Any]:
+    """The submission's cells (type and source only) as a notebook on our kernel, and the export cell."""
     import nbformat
 
+    cells = []
     for cell in raw["cells"]:
-        cell["source"] = cell_source(cell)  # nbformat allows a list of lines; nbclient wants a str
-        cell.pop("outputs", None)
-        if cell.get("cell_type") == "code":
-            cell["outputs"] = []
-            cell["execution_count"] = None
-    raw["metadata"] = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
-    notebook = nbformat.from_dict(raw)  # type: ignore[no-untyped-call]
+        kept: dict[str, Any] = {"cell_type": cell["cell_type"], "source": cell["source"], "metadata": {}}
+        if cell["cell_type"] == "code":
+            kept.update(outputs=[], execution_count=None)
+        cells.append(kept)
+    clean = {
+        "nbformat": 4,
+        "nbformat_minor": 4,
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "cells": cells,
+    }
+    notebook = nbformat.from_dict(clean)  # type: ignore[no-untyped-call]
     export_cell = nbformat.v4.new_code_cell(export_cell_source(exports, exports_path))  # type: ignore[no-untyped-call]
     return notebook, export_cell
 
 
-def _record_run(result: dict[str, Any], run: _Run, cgroup: Cgroup | None) -> None:
-    result["leftovers"] = run.leftovers
-    result["cell_errors"] = run.errors
+def _record_run(result: SubmissionResult, run: _Run, cgroup: Cgroup | None) -> None:
+    result.leftovers = run.leftovers
+    result.cell_errors = [CellError(**e) for e in run.errors]
+    result.output_bytes = run.output_bytes
     _classify(result, run, run.errors, cgroup)
     if run.kernel_stderr.strip():
-        result["notes"].append("the kernel died; the end of its stderr:\n" + run.kernel_stderr.strip())
+        result.notes.append("the kernel died; the end of its stderr:\n" + run.kernel_stderr.strip())
     if not run.exported:
         why = f" ({'; '.join(run.export_errors)})" if run.export_errors else ""
-        result["notes"].append(f"the notebook's names could not be exported{why}: every question scores 0")
+        if run.export_timeout:
+            why = " (the export did not finish in time)"
+        result.notes.append(f"the notebook's names could not be exported{why}: every question scores 0")
+        if run.export_errors or run.export_timeout:
+            result.flag("export-failed")
 
 
-def _supervise(job: Job) -> dict[str, Any]:
+def _read_text(job: Job) -> str | bytes:
+    if job.notebook is not None:
+        return job.notebook
+    fd = os.open(job.submission, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read(MAX_NOTEBOOK_BYTES + 1)
+
+
+def _tail(fd: int, size: int = 1500) -> str:
+    with contextlib.suppress(OSError):
+        end = os.lseek(fd, 0, os.SEEK_END)
+        os.lseek(fd, max(0, end - size), os.SEEK_SET)
+        return os.read(fd, size).decode(errors="replace")
+    return ""
+
+
+def _make_private_dirs(uid: int | None) -> tuple[Path, int, int]:
+    """``base/`` (ours, 0700) with ``work/`` and ``conn/`` handed to the student uid, and ``root/`` (the stage).
+
+    :returns: base and open descriptors of ``work/`` and ``conn/``: every later access goes through those.
+    """
+    base = Path(tempfile.mkdtemp(prefix="vlab-grade-"))
+    os.environ["TMPDIR"] = tempfile.tempdir = str(base)  # what libraries make for themselves goes with base
+    fds = []
+    for name in ("work", "conn", "root"):
+        os.mkdir(base / name, 0o700)
+        if name != "root":
+            fd = os.open(base / name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            if uid is not None:
+                os.fchown(fd, uid, uid)
+            fds.append(fd)
+    return base, fds[0], fds[1]
+
+
+def _supervise(job: Job) -> SubmissionResult:
     started = time.monotonic()
     result = empty_result(job)
-    limits = Limits.from_bundle(job.bundle.get("limits", {}))
-    raw = _read_submission(job)
-    if raw is None:
-        _flag(result, "invalid")
-        result["notes"].append("the submission is not a readable Jupyter notebook")
-        return result
-    tampered = _tampered(raw, job.bundle.get("readonly", []))
-    result["tampered_cells"] = tampered
-    if tampered:
-        _flag(result, "tampered")
-
-    become_subreaper()
-    root = os.geteuid() == 0
-    uid = _throwaway_uid() if root and job.throwaway_uid else None
-    workdir = Path(tempfile.mkdtemp(prefix="vlab-grade-"))
-    name = f"vlab-grade-{os.getpid()}"
-    cgroup = (
-        Cgroup.create(name, memory_mb=limits.memory_mb, processes=limits.processes, cpu_percent=limits.cpu_percent)
-        if root
-        else None
-    )
+    bundle, limits = job.bundle, job.bundle.limits
+    mode = isolation_mode(job.isolation)
+    result.isolation = mode
     try:
-        (workdir / "tmp").mkdir()
-        if uid is not None:
-            for path in (workdir, workdir / "tmp"):
-                os.chown(path, uid, uid)
-        spec = _jail_spec(job, limits, workdir, uid, cgroup)
-        env = _student_env(workdir, job)
-        exports_path = workdir / EXPORTS_FILE
-        notebook, export_cell = _runnable(raw, job.bundle.get("exports", []), exports_path)
-        run = asyncio.run(_execute(notebook, export_cell, spec, env, limits, cgroup))
-        sweep(cgroup)
+        raw, why = parse_submission(_read_text(job))
+    except OSError as exc:
+        raw, why = None, f"the submission cannot be read: {exc.strerror or exc}"
+    if raw is None:
+        result.flag("invalid")
+        result.notes.append(why)
+        return result
+    result.tampered_cells = [t.as_dict() for t in find_tampering(raw, bundle)]
+    if result.tampered_cells:
+        result.flag("tampered")
+    helpers = verified_sources(raw, bundle)
+    uid = _throwaway_uid() if mode == "root" else None
+    base, work_fd, conn_fd = _make_private_dirs(uid)
+    work = base / "work"
+    cgroup = None
+    if mode == "root":
+        cgroup = Cgroup.create(
+            f"vlab-grade-{os.getpid()}",
+            memory_mb=limits.memory_mb,
+            processes=limits.processes,
+            cpu_percent=limits.cpu_percent,
+        )
+    stderr_fd = os.open(base / "kernel-stderr.log", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        spec = JailSpec(
+            mode=mode,
+            uid=uid,
+            address_space_mb=limits.address_space_mb,
+            cpu_seconds=int(limits.notebook_timeout * 2 + 10),
+            file_mb=limits.file_mb,
+            processes=limits.processes,
+            cgroup_procs=cgroup.procs_files if cgroup else (),
+            workdir=str(work),
+            writable=(str(base / "conn"),),
+            readonly=student_readonly(),
+            stage=str(base / "root"),
+        )
+        env = _student_env(work, job, mode)
+        notebook, export_cell = _runnable(raw, bundle.exports, work / EXPORTS_FILE)
+        run = asyncio.run(_execute(notebook, export_cell, spec, env, limits, cgroup, (conn_fd, stderr_fd)))
+        sweep(cgroup, [run.jail_pid] if run.jail_pid else [])
+        if mode == "none" and run.jail_pid:  # no namespace to end: at least the kernel's process group
+            with contextlib.suppress(OSError):
+                os.killpg(run.jail_pid, signal.SIGKILL)
+        if run.died:
+            run.kernel_stderr = _tail(stderr_fd)
         _record_run(result, run, cgroup)
-        exports = load_exports(exports_path)
-        result["export_problems"] = {
+        exports = load_exports(Path(EXPORTS_FILE), dir_fd=work_fd)
+        result.export_problems = {
             **{name: "not defined" for name in exports["missing"]},
             **exports["unexportable"],
             **({"*": exports["error"]} if "error" in exports else {}),
         }
-        _score(result, _run_checks(job, exports, spec, env, limits, exports_path), tampered)
+        if exports["unexportable"] or (run.exported and "error" in exports):
+            result.flag("export-failed")
+        _score(result, _run_checks(job, exports, spec, env, helpers))
     finally:
         sweep(cgroup)
         if cgroup is not None:
             cgroup.remove()
-        shutil.rmtree(workdir, ignore_errors=True)
-        if uid is not None:
-            remove_files_of(uid)
-        result["seconds"] = round(time.monotonic() - started, 3)
+        for fd in (work_fd, conn_fd, stderr_fd):
+            os.close(fd)
+        shutil.rmtree(base, ignore_errors=True)  # fd-based: never follows a symlink the student left
+        result.seconds = round(time.monotonic() - started, 3)
     return result
 
 
-def _classify(result: dict[str, Any], run: _Run, errors: list[dict[str, Any]], cgroup: Cgroup | None) -> None:
+def _classify(result: SubmissionResult, run: _Run, errors: list[dict[str, Any]], cgroup: Cgroup | None) -> None:
     names = {e["ename"] for e in errors}
     if run.notebook_timeout or "CellTimeout" in names:
-        _flag(result, "timeout")
+        result.flag("timeout")
     oom = cgroup.counter("memory", "memory.oom_control", "oom_kill") if cgroup else 0
     if "MemoryError" in names or oom:
-        _flag(result, "memory")
+        result.flag("memory")
     if "BlockingIOError" in names or (cgroup and cgroup.counter("pids", "pids.events", "max")):
-        _flag(result, "processes")
+        result.flag("processes")
     if run.died:
-        _flag(result, "kernel-died")
+        result.flag("kernel-died")
     if names - _QUIET_ERRORS:
-        _flag(result, "errors")
+        result.flag("errors")
     if "NotImplementedError" in names:
-        _flag(result, "unanswered")
+        result.flag("unanswered")
     if run.leftovers:
-        _flag(result, "leftovers")
+        result.flag("leftovers")
 
 
-def _grader_error(job: Job, message: str) -> dict[str, Any]:
+def _grader_error(job: Job, message: str) -> SubmissionResult:
     result = empty_result(job)
-    result["flags"] = ["grader-error"]
-    result["status"] = status_of(result["flags"])
-    result["notes"].append(message[-2000:])
+    result.flag("grader-error")
+    result.notes.append(message[-2000:])
     return result
 
 
-def grade_submission(job: Job) -> dict[str, Any]:
+def _supervisor_env() -> dict[str, str]:
+    """Nothing of the caller's environment but where the images and temporary files are."""
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+        "LANG": "C.UTF-8",
+        "HOME": "/nonexistent",
+        "VLAB_IMAGES": str(images_dir().resolve()),
+        "TMPDIR": tempfile.gettempdir(),
+    }
+
+
+def grade_submission(job: Job) -> SubmissionResult:
     """Grade one submission in a fresh supervisor process; never raises for a bad submission."""
-    limits = Limits.from_bundle(job.bundle.get("limits", {}))
+    limits = job.bundle.limits
     budget = limits.notebook_timeout + 60 + 10 * limits.call_timeout
     with tempfile.TemporaryDirectory(prefix="vlab-result-") as tmp:
         result_file = Path(tmp) / "result.json"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vlab.grading.sandbox", str(result_file)],
+            [sys.executable, "-I", "-m", "vlab.grading.sandbox", str(result_file)],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            cwd="/",
+            env=_supervisor_env(),
             start_new_session=True,
         )
         try:
-            _, stderr = proc.communicate(json.dumps(asdict(job)), timeout=budget)
+            _, stderr = proc.communicate(job.to_json(), timeout=budget)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
             group = Cgroup.existing(f"vlab-grade-{proc.pid}")
-            sweep(group)  # the kernel dies with its supervisor; its children may not
+            sweep(group)  # the jails die with their supervisor (parent-death signal); the cgroup is swept too
             if group is not None:
                 group.remove()
             return _grader_error(job, f"the grader gave up after {budget:g} s")
         try:
-            result: dict[str, Any] = json.loads(result_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return _grader_error(job, f"the supervisor failed (exit {proc.returncode}): {stderr.strip()}")
+            result = SubmissionResult.from_dict(json.loads(result_file.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError):
+            return _grader_error(job, f"the supervisor failed (exit {proc.returncode}): {stderr.strip()[-2000:]}")
     return result
+
+
+def _peak_mib() -> float:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
 
 
 def _main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m vlab.grading.sandbox RESULT_FILE  (the job as JSON on stdin)", file=sys.stderr)
+        print("usage: python -I -m vlab.grading.sandbox RESULT_FILE  (the job as JSON on stdin)", file=sys.stderr)
         return 2
     # jsonschema (via nbformat) imports this optional IRI checker, which takes ~3.7 s to build its
     # grammar; nbformat never needs it, so the supervisor starts without it
     sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
-    job = Job(**json.loads(sys.stdin.read()))
-    result = _supervise(job)
-    result["status"] = status_of(result["flags"])
+    become_subreaper()  # this process only: what a jail leaves behind comes back here to be swept
+    job = Job.from_json(sys.stdin.read())
+    try:
+        result = _supervise(job)
+    except VlabError as exc:
+        result = _grader_error(job, str(exc))
+    result.supervisor_peak_mib = _peak_mib()
     tmp = Path(argv[0] + ".part")
-    tmp.write_text(json.dumps(result), encoding="utf-8")
+    tmp.write_text(json.dumps(result.to_dict()), encoding="utf-8")
     os.replace(tmp, argv[0])
     return 0
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vlab.grading.assign import build, cell_ids, check_namespace, release_source
+from vlab.grading.bundle import Bundle
 from vlab.grading.checks import Check, CheckResult, Exports, Registry, run_checks
 from vlab.grading.format import cell_spec, load_notebook, notebook_text
 from vlab.grading.sandbox import Job, grade_submission
@@ -55,7 +56,7 @@ def solution_notebook_text(source: Path | str) -> str:
 
 def grade_notebook(notebook: Path | str, bundle: dict[str, Any], student: str = "test-student") -> dict[str, Any]:
     """Grade one notebook against ``bundle`` in the real sandbox; returns the result dict."""
-    return grade_submission(Job(str(notebook), student, bundle))
+    return grade_submission(Job(str(notebook), student, Bundle.from_dict(bundle))).to_dict()
 
 
 def assert_lab_grades(source: Path | str, student: str = "test-student") -> tuple[dict[str, Any], dict[str, Any]]:
