@@ -228,7 +228,7 @@ def test_guest_panicking_during_boot_is_retried_then_fails_fast_with_console_tai
 
 def test_start_with_progress_reports_each_boot_step(guest_images: tuple[Path, Path],
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    with VM(VMConfig(name="steps", accel="tcg")).start(progress=True) as vm:
+    with VM(VMConfig(name="steps", accel="tcg", cold_boot=True)).start(progress=True) as vm:
         assert vm.state is VMState.RUNNING
     lines = capsys.readouterr().err.splitlines()  # no TTY, no notebook: one plain line per step
     assert lines[0] == "booting steps: [1/2] launching QEMU (tcg), attempt 1"
