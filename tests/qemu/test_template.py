@@ -320,3 +320,84 @@ def test_kill_9_mid_build_leaves_no_template_and_the_next_build_cleans_up(cache:
     found, note = template.ensure(config, "tcg")
     assert note == "built the template (first use)" and found.directory == cache / key
     assert _left(cache) == []
+
+
+# -- everything else keeps working on restored VMs -----------------------------------------------------
+
+
+def test_restored_vm_console_qmp_balloon_and_snapshots(fresh: Template) -> None:
+    with VM(VMConfig(accel="tcg", name="full")) as vm:
+        assert vm.start_mode == "restored"
+        assert vm.console.run("false").status == 1
+        assert vm.status() == "running" and len(vm.vcpus()) == 1
+        assert vm.memory().configured == 256 * 1024 * 1024
+        vm.pause()
+        vm.resume()
+        assert vm.balloon("128M") == 128
+        assert int(vm.console.run("awk '/MemTotal/ {print $2}' /proc/meminfo").output) < 140 * 1024
+        assert vm.balloon(256) == 256
+        vm.console.run("echo before > /tmp/state")
+        vm.snapshot_save("one")
+        vm.console.run("echo after > /tmp/state")
+        vm.snapshot_load("one")
+        assert vm.console.run("cat /tmp/state; hostname").output == "before\nfull\n"
+        vm.snapshot_delete("one")
+        assert vm.stop() == "powerdown"
+    # the template is untouched by what its VMs did
+    assert template.find(VMConfig(accel="tcg"), "tcg") is not None
+
+
+def test_restored_vm_with_a_nic_migrates_live(fresh: Template) -> None:
+    config = VMConfig(accel="tcg", name="mover", nics=(Nic(ip="10.0.2.15/24"),))
+    source, destination = VM(config), VM(config)
+    source.start()
+    try:
+        assert source.start_mode == "restored"
+        mac = source.console.run("cat /sys/class/net/eth0/address").output
+        source.console.run("echo travelled > /tmp/mark")
+        result = source.migrate_to(destination)
+        assert result.total_seconds > 0
+        out = destination.console.run("cat /tmp/mark; hostname; cat /sys/class/net/eth0/address").output
+        assert out == f"travelled\nmover\n{mac}"
+        assert destination.console.run("ping -c 1 -W 2 10.0.2.2").ok
+    finally:
+        source.kill()
+        destination.kill()
+
+
+def test_shared_ram_form_maps_the_template_and_keeps_it_intact(cache: Path) -> None:
+    config = VMConfig(accel="tcg", balloon=False, name="sharer")
+    found, _ = template.ensure(config, "tcg")
+    assert found.shared and found.ram_path is not None
+    ram = found.ram_path.read_bytes()
+    with VM(config) as one, VM(config.replace(name="other")) as two:
+        assert (one.start_mode, two.start_mode) == ("restored", "restored")
+        maps = Path(f"/proc/{one.pid}/maps").read_text()
+        assert str(found.ram_path) in maps  # the guest RAM is the template file, mapped privately
+        one.console.run("dd if=/dev/urandom of=/dev/shm/noise bs=1M count=16 2>/dev/null")
+        one.snapshot_save("s")
+        one.snapshot_load("s")
+        assert one.console.run("ls -l /dev/shm/noise | wc -l").output == "1\n"
+        assert two.console.run("hostname").output == "other\n"
+    assert found.ram_path.read_bytes() == ram  # a guest's writes never reach the template
+    assert template.find(config, "tcg") is not None
+
+
+def test_kill_9_of_the_owner_takes_a_restored_qemu_down(fresh: Template) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", "import time, vlab\nvm = vlab.VM(accel='tcg').start()\n"
+                               "print(vm.pid, vm.start_mode, flush=True)\ntime.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        pid, mode = holder.stdout.readline().split()
+        assert mode == "restored"
+        holder.kill()
+        holder.wait()
+        deadline = time.monotonic() + 3
+        while Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text() \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    finally:
+        holder.kill()
+        holder.wait()
