@@ -61,7 +61,7 @@ def runtime_dir() -> Path:
     return path
 
 
-_SAFE_PATH = re.compile(r"/[A-Za-z0-9/_.-]{0,79}")
+_SAFE_PATH = re.compile(r"/[A-Za-z0-9/_.-]{0,4000}")
 
 
 def check_private_dir(path: Path, source: str = "VLAB_RUNTIME") -> None:

@@ -24,7 +24,7 @@ from vlab.files import write_atomic
 from vlab.host import procfs
 from vlab.paths import runtime_dir
 from vlab.qemu.config import Disk, parse_size_mib
-from vlab.qemu.fields import check_int, check_passphrase, check_text
+from vlab.qemu.fields import check_int, check_passphrase, check_seconds, check_text
 from vlab.qemu.process import child_setup
 
 __all__ = ["create_image", "create_overlay", "image_info", "write_secret_file"]
@@ -52,7 +52,7 @@ def _qemu_img(*args: str, timeout: float = 60.0) -> str:
 
 
 def create_image(path: str | os.PathLike[str], size: str | int, *, secret: str | bytes | None = None,
-                 iter_time_ms: int = 200) -> Path:
+                 iter_time_ms: int = 200, timeout: float = 60.0) -> Path:
     """Create an empty qcow2 image of ``size`` (``"64M"``, ``"1G"``, or MiB); LUKS-encrypted if ``secret``.
 
     The file is written under a temporary name and renamed, so a failure leaves nothing half-made; the
@@ -61,8 +61,10 @@ def create_image(path: str | os.PathLike[str], size: str | int, *, secret: str |
 
     :param iter_time_ms: how long LUKS key derivation should take (QEMU's default is 2000 ms, paid again
         at every VM start; a lab image needs to show encryption, not resist a brute-force attack).
+    :param timeout: seconds qemu-img may take (per attempt).
     :raises VlabError: for a bad path, size or passphrase, an unwritable directory, or a qemu-img failure.
     """
+    timeout = check_seconds("timeout", timeout)
     if not isinstance(path, (str, os.PathLike)):
         raise VlabError(f"must be a path, not {type(path).__name__}", field="path", value=repr(path)[:80],
                         fix='create_image("disk.qcow2", "64M")')
@@ -89,7 +91,7 @@ def create_image(path: str | os.PathLike[str], size: str | int, *, secret: str |
         cleanup.callback(tmp.unlink, missing_ok=True)
         for attempt in range(_LUKS_ATTEMPTS):
             try:
-                _qemu_img(*args, str(tmp), f"{mib}M")
+                _qemu_img(*args, str(tmp), f"{mib}M", timeout=timeout)
                 break
             except VlabError as exc:
                 # qemu-img (7.2) times a first PBKDF round with thread CPU time and gives up when it reads 0 ms,
