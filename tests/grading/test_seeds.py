@@ -1,64 +1,90 @@
-"""Per-student seeds: deterministic, keyed by the instructor secret, different per student and lab."""
+"""Per-student parameters without a secret: deterministic, per student/lab/course, and whom a notebook is for."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import hashlib
 
 import pytest
 
 from vlab.errors import VlabError
-from vlab.grading.seeds import SELF_STUDY_SECRET, instructor_secret, seed_for, student_id, student_key
+from vlab.grading.seeds import SELF_STUDY, practice_seed, resolve_student, seed_for, setup
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("VLAB_STUDENT_ID", "VLAB_STUDENT_KEY", "VLAB_GRADING_SECRET", "VLAB_GRADING_SECRET_FILE"):
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("VLAB_STUDENT_ID", "JUPYTERHUB_USER"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.config/vlab/grading-secret
 
 
-def test_seed_is_deterministic_and_32_bit() -> None:
-    assert seed_for("alice", "03", secret="s") == seed_for("alice", "03", secret="s")
-    assert 0 <= seed_for("alice", "03", secret="s") < 2**32
+def test_seed_is_the_documented_sha256_and_32_bit() -> None:
+    digest = hashlib.sha256(b"vlab-seed\0os-2026\x0003\0alice").digest()
+    assert seed_for("alice", "03", "os-2026") == int.from_bytes(digest[:4], "big")
+    assert 0 <= seed_for("alice", "03") < 2**32
 
 
-def test_seeds_differ_per_student_lab_and_secret() -> None:
-    seeds = {seed_for(s, lab, secret=k) for s in ("alice", "bob") for lab in ("01", "02") for k in ("x", "y")}
+def test_seeds_differ_per_student_lab_and_course() -> None:
+    seeds = {seed_for(s, lab, c) for s in ("alice", "bob") for lab in ("01", "02") for c in ("x", "y")}
     assert len(seeds) == 8
 
 
-def test_student_key_alone_reproduces_the_graders_seed(monkeypatch: pytest.MonkeyPatch) -> None:
-    graders = seed_for("alice", "03", secret="course-secret")
-    monkeypatch.setenv("VLAB_STUDENT_KEY", student_key("alice", "course-secret"))
-    assert seed_for("alice", "03") == graders  # no secret in the student's environment
+def test_practice_seed_is_public_per_lab_and_not_a_students() -> None:
+    assert practice_seed("04") == practice_seed("04") != practice_seed("02")
+    assert practice_seed("04") not in {seed_for(s, "04") for s in ("self-study", "practice", "alice")}
 
 
-def test_grader_environment_wins_over_the_notebooks_student_id(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("student", "lab", "course", "field"),
+    [
+        ("alice; rm -rf /", "03", "c", "student"),
+        ("a" * 65, "03", "c", "student"),
+        ("", "03", "c", "student"),
+        (3, "03", "c", "student"),
+        ("alice", "../03", "c", "lab"),
+        ("alice", "03", "os 2026", "course"),
+        ("alice", "03", "", "course"),
+        ("alice", "03", "x\n", "course"),
+    ],
+)
+def test_bad_ids_are_rejected_naming_the_field(student: object, lab: object, course: object, field: str) -> None:
+    with pytest.raises(VlabError, match=field):
+        seed_for(student, lab, course)  # type: ignore[arg-type]
+
+
+def test_student_resolution_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_student() == (SELF_STUDY, "default")
+    assert resolve_student("carol") == ("carol", "RELEASED_FOR")
+    monkeypatch.setenv("JUPYTERHUB_USER", "bob")
+    assert resolve_student("carol") == ("bob", "JUPYTERHUB_USER")
     monkeypatch.setenv("VLAB_STUDENT_ID", "alice")
-    assert student_id("bob") == "alice"
-    assert seed_for("bob", "03", secret="s") == seed_for("alice", "03", secret="s")
+    assert resolve_student("carol") == ("alice", "VLAB_STUDENT_ID")
 
 
-def test_secret_sources_in_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    assert instructor_secret() == SELF_STUDY_SECRET
-    default_file = tmp_path / ".config" / "vlab" / "grading-secret"
-    default_file.parent.mkdir(parents=True)
-    default_file.write_text("from-home\n")
-    assert instructor_secret() == "from-home"
-    named = tmp_path / "named"
-    named.write_text("from-file\n")
-    monkeypatch.setenv("VLAB_GRADING_SECRET_FILE", str(named))
-    assert instructor_secret() == "from-file"
-    monkeypatch.setenv("VLAB_GRADING_SECRET", "from-env")
-    assert instructor_secret() == "from-env"
+def test_a_hostile_environment_id_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JUPYTERHUB_USER", "$(reboot)")
+    with pytest.raises(VlabError, match="JUPYTERHUB_USER"):
+        resolve_student()
 
 
-def test_unreadable_secret_file_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("VLAB_GRADING_SECRET_FILE", str(tmp_path / "missing"))
-    with pytest.raises(VlabError, match="VLAB_GRADING_SECRET_FILE"):
-        instructor_secret()
+def params_for(seed: int) -> dict[str, int]:
+    return {"n": seed % 1000}
 
 
-def test_bad_student_id_is_rejected() -> None:
-    with pytest.raises(VlabError, match="STUDENT_ID"):
-        seed_for("alice; rm -rf /", "03")
+def test_setup_gives_the_students_and_the_practice_instance(monkeypatch: pytest.MonkeyPatch) -> None:
+    got = setup("04", params_for, course="os-2026", released_for="carol")
+    assert (got.student, got.source, got.course) == ("carol", "RELEASED_FOR", "os-2026")
+    assert got.params == params_for(seed_for("carol", "04", "os-2026"))
+    assert got.practice == params_for(practice_seed("04"))
+    assert "the grader uses exactly these" in repr(got) and "self-study instance" not in repr(got)
+    assert "PRACTICE" in got._repr_html_()
+
+
+def test_setup_without_a_student_says_so() -> None:
+    got = setup("04", params_for)
+    assert got.student == SELF_STUDY and "does not know who you are" in got.text()
+
+
+def test_setup_rejects_a_params_for_that_returns_no_dict() -> None:
+    with pytest.raises(VlabError, match="params_for"):
+        setup("04", lambda seed: [seed])  # type: ignore[arg-type,return-value]
+    with pytest.raises(VlabError, match="params_for"):
+        setup("04", "not a function")  # type: ignore[arg-type]

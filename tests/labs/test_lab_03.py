@@ -5,25 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from vlab.grading.testing import assert_lab_grades, assert_not_stale, lab_checks, run_check
+from vlab.grading.testing import lab_checks, run_check
 
 SOURCE = Path(__file__).resolve().parents[2] / "labs" / "source" / "03-memory.ipynb"
-
-
-@pytest.mark.notebooks
-@pytest.mark.slow
-def test_lab_03_student_notebook_is_current() -> None:
-    assert_not_stale(SOURCE)
-
-
-@pytest.mark.notebooks
-@pytest.mark.slow
-def test_lab_03_solution_scores_full_marks_and_student_version_zero() -> None:
-    solved, untouched = assert_lab_grades(SOURCE)
-    assert {c["question"] for c in solved["checks"]} == {f"q{i}" for i in range(1, 7)}
-    assert untouched["status"] in ("ok", "unanswered")
 
 
 # a 256 MiB guest showing 218 MiB; on a busy host the balloon stopped at 160 MiB instead of the 144 asked for

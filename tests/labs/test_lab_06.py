@@ -7,23 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from vlab.grading.testing import assert_lab_grades, assert_not_stale, lab_checks, run_check
+from vlab.grading.testing import lab_checks, run_check
 
 SOURCE = Path(__file__).resolve().parents[2] / "labs" / "source" / "06-overhead.ipynb"
-
-
-@pytest.mark.notebooks
-@pytest.mark.slow
-def test_lab_06_student_notebook_is_current() -> None:
-    assert_not_stale(SOURCE)
-
-
-@pytest.mark.notebooks
-@pytest.mark.slow
-def test_lab_06_solution_scores_full_marks_and_student_version_zero() -> None:
-    solved, untouched = assert_lab_grades(SOURCE)
-    assert {c["question"] for c in solved["checks"]} >= {"q1", "q2", "q3", "q4", "q5", "q6", "q7"}
-    assert untouched["status"] in ("ok", "unanswered")
 
 
 @pytest.mark.parametrize("predicted", [0.0125, 0.0125 * (1 + 2e-10)])
@@ -32,15 +18,24 @@ def test_q6_error_check_accepts_the_right_sign_even_when_the_model_hits_the_meas
     # sign check's 1e-9, which then failed the correct answer; the hint now runs only for a wrong answer
     namespace, checks = lab_checks(SOURCE)
     new_run = {"instructions": 400_000, "exits": 1000, "seconds": 0.0125}
-    result = run_check(checks["error_is_relative_to_the_measurement"], namespace["params_for"](1), new_run=new_run,
-                  predict_seconds=lambda instructions, exits: predicted,
-                  prediction_error=lambda: (predicted - new_run["seconds"]) / new_run["seconds"])
+    result = run_check(
+        checks["error_is_relative_to_the_measurement"],
+        namespace["params_for"](1),
+        new_run=new_run,
+        predict_seconds=lambda instructions, exits: predicted,
+        prediction_error=lambda: (predicted - new_run["seconds"]) / new_run["seconds"],
+    )
     assert result.passed, result.message
 
 
 def test_q6_a_flipped_sign_gets_the_hint() -> None:
     namespace, checks = lab_checks(SOURCE)
     new_run = {"instructions": 400_000, "exits": 1000, "seconds": 0.0125}
-    result = run_check(checks["error_is_relative_to_the_measurement"], namespace["params_for"](1), new_run=new_run,
-                  predict_seconds=lambda instructions, exits: 0.015, prediction_error=lambda: (0.0125 - 0.015) / 0.0125)
+    result = run_check(
+        checks["error_is_relative_to_the_measurement"],
+        namespace["params_for"](1),
+        new_run=new_run,
+        predict_seconds=lambda instructions, exits: 0.015,
+        prediction_error=lambda: (0.0125 - 0.015) / 0.0125,
+    )
     assert not result.passed and "the sign" in result.message

@@ -7,24 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from vlab.grading.testing import assert_lab_grades, assert_not_stale, lab_checks, run_check
+from vlab.grading.testing import lab_checks, run_check
 
 SOURCE = Path(__file__).resolve().parents[2] / "labs" / "source" / "07-live-migration.ipynb"
 MIB = 1 << 20
-
-
-@pytest.mark.notebooks
-@pytest.mark.slow
-def test_lab_07_student_notebook_is_current() -> None:
-    assert_not_stale(SOURCE)
-
-
-@pytest.mark.notebooks
-@pytest.mark.slow
-def test_lab_07_solution_scores_full_marks_and_student_version_zero() -> None:
-    solved, untouched = assert_lab_grades(SOURCE)
-    assert {c["question"] for c in solved["checks"]} == {"q1", "q2", "q3", "q4", "q5"}
-    assert untouched["status"] in ("ok", "unanswered")
 
 
 @pytest.mark.parametrize("bandwidth_mib", [100, 250, 500, 1000])
@@ -33,14 +19,22 @@ def test_q2_model_and_rate_agree_for_every_seeded_bandwidth(bandwidth_mib: int) 
     # then converged in round 1 and the correct answer lost the point (a quarter of all seeds, e.g. "bob-7")
     namespace, checks = lab_checks(SOURCE)
     params = dict(namespace["params_for"](1), q2_bandwidth_mib=bandwidth_mib)
-    result = run_check(checks["your_model_agrees_with_your_rate"], params, precopy_model=namespace["reference_precopy"],
-                  critical_dirty_rate=lambda bw, page_size=4096: bw / page_size)
+    result = run_check(
+        checks["your_model_agrees_with_your_rate"],
+        params,
+        precopy_model=namespace["reference_precopy"],
+        critical_dirty_rate=lambda bw, page_size=4096: bw / page_size,
+    )
     assert result.passed, result.message
 
 
 def test_q2_a_rate_from_the_downtime_budget_still_fails() -> None:
     namespace, checks = lab_checks(SOURCE)
     params = dict(namespace["params_for"](1), q2_bandwidth_mib=1000)
-    result = run_check(checks["your_model_agrees_with_your_rate"], params, precopy_model=namespace["reference_precopy"],
-                  critical_dirty_rate=lambda bw, page_size=4096: bw * 0.3 / page_size)
+    result = run_check(
+        checks["your_model_agrees_with_your_rate"],
+        params,
+        precopy_model=namespace["reference_precopy"],
+        critical_dirty_rate=lambda bw, page_size=4096: bw * 0.3 / page_size,
+    )
     assert not result.passed

@@ -8,7 +8,11 @@ One module per concern (the lab format is documented for authors in ``labs/READM
   :func:`is_stale`.
 * :mod:`~vlab.grading.checks` — checks with points and misconception messages; :func:`check` in
   the notebook.
-* :mod:`~vlab.grading.seeds` — per-student seeds keyed by an instructor secret.
+* :mod:`~vlab.grading.seeds` — per-student parameters without a secret (:func:`setup` in the
+  ``params`` cell: the student's instance and the practice instance).
+* :mod:`~vlab.grading.choice` — multiple choice, shuffled per student, options of similar length.
+* :mod:`~vlab.grading.predict` — :func:`predict_then_measure`: the figure only after the prediction.
+* :mod:`~vlab.grading.scan` — finds a solution's answer literals in what students can see.
 * :mod:`~vlab.grading.exports` — what leaves the student's kernel (values as JSON, functions as
   source) and the sandboxed process that runs student functions for the checks.
 * :mod:`~vlab.grading.jail` — the limits around every student process (rlimits, cgroup, network
@@ -16,7 +20,7 @@ One module per concern (the lab format is documented for authors in ``labs/READM
 * :mod:`~vlab.grading.sandbox` — grades one submission in its own process.
 * :mod:`~vlab.grading.gradebook` — CSV, per-student JSON/HTML feedback, summary.
 * :mod:`~vlab.grading.runner` — many submissions on a local pool or a Dask cluster.
-* :mod:`~vlab.grading.cli` — ``vlab assign``, ``vlab grade``, ``vlab grade-keys``.
+* :mod:`~vlab.grading.cli` — ``vlab assign``, ``vlab grade``.
 * :mod:`~vlab.grading.testing` — helpers for the labs' own tests.
 """
 
@@ -32,10 +36,15 @@ from vlab.grading.checks import (
     expect_equal,
     fail,
 )
-from vlab.grading.seeds import seed_for, student_key
+from vlab.grading.choice import Choice
+from vlab.grading.predict import Prediction, predict_then_measure
+from vlab.grading.seeds import LabSetup, practice_seed, resolve_student, seed_for, setup
 
 __all__ = [
     "CheckFailed",
+    "Choice",
+    "LabSetup",
+    "Prediction",
     "assign",
     "build",
     "check",
@@ -45,6 +54,9 @@ __all__ = [
     "expect_equal",
     "fail",
     "is_stale",
+    "practice_seed",
+    "predict_then_measure",
+    "resolve_student",
     "seed_for",
-    "student_key",
+    "setup",
 ]

@@ -2,11 +2,17 @@
 
 :func:`build` is pure (source in, two texts out) and deterministic, which is what makes
 :func:`is_stale` possible: regenerate in memory, compare with the files on disk.
-:func:`assign` writes both files atomically (temp file + rename; the bundle with mode 0600).
+:func:`assign` writes both files atomically (temp file + rename; the bundle with mode 0600), and
+with a roster one released notebook per student (``release/<student>/NN-x.ipynb``).
 
 The bundle (``labs/autograder/NN.json``) holds what grading needs and students must not see:
-the sources of the public and hidden check cells and of the ``params`` cell, the list of checks
-with their points, the checksums of read-only cells, the exported names and the limits.
+the sources of the public and hidden check cells and of the ``params`` cell (after the release
+cell's ``COURSE``), the course, the list of checks with their points, the checksums of read-only
+cells, the exported names and the limits.
+
+Two cells are written here rather than copied: the ``release`` cell (``COURSE`` and
+``RELEASED_FOR``: who this copy is for; locked, not checksummed, since it differs per student)
+and the ``questions`` cell (the question/points table, from the checks themselves).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +41,7 @@ from vlab.grading.format import (
     notebook_text,
     strip_solution,
 )
+from vlab.grading.seeds import DEFAULT_COURSE, seed_for, valid_student_id
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -45,6 +53,9 @@ __all__ = [
     "bundle_path_for",
     "cell_ids",
     "is_stale",
+    "questions_table",
+    "release_path_for",
+    "release_source",
     "student_path_for",
 ]
 
@@ -62,9 +73,16 @@ DEFAULT_LIMITS: dict[str, float] = {
 }
 
 
+#: Locked in the student notebook but not checksummed: ``vlab assign`` writes them, per course or student.
+_GENERATED_ROLES = ("release", "questions")
+
+
 @dataclass(frozen=True)
 class Assignment:
-    """The generated files of one lab (texts, and where they belong)."""
+    """The generated files of one lab (texts, and where they belong).
+
+    :param released: student id → path of the notebook released for them (``assign(..., roster=...)``).
+    """
 
     lab: str
     source: Path
@@ -72,6 +90,7 @@ class Assignment:
     bundle_path: Path
     student_text: str
     bundle_text: str
+    released: tuple[tuple[str, Path], ...] = ()
 
     @property
     def bundle(self) -> dict[str, Any]:
@@ -83,6 +102,11 @@ def student_path_for(source: Path, out_dir: Path | None = None) -> Path:
     """``labs/source/NN-x.ipynb`` → ``labs/NN-x.ipynb`` (or ``out_dir/NN-x.ipynb``)."""
     source = Path(source)
     return (Path(out_dir) if out_dir else source.resolve().parent.parent) / source.name
+
+
+def release_path_for(student_path: Path, student: str) -> Path:
+    """Where the notebook released for ``student`` goes: ``<student notebooks>/release/<student>/NN-x.ipynb``."""
+    return student_path.parent / "release" / student / student_path.name
 
 
 def bundle_path_for(lab: str, out_dir: Path) -> Path:
@@ -116,7 +140,7 @@ def _student_cell(cell: dict[str, Any], spec: CellSpec, cid: str, index: int) ->
         meta.pop(key, None)
     if spec.role:
         meta["vlab"] = {"role": spec.role, **({"question": spec.question} if spec.question else {})}
-    if spec.role in LOCKED_ROLES:
+    if spec.role in LOCKED_ROLES or spec.role in _GENERATED_ROLES:
         meta["editable"] = False
         meta["deletable"] = False
     if out.get("cell_type") == "code":
@@ -136,12 +160,58 @@ def check_namespace() -> dict[str, Any]:
     return {"__name__": "vlab_checks", "vlab": vlab}
 
 
+def release_source(course: str = DEFAULT_COURSE, released_for: str | None = None) -> str:
+    """The text of the release cell: whom this copy of the notebook is for (read by the ``params`` cell)."""
+    return "\n".join(
+        [
+            "# vlab: release",
+            "# Written by `vlab assign`: whom this copy is for (the params cell reads it). Do not edit.",
+            f"COURSE = {json.dumps(course)}",
+            f"RELEASED_FOR = {'None' if released_for is None else json.dumps(released_for)}",
+        ]
+    )
+
+
+_HEADING_RE = r"^#+\s.*?\bQuestion\s+{q}\b\s*[—–:-]+\s*(?P<title>.+?)\s*$"
+
+
+def _question_titles(cells: list[dict[str, Any]], questions: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Each question's title: the Markdown heading ``## … Question q1 — <title>``, else its ``title=``."""
+    titles = {qid: str(info.get("title", "")) for qid, info in questions.items()}
+    text = "\n".join(cell_source(c) for c in cells if c.get("cell_type") == "markdown")
+    for qid in questions:
+        match = re.search(_HEADING_RE.format(q=re.escape(qid)), text, re.MULTILINE)
+        if match:
+            titles[qid] = match.group("title")
+    return titles
+
+
+def questions_table(questions: dict[str, dict[str, Any]]) -> str:
+    """The Markdown of the ``questions`` cell: one row per question with its title and graded points."""
+    lines = [
+        "<!-- vlab: questions -->",
+        "| question | what you do | points |",
+        "|---|---|---|",
+    ]
+    for qid, info in questions.items():
+        lines.append(f"| {qid} | {str(info['title']).replace('|', '/')} | {info['points']:g} |")
+    total = sum(float(info["points"]) for info in questions.values())
+    lines += [
+        f"| | **total** | **{total:g}** |",
+        "",
+        "Points come from hidden checks that run when your notebook is graded, on **your own instance** "
+        "(`PARAMS`, printed below: the grader uses exactly these). The public checks (`vlab.check`) run on "
+        "the **practice instance** (`PRACTICE`), score 0 points and show you whether your code works; they "
+        "never show an answer of yours.",
+    ]
+    return "\n".join(lines)
+
+
 def _collect_checks(sources: list[dict[str, Any]], lab: str, params_source: str | None) -> list[dict[str, Any]]:
     """Run the params cell and the check cells' definitions (``vlab.check`` does nothing meanwhile),
     in one namespace as in the notebook, to list the checks and their points."""
     found: list[dict[str, Any]] = []
     namespace = check_namespace()
-    namespace["STUDENT_ID"] = "self-study"
     if params_source:
         try:
             exec(compile(params_source, f"<lab {lab} params>", "exec"), namespace)
@@ -150,7 +220,7 @@ def _collect_checks(sources: list[dict[str, Any]], lab: str, params_source: str 
                 "the params cell fails when it runs outside the notebook",
                 field="params cell",
                 detail=f"{type(exc).__name__}: {exc}",
-                fix="it may use only STUDENT_ID and what it imports itself",
+                fix="it may use only COURSE and RELEASED_FOR (the release cell) and what it imports itself",
             ) from exc
     for entry in sources:
         with Registry(hidden=entry["hidden"]) as registry:
@@ -168,12 +238,28 @@ def _collect_checks(sources: list[dict[str, Any]], lab: str, params_source: str 
     return found
 
 
-def build(source: Path | str, out_dir: Path | str | None = None) -> Assignment:
+def _course(course: str) -> str:
+    seed_for("x", "x", course)  # validates it (VlabError naming the field)
+    return course
+
+
+def build(
+    source: Path | str,
+    out_dir: Path | str | None = None,
+    *,
+    course: str = DEFAULT_COURSE,
+    released_for: str | None = None,
+) -> Assignment:
     """Generate the student notebook and the bundle of ``source`` in memory.
 
+    :param course: written into the release cell (``COURSE``) and the bundle (``course``).
+    :param released_for: the student this copy is for (``RELEASED_FOR``); None for the repository's copy.
     :raises VlabError: if the source is not a valid lab (see ``labs/README.md``).
     """
     source = Path(source)
+    course = _course(course)
+    if released_for is not None and not valid_student_id(released_for):
+        raise VlabError("not a valid student id", field="roster", value=released_for, fix="use [A-Za-z0-9.@+-]")
     notebook = load_notebook(source)
     lab = lab_id(source, notebook)
     student_path = student_path_for(source, Path(out_dir) if out_dir else None)
@@ -187,12 +273,14 @@ def build(source: Path | str, out_dir: Path | str | None = None) -> Assignment:
     check_sources: list[dict[str, Any]] = []
     readonly: list[dict[str, Any]] = []
     params_source: str | None = None
+    release_cell: str | None = None
+    questions_cell: dict[str, Any] | None = None
 
     for index, (cell, cid) in enumerate(zip(cells, ids, strict=True)):
         spec = cell_spec(cell, index)
         text = cell_source(cell)
         if spec.question:
-            questions.setdefault(spec.question, {"title": spec.question_title})
+            questions.setdefault(spec.question, {"title": spec.title or ""})
         names = spec.exports
         if names is None and spec.role == "solution" and cell.get("cell_type") == "code":
             names = defined_names(text)
@@ -201,18 +289,45 @@ def build(source: Path | str, out_dir: Path | str | None = None) -> Assignment:
             check_sources.append(
                 {"cell": cid, "question": spec.question, "hidden": spec.role == "hidden", "source": text}
             )
+        if spec.role == "release":
+            if release_cell is not None or cell.get("cell_type") != "code" or params_source is not None:
+                raise VlabError(
+                    "a lab has at most one release cell, a code cell before the params cell",
+                    field=f"cell {index} vlab.role",
+                    value="release",
+                    fix="keep one '# vlab: release' code cell above '# vlab: params'",
+                )
+            release_cell = cid
+            cell = {**cell, "source": release_source(course, released_for)}
         if spec.role == "params":
             params_source = (params_source + "\n\n" if params_source else "") + text
         if spec.role in LOCKED_ROLES:
             readonly.append({"cell": cid, "question": spec.question, "sha256": digest(text)})
         if spec.role not in ("hidden", "omit"):
             student_cells.append(_student_cell(cell, spec, cid, index))
+            if spec.role == "questions":
+                if cell.get("cell_type") != "markdown":
+                    raise VlabError(
+                        "the questions cell must be Markdown",
+                        field=f"cell {index} vlab.role",
+                        value="questions",
+                        fix="start a Markdown cell with '<!-- vlab: questions -->'",
+                    )
+                questions_cell = student_cells[-1]
 
+    if release_cell is not None and params_source is not None:
+        # the grader runs the params cell on its own: it gets the course, never a student's RELEASED_FOR
+        params_source = release_source(course) + "\n\n" + params_source
     checks = _collect_checks(check_sources, lab, params_source)
     for one in checks:
-        questions.setdefault(one["question"], {"title": f"question {one['question']}"})
+        questions.setdefault(one["question"], {"title": ""})
     for qid, info in questions.items():
         info["points"] = sum(c["points"] for c in checks if c["question"] == qid)
+        info["public_points"] = sum(c["points"] for c in checks if c["question"] == qid and not c["hidden"])
+    for qid, title in _question_titles(cells, questions).items():
+        questions[qid]["title"] = title or f"question {qid}"
+    if questions_cell is not None:
+        questions_cell["source"] = questions_table(questions)
 
     student = {key: value for key, value in notebook.items() if key != "cells"}
     student["metadata"] = copy.deepcopy(notebook.get("metadata", {}))
@@ -224,6 +339,7 @@ def build(source: Path | str, out_dir: Path | str | None = None) -> Assignment:
     bundle = {
         "format": BUNDLE_FORMAT,
         "lab": lab,
+        "course": course,
         "source_name": source.name,
         "student_sha256": hashlib.sha256(student_text.encode()).hexdigest(),
         "limits": {**DEFAULT_LIMITS, **meta.get("limits", {})},
@@ -232,6 +348,7 @@ def build(source: Path | str, out_dir: Path | str | None = None) -> Assignment:
         "checks": checks,
         "check_sources": check_sources,
         "params_source": params_source,
+        "release_cell": release_cell,
         "readonly": readonly,
     }
     bundle_text = json.dumps(bundle, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
@@ -258,17 +375,77 @@ def _write_atomic(path: Path, text: str, mode: int) -> None:
         raise
 
 
-def assign(source: Path | str, out_dir: Path | str | None = None) -> Assignment:
-    """Write the student notebook and the bundle of ``source`` (atomically; the bundle mode 0600)."""
-    result = build(source, out_dir)
+def _roster(students: list[str]) -> list[str]:
+    seen: set[str] = set()
+    for number, student in enumerate(students, start=1):
+        if not valid_student_id(student):
+            raise VlabError(
+                "not a valid student id",
+                field=f"roster line {number}",
+                value=student,
+                fix="one id per line, letters, digits and . @ + - only",
+            )
+        if student in seen:
+            raise VlabError("a student is listed twice", field=f"roster line {number}", value=student)
+        seen.add(student)
+    return list(students)
+
+
+def _released_text(result: Assignment, course: str, student: str) -> str:
+    """The student notebook with its release cell naming ``student``."""
+    cell_id = result.bundle.get("release_cell")
+    if cell_id is None:
+        raise VlabError(
+            "the lab has no release cell, so a released copy could not tell whom it is for",
+            field="roster",
+            value=str(result.source),
+            fix="add a code cell '# vlab: release' above the params cell (see labs/README.md)",
+        )
+    notebook = json.loads(result.student_text)
+    for cell in notebook["cells"]:
+        if cell.get("id") == cell_id:
+            cell["source"] = release_source(course, student)
+    return notebook_text(notebook)
+
+
+def assign(
+    source: Path | str,
+    out_dir: Path | str | None = None,
+    *,
+    course: str = DEFAULT_COURSE,
+    roster: list[str] | None = None,
+) -> Assignment:
+    """Write the student notebook and the bundle of ``source`` (atomically; the bundle mode 0600).
+
+    :param course: the course (``COURSE`` in every copy, ``course`` in the bundle).
+    :param roster: student ids: each gets ``release/<student>/NN-x.ipynb``, a copy that knows who it is for,
+        so it shows the student exactly the parameters the grader will use.
+    :raises VlabError: for a bad course or roster entry (nothing is written then).
+    """
+    students = _roster(roster or [])
+    result = build(source, out_dir, course=course)
+    released = [(s, _released_text(result, course, s)) for s in students]
     _write_atomic(result.student_path, result.student_text, 0o644)
     _write_atomic(result.bundle_path, result.bundle_text, 0o600)
-    return result
+    paths = []
+    for student, text in released:
+        path = release_path_for(result.student_path, student)
+        _write_atomic(path, text, 0o644)
+        paths.append((student, path))
+    return Assignment(
+        lab=result.lab,
+        source=result.source,
+        student_path=result.student_path,
+        bundle_path=result.bundle_path,
+        student_text=result.student_text,
+        bundle_text=result.bundle_text,
+        released=tuple(paths),
+    )
 
 
-def is_stale(source: Path | str, out_dir: Path | str | None = None) -> bool:
+def is_stale(source: Path | str, out_dir: Path | str | None = None, *, course: str = DEFAULT_COURSE) -> bool:
     """True if the student notebook of ``source`` is missing or differs from what ``vlab assign`` writes."""
-    result = build(source, out_dir)
+    result = build(source, out_dir, course=course)
     try:
         return result.student_path.read_text(encoding="utf-8") != result.student_text
     except FileNotFoundError:

@@ -1,9 +1,8 @@
-"""``vlab assign``, ``vlab grade`` and ``vlab grade-keys``."""
+"""``vlab assign`` and ``vlab grade``."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     assign.add_argument("sources", nargs="+", type=Path, metavar="SOURCE", help="source notebooks")
     assign.add_argument("--out", type=Path, help="directory for student notebooks (default: SOURCE/../..)")
     assign.add_argument("--check", action="store_true", help="write nothing; exit 1 if any output is stale")
+    assign.add_argument(
+        "--course",
+        default=None,
+        help="course id written into every copy and the bundle (the seeds depend on it; default: self-study)",
+    )
+    assign.add_argument(
+        "--roster",
+        type=Path,
+        help="one student id per line: also write OUT/release/<student>/NN-x.ipynb, a copy that knows its student",
+    )
     assign.set_defaults(func=_assign)
 
     grade = subparsers.add_parser(
@@ -45,27 +54,32 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     grade.add_argument("--no-progress", action="store_true", help="no progress bar")
     grade.set_defaults(func=_grade)
 
-    keys = subparsers.add_parser(
-        "grade-keys",
-        help="print each student's key (and seed) for a roster",
-        description="Keys come from the instructor secret (VLAB_GRADING_SECRET or its file).",
-    )
-    keys.add_argument("roster", type=Path, help="one student id per line")
-    keys.add_argument("--lab", help="also print the seed of this lab")
-    keys.set_defaults(func=_keys)
+
+def _read_roster(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VlabError("cannot read the roster", field="--roster", value=str(path), detail=str(exc)) from exc
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
 def _assign(args: argparse.Namespace) -> int:
     from vlab.grading.assign import assign, is_stale
+    from vlab.grading.seeds import DEFAULT_COURSE
 
+    course = args.course or DEFAULT_COURSE
+    roster = _read_roster(args.roster) if args.roster else None
     stale = []
     for source in args.sources:
         if args.check:
-            if is_stale(source, args.out):
+            if is_stale(source, args.out, course=course):
                 stale.append(str(source))
             continue
-        result = assign(source, args.out)
+        result = assign(source, args.out, course=course, roster=roster)
         print(f"{source} → {result.student_path} + {result.bundle_path}")
+        if result.released:
+            where = result.released[0][1].parent.parent
+            print(f"  {len(result.released)} released copies in {where}/<student>/{result.student_path.name}")
     for source in stale:
         print(f"stale: {source} (run `vlab assign {source}`)")
     return 1 if stale else 0
@@ -109,37 +123,10 @@ def _grade(args: argparse.Namespace) -> int:
             fix=f"lay them out as <student>/{args.lab}-*.ipynb or <student>.ipynb",
         )
     hide = [str(args.submissions.resolve()), str(bundle_path.resolve())]
-    secret_file = os.environ.get("VLAB_GRADING_SECRET_FILE")
-    if secret_file:
-        hide.append(str(Path(secret_file).resolve()))
     jobs = make_jobs(submissions, bundle, throwaway_uid=not args.same_uid, hide=hide, embed=bool(args.dask))
     started = time.monotonic()
     results = grade_all(jobs, workers=args.workers, dask=args.dask, progress=not args.no_progress)
     summary = write_gradebook(results, args.out, seconds=time.monotonic() - started)
     print(format_summary(summary))
     print(f"gradebook: {args.out}  feedback: {args.out.parent / 'feedback'}")
-    return 0
-
-
-def _keys(args: argparse.Namespace) -> int:
-    from vlab.grading.seeds import SELF_STUDY_SECRET, instructor_secret, seed_for, student_key, valid_student_id
-
-    secret = instructor_secret()
-    if secret == SELF_STUDY_SECRET:
-        print(
-            "warning: no instructor secret set (VLAB_GRADING_SECRET): these are the public self-study keys",
-            file=sys.stderr,
-        )
-    try:
-        students = [line.strip() for line in args.roster.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except OSError as exc:
-        raise VlabError("cannot read the roster", field="roster", value=str(args.roster), detail=str(exc)) from exc
-    print("student,key" + (",seed" if args.lab else ""))
-    for student in students:
-        if not valid_student_id(student):
-            raise VlabError(
-                "not a valid student id", field="roster", value=student, fix="use letters, digits and . @ + - only"
-            )
-        key = student_key(student, secret)
-        print(f"{student},{key}" + (f",{seed_for(student, args.lab, key=key)}" if args.lab else ""))
     return 0

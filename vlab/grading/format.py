@@ -41,8 +41,9 @@ __all__ = [
 Notebook = dict[str, Any]
 Cell = dict[str, Any]
 
-#: Every role a cell may have (see ``labs/README.md``).
-ROLES = ("solution", "checks", "hidden", "readonly", "params", "omit")
+#: Every role a cell may have (see ``labs/README.md``). ``release`` and ``questions`` cells are written by
+#: ``vlab assign`` (who the copy is for; the question/points table).
+ROLES = ("solution", "checks", "hidden", "readonly", "params", "omit", "release", "questions")
 #: Roles whose cells are kept, checksummed and locked in the student notebook.
 LOCKED_ROLES = ("checks", "readonly", "params")
 

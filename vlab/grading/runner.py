@@ -21,7 +21,7 @@ from typing import Any
 from vlab.errors import VlabError
 from vlab.grading.assign import BUNDLE_FORMAT
 from vlab.grading.sandbox import Job, empty_result, grade_submission, status_of
-from vlab.grading.seeds import student_key, valid_student_id
+from vlab.grading.seeds import valid_student_id
 
 __all__ = ["find_submissions", "grade_all", "load_bundle", "make_jobs"]
 
@@ -105,12 +105,11 @@ def make_jobs(
     submissions: Iterable[tuple[str, Path]],
     bundle: dict[str, Any],
     *,
-    secret: str | None = None,
     throwaway_uid: bool = True,
     hide: Sequence[str] = (),
     embed: bool = False,
 ) -> list[Job]:
-    """One :class:`~vlab.grading.sandbox.Job` per submission, with the student's key (not the secret).
+    """One :class:`~vlab.grading.sandbox.Job` per submission.
 
     :param embed: put the notebook's text into the job (for workers on other machines).
     """
@@ -122,7 +121,7 @@ def make_jobs(
                 text = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError):
                 text = ""  # graded as 'invalid'
-        jobs.append(Job(str(path), student, bundle, student_key(student, secret), throwaway_uid, tuple(hide), text))
+        jobs.append(Job(str(path), student, bundle, throwaway_uid, tuple(hide), text))
     return jobs
 
 

@@ -46,7 +46,7 @@ from vlab.grading.jail import (
     survivors,
     sweep,
 )
-from vlab.grading.seeds import seed_for
+from vlab.grading.seeds import DEFAULT_COURSE, seed_for
 from vlab.paths import images_dir
 
 __all__ = ["FLAGS", "Job", "Limits", "empty_result", "grade_submission", "status_of"]
@@ -94,7 +94,6 @@ class Job:
     :param submission: path of the notebook (also how results name it).
     :param student: the student id.
     :param bundle: the lab's autograder bundle (parsed JSON).
-    :param key: the student's key (see :mod:`vlab.grading.seeds`); never the instructor secret.
     :param throwaway_uid: as root, run student code under a throw-away uid (default).
     :param hide: paths student code must not see (the submissions directory, the secret file):
         covered in its private mount namespace (with a throw-away uid only).
@@ -104,7 +103,6 @@ class Job:
     submission: str
     student: str
     bundle: dict[str, Any]
-    key: str
     throwaway_uid: bool = True
     hide: tuple[str, ...] = ()
     notebook: str | None = None
@@ -309,13 +307,12 @@ async def _run_cells(
 # --- step 4: checks -----------------------------------------------------------------------------
 
 
-def _lab_namespace(bundle: Mapping[str, Any], student: str, key: str) -> tuple[dict[str, Any], list[Any]]:
+def _lab_namespace(bundle: Mapping[str, Any], student: str) -> tuple[dict[str, Any], list[Any]]:
     """Run the bundle's ``params`` cell, then its check cells, in one namespace as in the notebook.
 
     :returns: the per-student parameters and the checks.
     """
-    os.environ["VLAB_STUDENT_ID"] = student  # what the kernel had: seed_for() gives the same seed here
-    os.environ["VLAB_STUDENT_KEY"] = key
+    os.environ["VLAB_STUDENT_ID"] = student  # what the kernel had: setup() resolves the same student here
     namespace = check_namespace()
     namespace["STUDENT_ID"] = student
     source = bundle.get("params_source")
@@ -323,7 +320,8 @@ def _lab_namespace(bundle: Mapping[str, Any], student: str, key: str) -> tuple[d
     if source:
         exec(compile(source, f"<lab {bundle['lab']} params>", "exec"), namespace)
         if callable(namespace.get("params_for")):
-            params = dict(namespace["params_for"](seed_for(student, str(bundle["lab"]), key=key)))
+            seed = seed_for(student, str(bundle["lab"]), str(bundle.get("course", DEFAULT_COURSE)))
+            params = dict(namespace["params_for"](seed))
         else:
             params = dict(namespace.get("PARAMS", {}))
     checks = []
@@ -337,7 +335,7 @@ def _lab_namespace(bundle: Mapping[str, Any], student: str, key: str) -> tuple[d
 def _run_checks(
     job: Job, exports: dict[str, Any], spec: JailSpec, env: dict[str, str], limits: Limits, exports_path: Path
 ) -> list[CheckResult]:
-    params, checks = _lab_namespace(job.bundle, job.student, job.key)
+    params, checks = _lab_namespace(job.bundle, job.student)
     host = None
     if exports["functions"]:
         command = spec.command([sys.executable, "-m", "vlab.grading.exports", "HOST", str(exports_path)])
@@ -367,7 +365,6 @@ def _student_env(workdir: Path, job: Job) -> dict[str, str]:
         "PYTHONDONTWRITEBYTECODE": "1",
         "VLAB_GRADING": "1",
         "VLAB_STUDENT_ID": job.student,
-        "VLAB_STUDENT_KEY": job.key,
     }
     env["VLAB_IMAGES"] = str(images_dir())  # the grader's cache, not one under the fresh HOME
     for name in ("PYTHONPATH", "VLAB_RUNTIME"):

@@ -17,7 +17,7 @@ from vlab.grading.assign import build, cell_ids, check_namespace
 from vlab.grading.checks import Check, CheckResult, Exports, Registry, run_checks
 from vlab.grading.format import load_notebook, notebook_text
 from vlab.grading.sandbox import Job, grade_submission
-from vlab.grading.seeds import student_key
+from vlab.grading.seeds import DEFAULT_COURSE, seed_for
 
 __all__ = [
     "assert_lab_grades",
@@ -26,6 +26,7 @@ __all__ = [
     "lab_checks",
     "run_check",
     "solution_notebook_text",
+    "student_params",
 ]
 
 
@@ -50,12 +51,9 @@ def solution_notebook_text(source: Path | str) -> str:
     return notebook_text(notebook)
 
 
-def grade_notebook(
-    notebook: Path | str, bundle: dict[str, Any], student: str = "test-student", *, secret: str | None = None
-) -> dict[str, Any]:
+def grade_notebook(notebook: Path | str, bundle: dict[str, Any], student: str = "test-student") -> dict[str, Any]:
     """Grade one notebook against ``bundle`` in the real sandbox; returns the result dict."""
-    job = Job(str(notebook), student, bundle, student_key(student, secret))
-    return grade_submission(job)
+    return grade_submission(Job(str(notebook), student, bundle))
 
 
 def assert_lab_grades(source: Path | str, student: str = "test-student") -> tuple[dict[str, Any], dict[str, Any]]:
@@ -91,7 +89,6 @@ def lab_checks(source: Path | str, student: str = "test-student") -> tuple[dict[
     checks by name) — to test one check against chosen answers without grading a whole notebook."""
     bundle = build(Path(source)).bundle
     namespace = check_namespace()
-    namespace["STUDENT_ID"] = student
     exec(bundle["params_source"], namespace)
     found: dict[str, Check] = {}
     for entry in bundle["check_sources"]:
@@ -99,6 +96,14 @@ def lab_checks(source: Path | str, student: str = "test-student") -> tuple[dict[
             exec(entry["source"], namespace)
         found.update({check.name: check for check in registry.checks})
     return namespace, found
+
+
+def student_params(source: Path | str, student: str, course: str = DEFAULT_COURSE) -> dict[str, Any]:
+    """The parameters the grader computes for ``student``: the bundle's ``params_for`` on their seed."""
+    bundle = build(Path(source), course=course).bundle
+    namespace = check_namespace()
+    exec(bundle["params_source"], namespace)
+    return dict(namespace["params_for"](seed_for(student, bundle["lab"], course)))
 
 
 def run_check(check: Check, params: dict[str, Any], **answers: Any) -> CheckResult:
