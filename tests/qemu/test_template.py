@@ -356,7 +356,7 @@ def test_restored_vm_with_a_nic_migrates_live(fresh: Template) -> None:
         mac = source.console.run("cat /sys/class/net/eth0/address").output
         source.console.run("echo travelled > /tmp/mark")
         result = source.migrate_to(destination)
-        assert result.total_seconds > 0
+        assert result.status == "completed"
         out = destination.console.run("cat /tmp/mark; hostname; cat /sys/class/net/eth0/address").output
         assert out == f"travelled\nmover\n{mac}"
         assert destination.console.run("ping -c 1 -W 2 10.0.2.2").ok
@@ -401,3 +401,25 @@ def test_kill_9_of_the_owner_takes_a_restored_qemu_down(fresh: Template) -> None
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_read_only_cache_means_cold_boot_with_the_reason(fresh: Template, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.geteuid() == 0:
+        blocked = tmp_path / "file"  # root writes anywhere: a cache path under a regular file fails for it too
+        blocked.write_text("")
+        monkeypatch.setenv(template.TEMPLATES_ENV, str(blocked / "templates"))
+    else:
+        locked = tmp_path / "ro"
+        locked.mkdir(mode=0o555)
+        monkeypatch.setenv(template.TEMPLATES_ENV, str(locked / "templates"))
+    with pytest.raises(TemplateError, match=r"cannot be created|cannot be used"):
+        template.ensure(VMConfig(accel="tcg"), "tcg")
+
+
+def test_images_template_command_reports_the_default_template(fresh: Template, cache: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "vlab", "images", "template"], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "VLAB_TEMPLATES": str(cache)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("snapshot template (copy): ")
+    assert str(cache) in done.stdout

@@ -54,22 +54,31 @@ def settings(config: VMConfig) -> dict[str, Any]:
 
 
 def script(config: VMConfig, macs: Sequence[str], now: float, seed: bytes) -> str:
-    """The one console line that individualizes a restored guest (see the module docstring)."""
+    """The one console line that individualizes a restored guest (see the module docstring).
+
+    Under TCG every fork and exec of a restored guest is slow (its translated code is gone), so the line uses
+    shell builtins wherever it can: ``printf`` for the seed, ``echo`` into /proc for the hostname, ``test`` and
+    ``read`` to wait for devices. It runs in a function of the console's shell, which it removes again.
+    """
     wanted = settings(config)
     octal = "".join(f"\\{b:03o}" for b in seed)
-    steps = [f"date -s @{round(now)} >/dev/null", f"hostname {shlex.quote(wanted['hostname'])}"]
+    steps = [f"date -s @{round(now)} >/dev/null", f"echo {shlex.quote(wanted['hostname'])} >/proc/sys/kernel/hostname"]
     for i in range(len(config.disks)):
-        steps.append(f"w test -e /sys/block/vd{chr(ord('a') + i)}")
+        steps.append(f"_vw test -e /sys/block/vd{chr(ord('a') + i)}")
     for i, mac in enumerate(macs):
-        steps.append(f"w grep -qx {mac} /sys/class/net/eth{i}/address")
+        steps.append(f"_vw _vm /sys/class/net/eth{i}/address {mac}")
         if wanted["ips"].get(i):
-            steps.append(f"ip addr add {shlex.quote(wanted['ips'][i])} dev eth{i} && ip link set eth{i} up")
+            steps.append(f"ip addr add {shlex.quote(wanted['ips'][i])} dev eth{i}")
+            steps.append(f"ip link set eth{i} up")
     if wanted["gw"]:
         steps.append(f"ip route add default via {shlex.quote(wanted['gw'])}")
-    waiter = (f"w() {{ n=0; while ! \"$@\" 2>/dev/null; do n=$((n+1)); [ $n -lt {_WAIT_STEPS} ] || "
-              f"{{ echo \"vlab: never ready: $*\"; exit 7; }}; usleep 2000; done; }}")
-    # printf is an ash builtin and the redirect does not fork: the seed is in the pool before the first fork
-    return f"printf '{octal}' >/dev/urandom; ( set -e; {waiter}; {'; '.join(steps)} )"
+    helpers = ("_vm() { local a; read -r a < \"$1\" && [ \"$a\" = \"$2\" ]; }; "
+               f"_vw() {{ local n=0; while ! \"$@\" 2>/dev/null; do n=$((n+1)); [ $n -lt {_WAIT_STEPS} ] || "
+               "{ echo \"vlab: never ready: $*\"; return 7; }; usleep 2000; done; }; ")
+    body = " && ".join(steps)
+    # printf is a builtin and its redirect does not fork: the seed is in the pool before the first fork
+    return (f"printf '{octal}' >/dev/urandom; {helpers}_vi() {{ {body}; }}; _vi; _vs=$?; "
+            f"unset -f _vi _vw _vm; [ $_vs = 0 ]")
 
 
 def individualize(console: Console, config: VMConfig, macs: Sequence[str], timeout: float) -> None:

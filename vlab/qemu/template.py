@@ -376,6 +376,15 @@ def ensure(config: VMConfig, accel: str, *, timeout: float = 60.0) -> tuple[Temp
     done (``""`` when it was simply there).
     :raises TemplateError: when no template can be made here (it says why).
     """
+    try:
+        return _ensure(config, accel, timeout)
+    except OSError as exc:  # a read-only or full cache, a file vanishing under us: boot cold, say why
+        raise TemplateError(f"the template cache cannot be used ({exc.strerror or exc})", field="templates",
+                            value=str(templates_dir()), fix=f"make it writable, or export {TEMPLATES_ENV}=<a dir>")\
+            from None
+
+
+def _ensure(config: VMConfig, accel: str, timeout: float) -> tuple[Template, str]:
     note = ""
     failed = _failed_builds.get(_key(key_fields(config, accel)))
     if failed is not None:
