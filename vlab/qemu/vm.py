@@ -307,6 +307,10 @@ class VM:
             except TemplateError as exc:
                 reason = f"{exc.problem} ({exc.value})" if exc.value is not None else exc.problem
                 log.warning("%s boots cold: %s", self.config.name, reason)
+            except BaseException:
+                with self._state_lock:  # Ctrl-C or a bug: start() fails as a cold boot would
+                    self._state = VMState.FAILED
+                raise
         self.start_note = reason
         return False
 
