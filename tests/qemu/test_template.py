@@ -423,3 +423,11 @@ def test_images_template_command_reports_the_default_template(fresh: Template, c
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("snapshot template (copy): ")
     assert str(cache) in done.stdout
+
+
+def test_restored_vm_gets_an_encrypted_disk_hot_plugged(fresh: Template, tmp_path: Path) -> None:
+    image = create_image(tmp_path / "luks.qcow2", "16M", secret="correct horse")
+    with VM(VMConfig(accel="tcg", disks=(Disk(image, secret="correct horse"),))) as vm:
+        assert vm.start_mode == "restored", vm.start_note
+        assert vm.console.run("echo hello > /dev/vda; sync; head -c 5 /dev/vda").output == "hello"
+    assert b"hello" not in image.read_bytes()  # the guest wrote through LUKS
