@@ -112,6 +112,14 @@ def test_default_start_restores_and_cold_boot_is_available(fresh: Template) -> N
         assert (vm.start_mode, vm.start_note) == ("cold", "start(cold=True) was asked for")
 
 
+def test_start_with_progress_reports_the_restore_steps(fresh: Template, capsys: pytest.CaptureFixture[str]) -> None:
+    with VM(VMConfig(name="steps", accel="tcg")).start(progress=True) as vm:
+        assert vm.start_mode == "restored"
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[:2] == ["booting steps: [1/2] finding the snapshot template",
+                         "booting steps: [2/2] restoring the snapshot template"]
+
+
 def test_cold_boot_environment_and_extra_args(fresh: Template, monkeypatch: pytest.MonkeyPatch) -> None:
     config = VMConfig(accel="tcg")
     assert template.cold_reason(config.replace(extra_args=("-device", "virtio-rng-pci"))) == \
@@ -215,6 +223,8 @@ def test_state_corrupted_behind_the_checks_makes_qemu_fail_and_start_fall_back(f
 
 
 def test_template_of_other_hardware_or_qemu_is_refused(fresh: Template) -> None:
+    """Only one QEMU is installed here: a meta.json naming another QEMU version (or memory size) stands in
+    for a template written by it, which is what a QEMU upgrade leaves in the cache."""
     meta_path = fresh.directory / "meta.json"
     meta = json.loads(meta_path.read_text())
     for field, value in (("qemu", "QEMU emulator version 6.2.0"), ("mem", 512)):
