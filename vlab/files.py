@@ -3,17 +3,16 @@
 :func:`write_atomic` writes a temp file next to the target (created with ``O_EXCL``, so never through a
 planted symlink), fsyncs it, sets its mode and renames it over the target. A reader sees the old file or
 the new one, never half of either; a symlink at the target is replaced, not followed; a crash leaves at
-most a ``.<name>.*.tmp`` file, which :func:`remove_stale_temps` removes at the next run.
+most a ``.<name>.*.tmp`` file next to the target.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-import time
 from pathlib import Path
 
-__all__ = ["write_atomic", "remove_stale_temps", "TEMP_SUFFIX"]
+__all__ = ["write_atomic", "TEMP_SUFFIX"]
 
 #: Suffix of write_atomic's temp files (so leftovers can be recognised).
 TEMP_SUFFIX = ".tmp"
@@ -38,21 +37,3 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
-
-
-def remove_stale_temps(directory: Path, older_than: float = 3600.0) -> list[Path]:
-    """Remove :func:`write_atomic` temp files in ``directory`` older than ``older_than`` s (a killed writer's)."""
-    removed: list[Path] = []
-    now = time.time()
-    try:
-        entries = list(directory.glob(f".*{TEMP_SUFFIX}"))
-    except OSError:
-        return removed
-    for entry in entries:
-        try:
-            if entry.is_file() and not entry.is_symlink() and now - entry.lstat().st_mtime > older_than:
-                entry.unlink()
-                removed.append(entry)
-        except OSError:
-            continue
-    return removed

@@ -79,3 +79,9 @@ def test_staleness_is_detected(tmp_path: Path) -> None:
 
 def test_committed_example_student_notebook_is_not_stale() -> None:
     assert_not_stale(EXAMPLE_SOURCE, DATA)
+
+
+def test_a_top_level_stub_is_tagged_so_run_all_carries_on() -> None:
+    cells = _cells(build(EXAMPLE_SOURCE).student_text)
+    assert "raises-exception" in cells["c13"]["metadata"]["tags"]  # `mean_latency = ...` became a raise
+    assert "tags" not in cells["c04"]["metadata"]  # fib's stub raises only when called

@@ -1,4 +1,4 @@
-"""The command line: vlab assign (and --check), vlab grade, vlab grade-keys."""
+"""The command line: vlab assign (and --check) and vlab grade."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from tests.grading import grading_submissions as s
 from tests.grading.grading_submissions import EXAMPLE_SOURCE
 from vlab.cli import main
 from vlab.grading.assign import Assignment
-from vlab.grading.seeds import student_key
 
 
 def test_assign_writes_both_files_and_check_detects_staleness(
@@ -69,21 +68,6 @@ def test_grade_errors_name_the_option(lab: Assignment, tmp_path: Path, capsys: p
     assert "the bundle is for lab 00" in capsys.readouterr().err
     assert main(["grade", str(tmp_path), "--lab", "00", "--bundle", str(lab.bundle_path)]) == 1
     assert "no submissions found" in capsys.readouterr().err
-
-
-def test_grade_keys_prints_keys_and_seeds(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setenv("VLAB_GRADING_SECRET", "course")
-    monkeypatch.delenv("VLAB_STUDENT_ID", raising=False)
-    monkeypatch.delenv("VLAB_STUDENT_KEY", raising=False)
-    roster = tmp_path / "roster.txt"
-    roster.write_text("alice\nbob\n")
-    assert main(["grade-keys", str(roster), "--lab", "03"]) == 0
-    lines = capsys.readouterr().out.split()
-    assert lines[0] == "student,key,seed"
-    assert lines[1].startswith(f"alice,{student_key('alice', 'course')},")
-    assert len(lines) == 3
 
 
 def test_grade_sends_jobs_to_a_dask_scheduler_by_address(lab: Assignment, tmp_path: Path) -> None:

@@ -1,14 +1,16 @@
 """ruff and mypy on the code inside the lab notebooks (source with solutions, and the student copies).
 
 The rules are the repository's, less what notebook cells do by design: each check cell imports what it uses
-again (F811, F401: hidden cells are removed from the student copy), imports sit in later cells (E402), and
-student-facing code uses ``zip`` without ``strict=`` (B905). mypy runs without ``--strict`` (students'
-functions are untyped) on all code cells of a notebook joined into one module, as the kernel runs them.
+again (F811, F401: hidden cells are removed from the student copy), a stub leaves the scaffold's variables
+unused (F841), imports sit in later cells (E402), and student-facing code uses ``zip`` without ``strict=``
+(B905). mypy runs without ``--strict`` (students' functions are untyped) on all code cells of a notebook joined
+into one module, as the kernel runs them.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +20,8 @@ import pytest
 
 from tests.labs.test_labs import LABS, LABS_DIR, NOT_CONVERTED
 
-RUFF_RULES = ["--select", "E4,E7,E9,E501,F,B,SIM,UP", "--ignore", "F811,F401,B905,E402", "--line-length", "120"]
+MAGIC = re.compile(r"^\s*(%|!(?!=))")  # an IPython magic or shell escape, not a line that starts with !=
+RUFF_RULES = ["--select", "E4,E7,E9,E501,F,B,SIM,UP", "--ignore", "F811,F401,F841,B905,E402", "--line-length", "120"]
 
 
 def _param(lab: str) -> object:
@@ -48,7 +51,7 @@ def _module(notebook: Path) -> str:
         source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
         if cell["cell_type"] != "code" or source.lstrip().startswith("%%"):  # a cell magic: not Python
             continue
-        lines = ["" if line.lstrip().startswith(("%", "!")) else line for line in source.split("\n")]
+        lines = ["" if MAGIC.match(line) else line for line in source.split("\n")]
         parts.append(f"# cell {index}\n" + "\n".join(lines))
     return "\n\n".join(parts) + "\n"
 

@@ -1,5 +1,6 @@
 """Calls that always come back: a frozen QEMU (SIGSTOP), a killed QEMU, a stuck guest command, Ctrl-C,
-floods of output and events, a guest disk that fills up. All with real QEMU processes and real guests.
+floods of output and events, a guest disk that fills up, a damaged kernel, a full runtime filesystem, a killed
+LUKS creation. All with real QEMU processes, real guests and real (tmpfs) filesystems; no fakes.
 """
 
 from __future__ import annotations
@@ -8,8 +9,10 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,8 +22,11 @@ from typing import Any
 import pytest
 
 from vlab.errors import VlabError
+from vlab.host import procfs
+from vlab.paths import runtime_dir
 from vlab.qemu import VM, Disk, Nic, VMConfig, VMState
 from vlab.qemu.console import ConsoleClosed
+from vlab.qemu.disks import create_image
 from vlab.qemu.network import claim_macs, release_macs
 from vlab.qemu.qmp import EVENT_LIMIT
 
@@ -221,3 +227,80 @@ def test_two_vms_never_share_a_mac(guest_images: tuple[Path, Path]) -> None:
         release_macs(claim_macs(explicit.replace(name="b")))  # free again once released
     finally:
         release_macs(first + second)
+
+
+# -- clear errors instead of confusing ones (items 10, 13) ------------------------------------------------
+
+
+def _our_qemus() -> set[int]:
+    return {pid for pid in procfs.descendants(os.getpid()) if "qemu-system" in " ".join(procfs.cmdline(pid) or [])}
+
+
+@pytest.mark.parametrize("damage", ["truncated", "one byte flipped"])
+def test_a_damaged_kernel_is_named_before_qemu_starts(damage: str, tmp_path: Path,
+                                                      guest_images: tuple[Path, Path]) -> None:
+    kernel, initrd = guest_images
+    for source in (kernel, initrd, kernel.parent / "manifest.json"):
+        shutil.copy(source, tmp_path / source.name)
+    broken = tmp_path / kernel.name
+    with broken.open("r+b") as handle:
+        if damage == "truncated":
+            handle.truncate(broken.stat().st_size // 2)
+        else:
+            handle.seek(4096)
+            byte = handle.read(1)
+            handle.seek(4096)
+            handle.write(bytes([byte[0] ^ 0xFF]))
+    vm = VM(VMConfig(kernel=broken, initrd=tmp_path / initrd.name, accel="tcg"))
+    before = _our_qemus()  # the module's shared VM may be running
+    with pytest.raises(VlabError) as caught:
+        vm.start(timeout=30)
+    assert caught.value.field == "kernel" and caught.value.value == str(broken)
+    assert "vlab images build" in (caught.value.fix or "")
+    assert vm.pid is None and _our_qemus() == before
+
+
+def test_a_full_runtime_filesystem_leaves_no_qemu_behind(config: VMConfig, tiny_fs: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny_fs.chmod(0o700)
+    filler = tiny_fs / "filler"
+    with filler.open("wb") as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(b"\0" * 65536)
+            handle.flush()
+    monkeypatch.setenv("VLAB_RUNTIME", str(tiny_fs))
+    before = _our_qemus()  # the module's shared VM may be running
+    with pytest.raises(VlabError) as caught:
+        VM(config).start(timeout=30)
+    assert caught.value.field == "runtime_dir" and "space" in (caught.value.fix or "")
+    time.sleep(0.2)
+    assert _our_qemus() == before
+    assert [p.name for p in tiny_fs.iterdir()] == ["filler"]
+
+
+KILLED_CREATOR = """
+import sys
+from vlab.qemu.disks import create_image
+create_image(sys.argv[1], "16M", secret="pass, with=commas", iter_time_ms=30000)
+"""
+
+
+def test_a_killed_luks_creation_leaves_no_qemu_img_and_its_files_go_at_the_next_run(tmp_path: Path) -> None:
+    creator = subprocess.Popen([sys.executable, "-c", KILLED_CREATOR, str(tmp_path / "enc.qcow2")])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not [p for p in procfs.descendants(creator.pid)
+                                               if "qemu-img" in " ".join(procfs.cmdline(p) or [])]:
+        time.sleep(0.05)
+    helpers = [p for p in procfs.descendants(creator.pid) if "qemu-img" in " ".join(procfs.cmdline(p) or [])]
+    assert helpers, "qemu-img never started"
+    os.kill(creator.pid, signal.SIGKILL)
+    creator.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(procfs.alive(p) for p in helpers):
+        time.sleep(0.05)
+    assert not any(procfs.alive(p) for p in helpers)  # qemu-img died with its owner
+    assert [p.name for p in tmp_path.iterdir()] == [f".enc.qcow2.tmp{creator.pid}"]
+    assert list(runtime_dir().glob(f"luks{creator.pid}-*.key"))  # kill -9 skipped the cleanup...
+    create_image(tmp_path / "other.qcow2", "1M")
+    assert [p.name for p in tmp_path.iterdir()] == ["other.qcow2"]  # ...which the next run does
+    assert not list(runtime_dir().glob(f"luks{creator.pid}-*.key"))

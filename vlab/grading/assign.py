@@ -132,6 +132,11 @@ def _student_cell(cell: dict[str, Any], spec: CellSpec, cid: str, index: int) ->
     if spec.role == "solution":
         if cell.get("cell_type") == "code":
             source = strip_solution(source, spec, index)
+            if any(line.startswith("raise NotImplementedError(") for line in source.split("\n")):
+                # a top-level stub raises when run: "Run All" in JupyterLab and nbval carry on past it
+                tags = out.setdefault("metadata", {}).setdefault("tags", [])
+                if "raises-exception" not in tags:
+                    tags.append("raises-exception")
         else:
             source = f"_Write your answer for {spec.question} here._"
     out["source"] = source

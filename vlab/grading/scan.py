@@ -58,8 +58,11 @@ class Leak:
         return f"{self.question}: {self.value!r} visible in {self.where} ({self.how})"
 
 
+_MAGIC = re.compile(r"^\s*(%|!(?!=))")  # an IPython magic or shell escape, not a continued `!= x`
+
+
 def _code(source: str) -> ast.Module | None:
-    text = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.split("\n"))
+    text = "\n".join("" if _MAGIC.match(line) else line for line in source.split("\n"))
     try:
         return ast.parse(text)
     except SyntaxError:
@@ -119,7 +122,8 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def answer_literals(source: Path | str | dict[str, Any]) -> list[AnswerLiteral]:
-    """The constant answers of the solutions in a source notebook (path or loaded notebook)."""
+    """The constant answers of the solutions in a source notebook (path or loaded notebook): the literals a
+    solution region returns or assigns at its own top level."""
     notebook = source if isinstance(source, dict) else load_notebook(Path(source))
     found: list[AnswerLiteral] = []
     for index, cell in enumerate(notebook["cells"]):
@@ -127,10 +131,13 @@ def answer_literals(source: Path | str | dict[str, Any]) -> list[AnswerLiteral]:
         if spec.role != "solution" or cell.get("cell_type") != "code" or spec.question is None:
             continue
         tree = _code(_solution_regions(cell_source(cell)))
-        for node in ast.walk(tree) if tree else ():
+        # only the region's own statements: a literal deep inside a solution's logic is not its answer
+        for node in tree.body if tree else ():
             value = node.value if isinstance(node, ast.Return | ast.Assign | ast.AnnAssign) else None
             ok, literal = _literal(value)
-            if ok and not any(_same(literal, f.value) and f.question == spec.question for f in found):
+            if ok and literal not in ((), frozenset()) and not any(
+                _same(literal, f.value) and f.question == spec.question for f in found
+            ):
                 found.append(AnswerLiteral(spec.question, literal))
     return found
 

@@ -13,9 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from vlab.grading.assign import build, cell_ids, check_namespace
+from vlab.grading.assign import build, cell_ids, check_namespace, release_source
 from vlab.grading.checks import Check, CheckResult, Exports, Registry, run_checks
-from vlab.grading.format import load_notebook, notebook_text
+from vlab.grading.format import cell_spec, load_notebook, notebook_text
 from vlab.grading.sandbox import Job, grade_submission
 from vlab.grading.seeds import DEFAULT_COURSE, seed_for
 
@@ -43,10 +43,12 @@ def assert_not_stale(source: Path | str, out_dir: Path | str | None = None) -> N
 
 
 def solution_notebook_text(source: Path | str) -> str:
-    """The source notebook with the cell ids ``vlab assign`` gives the student notebook."""
+    """The source notebook as a submission: the cell ids and the release cell ``vlab assign`` writes."""
     notebook = load_notebook(Path(source))
-    for cell, cid in zip(notebook["cells"], cell_ids(notebook["cells"]), strict=True):
+    for index, (cell, cid) in enumerate(zip(notebook["cells"], cell_ids(notebook["cells"]), strict=True)):
         cell["id"] = cid
+        if cell_spec(cell, index).role == "release":
+            cell["source"] = release_source()
     notebook["nbformat_minor"] = max(int(notebook.get("nbformat_minor", 5)), 5)
     return notebook_text(notebook)
 

@@ -77,16 +77,21 @@ def alive(pid: int) -> bool:
     return stat is not None and stat.state not in ("Z", "X")
 
 
-def status_kib(pid: int, key: str) -> int | None:
-    """A ``kB`` line of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``…); None if absent or gone."""
+def _kib_line(path: str, key: str) -> int | None:
+    """The number on the ``key:`` line of a ``/proc`` file whose lines read ``Key:   123 kB``."""
     try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
+        with open(path) as lines:
+            for line in lines:
                 if line.startswith(key + ":"):
                     return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def status_kib(pid: int, key: str) -> int | None:
+    """A ``kB`` line of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``…); None if absent or gone."""
+    return _kib_line(f"/proc/{pid}/status", key)
 
 
 def rss_bytes(pid: int) -> int | None:
@@ -150,11 +155,4 @@ def descendants(pid: int, *, include_zombies: bool = False) -> set[int]:
 
 def meminfo_kib(key: str = "MemAvailable") -> int | None:
     """A line of ``/proc/meminfo`` in kB (None if absent)."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    return _kib_line("/proc/meminfo", key)

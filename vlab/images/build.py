@@ -27,7 +27,7 @@ from pathlib import Path
 
 from vlab.errors import VlabError
 from vlab.images import initramfs, kernel
-from vlab.images.manifest import FileEntry, Manifest
+from vlab.images.manifest import FileEntry, Manifest, sha256_file
 from vlab.paths import images_dir, vm_images_src
 
 __all__ = ["KERNEL_NAME", "INITRD_NAME", "BUILD_STEPS", "BuildResult", "build_images", "inputs_key"]
@@ -87,6 +87,8 @@ def _kernel_identity(workdir: Path) -> str:
     given = os.environ.get("VLAB_KERNEL_DEB")
     if given:
         return f"deb:{given}:{Path(given).stat().st_size if Path(given).exists() else 'missing'}"
+    if not os.environ.get("VLAB_KERNEL_PACKAGE"):
+        return kernel.load_pin().identity  # no apt query: the pin says what will be fetched
     name, options = kernel.resolve_package(workdir)
     policy = subprocess.run(["apt-cache", *options, "policy", name], capture_output=True, text=True, check=False)
     candidate = next(
@@ -98,10 +100,18 @@ def _kernel_identity(workdir: Path) -> str:
 
 @contextmanager
 def _locked(directory: Path) -> Iterator[None]:
-    """One build at a time per image directory."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with (directory / ".build.lock").open("w") as lock:
+    """One build at a time per image directory; under the lock, leftovers of a killed build are removed."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = (directory / ".build.lock").open("w")
+    except OSError as exc:
+        raise VlabError(f"the image cache cannot be written ({exc.strerror})", field="images", value=str(directory),
+                        fix="point VLAB_IMAGES at a writable directory, e.g. VLAB_IMAGES=~/vlab-images") from None
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        for stale in directory.glob(".build-*"):  # only a killed build leaves one: builds hold this lock
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
         yield
 
 
@@ -114,7 +124,7 @@ def _build_toyvmm(out: Path) -> dict[str, Path]:
 
 def _build_into(stage: Path, workdir: Path, report: Report) -> Manifest:
     report("downloading the kernel package")
-    deb = kernel.fetch_package(workdir)
+    deb, fetched_via = kernel.fetch_package(workdir)
     package = kernel.package_of(deb)
     report(f"extracting the kernel and modules from {package.name} {package.version}")
     extracted = kernel.extract_kernel(deb, workdir, _wanted_modules())
@@ -145,6 +155,8 @@ def _build_into(stage: Path, workdir: Path, report: Report) -> Manifest:
     if toy:
         sources["binutils-riscv64-unknown-elf"] = _tool_version(["riscv64-unknown-elf-as", "--version"])
     details = {
+        "kernel_deb_sha256": sha256_file(deb),
+        "kernel_fetched_via": fetched_via,
         "kernel_modules": [m.stem for m in extracted.modules],
         "builtin_modules": extracted.builtin,
         "guest_programs": [p.name for p in programs],
@@ -160,7 +172,7 @@ def build_images(directory: Path | None = None, *, force: bool = False, report: 
     :param report: called with a line of progress for each step.
     """
     target = directory or images_dir()
-    with _locked(target), tempfile.TemporaryDirectory(dir=target, prefix=".build-") as tmp:
+    with _locked(target), _staging(target) as tmp:
         workdir = Path(tmp)
         key = inputs_key(_kernel_identity(workdir))
         old = Manifest.load(target)
@@ -174,6 +186,18 @@ def build_images(directory: Path | None = None, *, force: bool = False, report: 
         _install(stage, target, manifest)
         report(f"images written to {target}")
         return BuildResult(target, manifest, built=True)
+
+
+@contextmanager
+def _staging(target: Path) -> Iterator[str]:
+    """A private ``.build-*`` directory in ``target`` (same filesystem: installing is a rename)."""
+    try:
+        staging = tempfile.TemporaryDirectory(dir=target, prefix=".build-")
+    except OSError as exc:
+        raise VlabError(f"the image cache cannot be written ({exc.strerror})", field="images", value=str(target),
+                        fix="free space there, or point VLAB_IMAGES at a writable directory") from None
+    with staging as tmp:
+        yield tmp
 
 
 def _install(stage: Path, target: Path, manifest: Manifest) -> None:

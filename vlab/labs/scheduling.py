@@ -479,9 +479,8 @@ def replay_article_example(
     """Allocate ``need`` on ``host`` one resource at a time in ``order``, recording what is left.
 
     The defaults are the reference article's worked example (§4.3.1: a 2 CPU / 4 GB / 100 GB VM on
-    a 4 CPU / 8 GB / 200 GB host, disk first, then memory). Done right, the last step leaves
-    2 CPUs — the article prints C = 4. And whatever the order, the final state is the same: for one
-    VM every demand must be met, so "allocate the least-utilised resource first" changes nothing.
+    a 4 CPU / 8 GB / 200 GB host, disk first, then memory; the article prints C = 4). Lab 04 asks
+    what the steps show, so this docstring does not say.
     """
     unknown = [r for r in order if r not in RESOURCES]
     if unknown or sorted(order) != sorted(RESOURCES):

@@ -19,7 +19,20 @@ Architecture (one module per concern):
 * :mod:`~vlab.qemu.individualize` — a restored guest made this VM's: hot-plugged disks and NICs, hostname,
   addresses, clock, fresh randomness.
 * :mod:`~vlab.qemu.accel` — TCG or KVM, decided before launch, with the reason.
+* :mod:`~vlab.qemu.fields` — validators for every public field and argument (one error shape).
+* :mod:`~vlab.qemu.guest_files` — the kernel and initramfs checked against the image manifest at start.
 * :mod:`~vlab.qemu.cli` — ``vlab vm run`` / ``vlab vm argv``.
+
+What a VM may do to its host (see the modules for the why):
+
+* Every ``-object``/``-blockdev``/``-netdev``/``-device`` is QEMU's JSON form: no value can add an option.
+* A user-mode NIC is ``restrict=on``: the guest reaches neither the host's services (``127.0.0.1`` through the
+  gateway) nor the internet. ``Nic(outbound=True)`` opts in; ``VLAB_DENY_OUTBOUND=1`` (set by the grader)
+  refuses that opt-in and raw network options in ``extra_args``.
+* Sockets, pidfiles and passphrase files live in a runtime directory vlab verifies (ours, 0700, not a symlink);
+  the orphan sweeper kills only QEMUs provably started by vlab for this user. Passphrases reach QEMU and
+  ``qemu-img`` only through mode-0600 files, never on a command line.
+* Every call that talks to QEMU takes a ``timeout`` and raises :class:`~vlab.errors.VlabError` when it expires.
 
 Quick start::
 

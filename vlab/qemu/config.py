@@ -81,18 +81,23 @@ def parse_size_mib(value: str | int, *, field_name: str = "mem") -> int:
 
     :raises VlabError: for anything that is not a positive whole number of MiB.
     """
-    if isinstance(value, bool):
-        raise VlabError("must be a size such as 512M or 1G", field=field_name, value=value, fix='mem = "512M"')
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise VlabError(f"must be a size such as 512M or 1G, not {type(value).__name__}", field=field_name,
+                        value=shown(value), fix=f'{field_name} = "512M"')
     if isinstance(value, int):
+        if abs(value) > 1 << 40:
+            raise VlabError("is far too large", field=field_name, value=shown(value), fix=f'{field_name} = "512M"')
         mib = float(value)
     else:
-        match = _SIZE_RE.match(str(value))
+        match = _SIZE_RE.match(value) if len(value) <= 32 else None
         if not match:
             raise VlabError(
                 "is not a size: write a number with an optional unit K, M, G or T",
-                field=field_name, value=value, fix=f'{field_name} = "512M" (or "1G")',
+                field=field_name, value=shown(value), fix=f'{field_name} = "512M" (or "1G")',
             )
         mib = float(match.group(1)) * _UNITS[match.group(2).upper()]
+        if mib > 1 << 40:
+            raise VlabError("is far too large", field=field_name, value=shown(value), fix=f'{field_name} = "512M"')
     if mib <= 0:
         raise VlabError("must be positive", field=field_name, value=value, fix=f'{field_name} = "512M"')
     if mib != int(mib):
@@ -526,6 +531,9 @@ class VMConfig:
 
     @staticmethod
     def _read_conf_source(source: str | os.PathLike[str]) -> tuple[str, str]:
+        if not isinstance(source, (str, os.PathLike)):
+            raise VlabError(f"must be the path or the text of a vm.conf, not {type(source).__name__}",
+                            field="conf", value=shown(source), fix='VMConfig.from_conf("vm.conf")')
         if isinstance(source, str) and ("\n" in source or "=" in source):
             if len(source) > _MAX_CONF_BYTES:
                 raise VlabError(f"vm.conf text is longer than {_MAX_CONF_BYTES} bytes", field="conf",

@@ -90,6 +90,7 @@ class Console:
         self._changed = threading.Condition()
         self._run_lock = threading.Lock()
         self._writer: asyncio.StreamWriter | None = None
+        self._connected: concurrent.futures.Future[None] = concurrent.futures.Future()  # the writer exists
         self._reader_task: concurrent.futures.Future[None] = asyncio.run_coroutine_threadsafe(self._pump(), get_loop())
         self._reader_task.add_done_callback(lambda _f: self._mark_closed())
 
@@ -97,6 +98,7 @@ class Console:
 
     async def _pump(self) -> None:
         reader, self._writer = await asyncio.open_unix_connection(sock=self._sock)
+        self._connected.set_result(None)
         while chunk := await reader.read(65536):
             self._append(chunk)
 
@@ -112,6 +114,8 @@ class Console:
             self._changed.notify_all()
 
     def _mark_closed(self) -> None:
+        if not self._connected.done():
+            self._connected.set_result(None)
         with self._changed:
             self._closed = True
             self._changed.notify_all()
@@ -180,9 +184,12 @@ class Console:
         if not isinstance(text, str):
             raise VlabError(f"must be a string, not {type(text).__name__}", field="text", value=shown(text),
                             fix='console.send("ls\\n")')
-        run_sync(self._write(text.encode()), check_seconds("timeout", timeout), "console write")
+        timeout = check_seconds("timeout", timeout)
+        run_sync(self._write(text.encode()), timeout, "console write")
 
     async def _write(self, data: bytes) -> None:
+        if not self._connected.done():  # a run() right after the console was made
+            await asyncio.wrap_future(self._connected)
         if self._closed or self._writer is None:
             raise VlabError("the console is closed", field="console", fix="start the VM first",
                             detail=self._describe_failure())

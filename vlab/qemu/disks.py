@@ -13,6 +13,7 @@ than written on the command line where ``ps`` would show it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -32,6 +33,8 @@ __all__ = ["create_image", "create_overlay", "image_info", "write_secret_file"]
 QEMU_IMG = "qemu-img"
 _LUKS_ATTEMPTS = 10
 _TEMP_RE = re.compile(r"\.(?P<name>.+)\.tmp(?P<pid>\d+)")
+_KEY_RE = re.compile(r"luks(?P<pid>\d+)-\d+\.key")
+_key_ids = itertools.count()
 
 
 def _qemu_img(*args: str, timeout: float = 60.0) -> str:
@@ -79,11 +82,12 @@ def create_image(path: str | os.PathLike[str], size: str | int, *, secret: str |
         raise VlabError("its directory does not exist", field="path", value=str(target),
                         fix="create the directory first")
     _remove_dead_temps(target.parent)
+    _remove_dead_key_files(runtime_dir())
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     args = ["create", "-q", "-f", "qcow2"]
     with contextlib.ExitStack() as cleanup:
         if key is not None:
-            key_file = write_secret_file(runtime_dir() / f"luks{os.getpid()}-{id(key):x}.key", key)
+            key_file = write_secret_file(runtime_dir() / f"luks{os.getpid()}-{next(_key_ids)}.key", key)
             cleanup.callback(key_file.unlink, missing_ok=True)
             args += ["--object", json.dumps({"qom-type": "secret", "id": "sec0", "file": str(key_file),
                                              "format": "raw"}),
@@ -112,6 +116,15 @@ def _remove_dead_temps(directory: Path) -> None:
         for entry in directory.iterdir():
             match = _TEMP_RE.fullmatch(entry.name)
             if match and not procfs.alive(int(match["pid"])) and entry.is_file() and not entry.is_symlink():
+                entry.unlink(missing_ok=True)
+
+
+def _remove_dead_key_files(directory: Path) -> None:
+    """Passphrase files of a create_image that was killed (kill -9 skips its cleanup)."""
+    with contextlib.suppress(OSError):
+        for entry in directory.iterdir():
+            match = _KEY_RE.fullmatch(entry.name)
+            if match and not procfs.alive(int(match["pid"])) and not entry.is_symlink():
                 entry.unlink(missing_ok=True)
 
 

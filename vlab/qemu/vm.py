@@ -48,6 +48,7 @@ from vlab.qemu.accel import AccelChoice, choose_accel
 from vlab.qemu.config import READY_MARKER, LaunchIO, VMConfig, parse_size_mib
 from vlab.qemu.console import Console, ConsoleClosed
 from vlab.qemu.fields import check_bool, check_int, check_seconds, check_text, check_token, shown
+from vlab.qemu.guest_files import verify_guest_file
 from vlab.qemu.metrics import HostSample, process_rss_bytes, sample
 from vlab.qemu.migration import MigrationResult, run_migration, set_parameters
 from vlab.qemu.process import QemuProcess, make_workdir, sweep_orphans
@@ -369,6 +370,9 @@ class VM:
         _live_vms.add(self)
 
     def _spawn(self, incoming: bool, connect_timeout: float, restore: tuple[Template, int] | None = None) -> None:
+        assert self.config.kernel is not None and self.config.initrd is not None
+        verify_guest_file("kernel", self.config.kernel)
+        verify_guest_file("initrd", self.config.initrd)
         sweep_orphans()
         network.sweep_orphan_namespaces()
         kind = self.accel.kind
@@ -552,25 +556,31 @@ class VM:
 
         :raises VlabError: if QEMU refuses the command (with its reason), dies, or does not answer in time.
         """
+        check_seconds("timeout", timeout)
+        arguments = _qmp_arguments(arguments, args)
         self._require(_checked_command(command), *_ACTIVE)
-        return self._qmp.execute(command, _qmp_arguments(arguments, args), timeout)
+        return self._qmp.execute(command, arguments, timeout)
 
     async def aqmp(self, command: str, arguments: Mapping[str, Any] | None = None, *,
                    timeout: float = DEFAULT_QMP_TIMEOUT, **args: Any) -> Any:
         """``await vm.aqmp("query-status")``: :meth:`qmp` for async code (any event loop, e.g. Jupyter's)."""
+        check_seconds("timeout", timeout)
+        arguments = _qmp_arguments(arguments, args)
         self._require(_checked_command(command), *_ACTIVE)
-        return await self._qmp.aexecute(command, _qmp_arguments(arguments, args), timeout)
+        return await self._qmp.aexecute(command, arguments, timeout)
 
     def _execute(self, command: str, args: Mapping[str, Any] | None = None) -> Any:
         return self._qmp.execute(command, args)
 
     def status(self, *, timeout: float = DEFAULT_QMP_TIMEOUT) -> str:
         """QEMU's run state: ``running``, ``paused``, ``io-error``, ``inmigrate``, ``postmigrate``…"""
+        check_seconds("timeout", timeout)
         self._require("status", *_ACTIVE)
         return str(self._qmp.execute("query-status", None, timeout)["status"])
 
     def pause(self, *, timeout: float = DEFAULT_QMP_TIMEOUT) -> None:
         """Stop the vCPUs (QMP ``stop``); the guest's clock and devices freeze."""
+        check_seconds("timeout", timeout)
         self._require("pause", VMState.RUNNING)
         self._stop_reason = "paused by vm.pause()"
         self._qmp.execute("stop", None, timeout)
@@ -579,6 +589,7 @@ class VM:
 
     def resume(self, *, timeout: float = DEFAULT_QMP_TIMEOUT) -> None:
         """Run the vCPUs again (QMP ``cont``)."""
+        check_seconds("timeout", timeout)
         self._require("resume", VMState.PAUSED)
         self._qmp.execute("cont", None, timeout)
         self._qemu_stopped, self._stop_reason = False, None
@@ -586,14 +597,15 @@ class VM:
 
     def vcpus(self, *, timeout: float = DEFAULT_QMP_TIMEOUT) -> list[VCpu]:
         """The vCPUs with the host thread that runs each (``query-cpus-fast``)."""
+        check_seconds("timeout", timeout)
         self._require("vcpus", *_ACTIVE)
         return [VCpu(int(c["cpu-index"]), int(c["thread-id"]), str(c["qom-path"]), str(c.get("target", "")))
                 for c in self._qmp.execute("query-cpus-fast", None, timeout)]
 
     def memory(self, *, timeout: float = DEFAULT_QMP_TIMEOUT) -> MemoryInfo:
         """Configured RAM, the balloon's current size and QEMU's RSS on the host."""
-        self._require("memory", *_ACTIVE)
         budget = _Budget("memory", timeout)
+        self._require("memory", *_ACTIVE)
         configured = int(self._qmp.execute("query-memory-size-summary", None, budget.left())["base-memory"])
         actual = int(self._qmp.execute("query-balloon", None, budget.left())["actual"]) \
             if self.config.balloon else None
@@ -612,14 +624,14 @@ class VM:
         if isinstance(target, bool) or not isinstance(target, (int, str)):
             raise VlabError(f"must be MiB or a size such as '128M', not {type(target).__name__}",
                             field="balloon target", value=shown(target), fix='vm.balloon("128M")')
+        mib = parse_size_mib(target, field_name="balloon target")
+        if mib > self.config.mem:
+            raise VlabError(f"cannot exceed the VM's memory ({self.config.mem} MiB)", field="balloon target",
+                            value=shown(target), fix=f"a target between 32 and {self.config.mem}")
         self._require("balloon", VMState.RUNNING)
         if not self.config.balloon:
             raise VlabError("this VM has no balloon device", field="balloon", value=False,
                             fix="VMConfig(balloon=True)")
-        mib = parse_size_mib(target, field_name="balloon target")
-        if mib > self.config.mem:
-            raise VlabError(f"cannot exceed the VM's memory ({self.config.mem} MiB)", field="balloon target",
-                            value=target, fix=f"a target between 32 and {self.config.mem}")
         self._qmp.execute("balloon", {"value": mib * _MIB}, budget.left())
         return self._wait_balloon(mib, budget) if wait else mib
 
@@ -639,6 +651,7 @@ class VM:
 
     def host_sample(self, *, timeout: float = DEFAULT_QMP_TIMEOUT) -> HostSample:
         """Host-side view now: QEMU's RSS and the CPU seconds each vCPU thread has used."""
+        check_seconds("timeout", timeout)
         self._require("host_sample", *_ACTIVE)
         assert self.pid is not None
         return sample(self.pid, {cpu.index: cpu.thread_id for cpu in self.vcpus(timeout=timeout)})
@@ -713,6 +726,7 @@ class VM:
         :returns: seconds the save took.
         """
         budget = _Budget("snapshot_save", timeout)
+        _checked_tag(tag)
         self._require("snapshot_save", VMState.RUNNING, VMState.PAUSED)
         self._ensure_vmstate_node(budget)
         return self._snapshot_job("snapshot-save", _checked_tag(tag), budget)
@@ -720,8 +734,8 @@ class VM:
     def snapshot_load(self, tag: str, timeout: float = 60.0) -> float:
         """Return the VM to snapshot ``tag`` (the guest continues from that moment). Returns seconds taken."""
         budget = _Budget("snapshot_load", timeout)
-        self._require("snapshot_load", VMState.RUNNING, VMState.PAUSED)
         _checked_tag(tag)
+        self._require("snapshot_load", VMState.RUNNING, VMState.PAUSED)
         self._ensure_vmstate_node(budget)
         existing = self.snapshots(timeout=budget.left())
         if tag not in existing:
@@ -732,12 +746,14 @@ class VM:
     def snapshot_delete(self, tag: str, timeout: float = 60.0) -> float:
         """Delete snapshot ``tag``. Returns seconds taken."""
         budget = _Budget("snapshot_delete", timeout)
+        _checked_tag(tag)
         self._require("snapshot_delete", VMState.RUNNING, VMState.PAUSED)
         self._ensure_vmstate_node(budget)
         return self._snapshot_job("snapshot-delete", _checked_tag(tag), budget)
 
     def snapshots(self, *, timeout: float = DEFAULT_QMP_TIMEOUT) -> list[str]:
         """Tags of the VM's snapshots."""
+        check_seconds("timeout", timeout)
         self._require("snapshots", *_ACTIVE)
         if not self._vmstate_ready:
             return []
