@@ -18,6 +18,24 @@ def _build(args: argparse.Namespace) -> int:
         result = build_images(args.dir, force=args.force, report=step)
     for entry in result.manifest.files.values():
         print(f"  {entry.name:32} {entry.size:>10} B  sha256 {entry.sha256[:16]}…")
+    if args.dir is None and not args.no_template:
+        _template(args)  # an optimisation: a failure is reported, and VMs then boot cold
+    return 0
+
+
+def _template(args: argparse.Namespace) -> int:
+    """Build (or find) the snapshot template of the default guest, so the first ``vlab.VM()`` is fast too."""
+    from vlab.errors import VlabError
+    from vlab.qemu import VM, template
+
+    vm = VM()
+    try:
+        found, note = template.ensure(vm.config, vm.accel.kind)
+    except VlabError as exc:
+        print(f"snapshot template: not built ({exc.problem}); VMs will boot cold")
+        return 1
+    form = "shared RAM" if found.shared else "copy"
+    print(f"snapshot template ({form}): {note or 'up to date'} in {found.directory}")
     return 0
 
 
@@ -40,7 +58,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     build = sub.add_parser("build", help="build the guest images from Debian packages (no-op if up to date)")
     build.add_argument("--force", action="store_true", help="rebuild even if nothing changed")
     build.add_argument("--dir", type=Path, default=None, help="image directory (default: $VLAB_IMAGES)")
+    build.add_argument("--no-template", action="store_true",
+                       help="don't build the default guest's snapshot template (VMs then build it on first use)")
     build.set_defaults(func=_build)
+    tmpl = sub.add_parser("template", help="build the default guest's snapshot template (no-op if up to date)")
+    tmpl.set_defaults(func=_template)
     verify = sub.add_parser("verify", help="check the built files against the manifest's checksums")
     verify.add_argument("--dir", type=Path, default=None)
     verify.set_defaults(func=_verify)

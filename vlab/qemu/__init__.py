@@ -13,6 +13,11 @@ Architecture (one module per concern):
 * :mod:`~vlab.qemu.network` — bridged NICs: taps on bridges inside vlab-made network namespaces.
 * :mod:`~vlab.qemu.migration` — live migration figures (:class:`MigrationResult`).
 * :mod:`~vlab.qemu.metrics` — what the host sees: per-vCPU CPU time, QEMU's RSS.
+* :mod:`~vlab.qemu.template` — snapshot templates: a booted, idle guest saved once per hardware, which
+  :meth:`VM.start` restores by default (``start(cold=True)``, ``VMConfig(cold_boot=True)`` or
+  ``VLAB_COLD_BOOT=1`` boot the kernel instead).
+* :mod:`~vlab.qemu.individualize` — a restored guest made this VM's: hot-plugged disks and NICs, hostname,
+  addresses, clock, fresh randomness.
 * :mod:`~vlab.qemu.accel` — TCG or KVM, decided before launch, with the reason.
 * :mod:`~vlab.qemu.fields` — validators for every public field and argument (one error shape).
 * :mod:`~vlab.qemu.guest_files` — the kernel and initramfs checked against the image manifest at start.

@@ -20,7 +20,7 @@ import json
 import os
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -56,6 +56,8 @@ READY_MARKER = "VLAB-READY"
 QEMU_BINARY = "qemu-system-x86_64"
 #: The id of the ``-object`` holding guest RAM (``-M …,memory-backend=ram0``).
 RAM_BACKEND_ID = "ram0"
+#: The id of the virtio-balloon device.
+BALLOON_ID = "balloon0"
 
 AccelName = Literal["auto", "tcg", "kvm"]
 _MACHINES = ("pc", "q35")
@@ -307,6 +309,11 @@ class LaunchIO:
     :param nic_fds: per NIC, the tap fd for bridge NICs (None for user-mode NICs).
     :param incoming: a migration URI to wait on (``-incoming``), or None.
     :param macs: per NIC, the MAC the VM claimed (empty: :meth:`VMConfig.mac_address`).
+    :param memory_backend: the ``-object`` holding guest RAM instead of :meth:`VMConfig.memory_backend`
+        (a snapshot template maps a file here; see :mod:`vlab.qemu.template`).
+    :param pci_slots: device id -> PCI slot, for devices that must sit where another QEMU put them (a
+        migration destination of a VM whose devices were hot-plugged after a restore).
+    :param paused: start with the vCPUs stopped (``-S``).
     """
 
     qmp_fd: int
@@ -317,13 +324,16 @@ class LaunchIO:
     incoming: str | None = None
     qmp_sync_fd: int | None = None
     macs: Sequence[str] = ()
+    memory_backend: Mapping[str, Any] | None = None
+    pci_slots: Mapping[str, int] = field(default_factory=dict)
+    paused: bool = False
 
 
 # vm.conf keys as textbooks print them -> VMConfig fields
 _CONF_KEYS = {
     "name": "name", "kernel": "kernel", "initrd": "initrd", "appended": "append", "append": "append",
     "root": "root", "mem": "mem", "memory": "mem", "vcpus": "vcpus", "accel": "accel", "machine": "machine",
-    "balloon": "balloon",
+    "balloon": "balloon", "cold_boot": "cold_boot",
 }
 
 
@@ -346,6 +356,7 @@ class VMConfig:
     :param balloon: add a virtio-balloon device.
     :param cpu: the ``-cpu`` model, or None for QEMU's default.
     :param extra_args: extra QEMU arguments appended verbatim (e.g. ``["-device", "virtio-rng-pci"]``).
+    :param cold_boot: always boot the kernel, never restore a snapshot template (see :meth:`vlab.VM.start`).
     """
 
     name: str = "vlab"
@@ -364,6 +375,7 @@ class VMConfig:
     balloon: bool = True
     cpu: str | None = None
     extra_args: tuple[str, ...] = field(default=())
+    cold_boot: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise in place once, then never again
@@ -397,6 +409,7 @@ class VMConfig:
                             fix="give each NIC its own mac, or leave mac out")
         set_(self, "extra_args", self._checked_extra_args(self.extra_args))
         check_bool("balloon", self.balloon, "balloon = True")
+        check_bool("cold_boot", self.cold_boot, "cold_boot = True")
         if self.cpu is not None:
             check_token("cpu", self.cpu, r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", "a QEMU CPU model name (e.g. max, "
                         "qemu64, host) without options", 'cpu = "max"')
@@ -510,8 +523,9 @@ class VMConfig:
                 raise VlabError(f"is set twice (again on line {number} of {origin})", field=key, value=value,
                                 fix="keep one line per key")
             values[target] = value
-        if "balloon" in values:
-            values["balloon"] = _parse_bool("balloon", values["balloon"])
+        for flag in ("balloon", "cold_boot"):
+            if flag in values:
+                values[flag] = _parse_bool(flag, values[flag])
         values.update(overrides)
         return cls(**values)
 
@@ -588,17 +602,31 @@ class VMConfig:
         if self.cpu:
             argv += ["-cpu", self.cpu]
         argv += ["-m", str(self.mem), "-smp", str(self.vcpus)]
-        argv += _json_option("-object", self.memory_backend())
+        backend = io.memory_backend if io is not None and io.memory_backend is not None else self.memory_backend()
+        argv += _json_option("-object", dict(backend))
         argv += ["-nodefaults", "-no-user-config", "-no-reboot", "-display", "none"]
         argv += ["-kernel", str(self.kernel), "-initrd", str(self.initrd), "-append", self.kernel_cmdline()]
         argv += self._io_args(io)
-        argv += self._disk_args(io)
-        argv += self._nic_args(io)
+        for option, value in self.device_options(io):
+            argv += _json_option(option, value)
         if self.balloon:
-            argv += _json_option("-device", {"driver": "virtio-balloon-pci", "id": "balloon0"})
+            argv += _json_option("-device", _placed({"driver": "virtio-balloon-pci", "id": BALLOON_ID}, io))
+        if io is not None and io.paused:
+            argv.append("-S")
         if io is not None and io.incoming:
             argv += ["-incoming", io.incoming]
         return argv + list(self.extra_args)
+
+    def device_options(self, io: LaunchIO | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """The disks' and NICs' ``(option, JSON value)`` pairs, in command-line order.
+
+        Each pair is also a QMP command (``-object`` -> ``object-add``, ``-blockdev`` -> ``blockdev-add``,
+        ``-netdev`` -> ``netdev_add``, ``-device`` -> ``device_add``), so a VM restored from a template can
+        hot-plug exactly what a cold boot puts on the command line. Devices named in ``io.pci_slots`` get
+        that slot.
+        """
+        return [(option, _placed(value, io) if option == "-device" else value)
+                for option, value in self._disk_options(io) + self._nic_options(io)]
 
     def memory_backend(self) -> dict[str, Any]:
         """The ``-object`` that holds guest RAM (``ram0``): anonymous memory of ``mem`` MiB."""
@@ -619,8 +647,8 @@ class VMConfig:
                      "-mon", "chardev=qmp-sync,mode=control"]
         return [*argv, "-chardev", f"socket,id=console,fd={int(io.console_fd)}", "-serial", "chardev:console"]
 
-    def _disk_args(self, io: LaunchIO | None) -> list[str]:
-        argv: list[str] = []
+    def _disk_options(self, io: LaunchIO | None) -> list[tuple[str, dict[str, Any]]]:
+        argv: list[tuple[str, dict[str, Any]]] = []
         for i, disk in enumerate(self.disks):
             secret_file = io.secret_files[i] if io and io.secret_files else None
             image: dict[str, Any] = {"driver": "file", "filename": str(disk.path)}
@@ -632,17 +660,16 @@ class VMConfig:
                 node = {"driver": "qcow2", "file": overlay, "backing": {**node, "read-only": True}}
             if disk.secret is not None:
                 secret = str(secret_file) if secret_file is not None else f"<passphrase-file-{i}>"
-                argv += _json_option("-object", {"qom-type": "secret", "id": f"sec{i}", "file": secret,
-                                                 "format": "raw"})
+                argv.append(("-object", {"qom-type": "secret", "id": f"sec{i}", "file": secret, "format": "raw"}))
                 node["encrypt"] = {"format": "luks", "key-secret": f"sec{i}"}
             node = {**node, "node-name": f"disk{i}", "read-only": disk.readonly}
-            argv += _json_option("-blockdev", node)
-            argv += _json_option("-device", {"driver": "virtio-blk-pci", "drive": f"disk{i}", "id": f"vd{i}",
-                                             "werror": disk.on_error, "rerror": _read_error(disk.on_error)})
+            argv.append(("-blockdev", node))
+            argv.append(("-device", {"driver": "virtio-blk-pci", "drive": f"disk{i}", "id": f"vd{i}",
+                                     "werror": disk.on_error, "rerror": _read_error(disk.on_error)}))
         return argv
 
-    def _nic_args(self, io: LaunchIO | None) -> list[str]:
-        argv: list[str] = []
+    def _nic_options(self, io: LaunchIO | None) -> list[tuple[str, dict[str, Any]]]:
+        argv: list[tuple[str, dict[str, Any]]] = []
         for i, nic in enumerate(self.nics):
             netdev: dict[str, Any]
             if nic.mode == "user":
@@ -654,14 +681,20 @@ class VMConfig:
                 netdev = {"type": "tap", "id": f"net{i}"}
                 netdev.update({"fd": str(int(fd))} if fd is not None else {"ifname": f"<tap-on-{nic.bridge}>"})
             mac = io.macs[i] if io and io.macs else self.mac_address(i)
-            argv += _json_option("-netdev", netdev)
-            argv += _json_option("-device", {"driver": "virtio-net-pci", "netdev": f"net{i}", "mac": mac})
+            argv.append(("-netdev", netdev))
+            argv.append(("-device", {"driver": "virtio-net-pci", "netdev": f"net{i}", "mac": mac, "id": f"nic{i}"}))
         return argv
 
 
 def _json_option(option: str, value: dict[str, Any]) -> list[str]:
     """``[option, '{"…": …}']``: QEMU parses the JSON form as data, so no value can add a key."""
     return [option, json.dumps(value, separators=(",", ":"))]
+
+
+def _placed(device: dict[str, Any], io: LaunchIO | None) -> dict[str, Any]:
+    """``device`` at the PCI slot ``io.pci_slots`` gives its id (unchanged when it gives none)."""
+    slot = io.pci_slots.get(str(device.get("id"))) if io is not None else None
+    return device if slot is None else {**device, "addr": f"{int(slot):#x}"}
 
 
 def _read_error(on_error: str) -> str:

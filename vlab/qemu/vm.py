@@ -27,6 +27,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import enum
+import logging
 import os
 import shutil
 import signal
@@ -42,7 +43,7 @@ from typing import Any
 
 from vlab.errors import StateError, VlabError
 from vlab.progress import Steps, steps
-from vlab.qemu import disks, network
+from vlab.qemu import disks, individualize, network, template
 from vlab.qemu.accel import AccelChoice, choose_accel
 from vlab.qemu.config import READY_MARKER, LaunchIO, VMConfig, parse_size_mib
 from vlab.qemu.console import Console, ConsoleClosed
@@ -52,10 +53,12 @@ from vlab.qemu.metrics import HostSample, process_rss_bytes, sample
 from vlab.qemu.migration import MigrationResult, run_migration, set_parameters
 from vlab.qemu.process import QemuProcess, make_workdir, sweep_orphans
 from vlab.qemu.qmp import DEFAULT_QMP_TIMEOUT, Event, QMPChannel
+from vlab.qemu.template import Template, TemplateError
 
 __all__ = ["VM", "VMState", "VCpu", "MemoryInfo", "BootTimeout", "GuestPanicked"]
 
 _MIB = 1024 * 1024
+log = logging.getLogger(__name__)
 _VMSTATE_NODE = "vmstate"
 _live_vms: weakref.WeakSet[VM] = weakref.WeakSet()
 
@@ -145,7 +148,14 @@ class VM:
         self._qmp_sock: socket.socket | None = None
         self._qmp_sync_sock: socket.socket | None = None
         self._incoming_uri = ""
+        self._io: LaunchIO | None = None
+        self._pci_slots: dict[str, int] = {}  # device id -> PCI slot, when devices must sit at given slots
+        self._launch_overrides: dict[str, Any] = {}  # extra LaunchIO fields (a template build's RAM file)
         self.argv: list[str] = []
+        #: "restored" (from a snapshot template) or "cold" (the kernel booted), once started
+        self.start_mode: str | None = None
+        #: why the VM booted cold, or what start() did to the template ("" when there is nothing to say)
+        self.start_note = ""
         #: how start() ended the boot: seconds from launch to the ready marker, and attempts used
         self.boot_seconds: float | None = None
         self.boot_attempts = 0
@@ -242,14 +252,23 @@ class VM:
 
     # -- start ----------------------------------------------------------------------------------------
 
-    def start(self, timeout: float = 60.0, retries: int = 1, wait_ready: bool = True, progress: bool = False) -> VM:
+    def start(self, timeout: float = 60.0, retries: int = 1, wait_ready: bool = True, progress: bool = False,
+              cold: bool | None = None) -> VM:
         """Launch QEMU and wait until the guest's shell answers.
+
+        By default the VM is *restored* from a snapshot template of its hardware (built on first use, see
+        :mod:`vlab.qemu.template`): its disks and NICs are hot-plugged and the guest gets its own hostname,
+        addresses, clock and randomness (:mod:`vlab.qemu.individualize`), in about a tenth of a cold boot's
+        time. :attr:`start_mode` says which happened and :attr:`start_note` why a VM booted cold.
 
         :param timeout: seconds to wait for the ready marker, per attempt.
         :param retries: boot attempts after a timeout or a kernel panic (a TCG boot very rarely hangs silently).
         :param wait_ready: if False, return as soon as QMP answers (the guest is still booting; watch it with
             ``vm.console.wait_for(vlab.qemu.READY_MARKER, …)``, and note the console still echoes input).
         :param progress: show the boot's steps (a bar in a notebook or terminal, a line per step in logs).
+        :param cold: True: boot the kernel (what lab 01 measures). False: use a template even if the config or
+            ``VLAB_COLD_BOOT`` asks for a cold boot. None (default): ``config.cold_boot`` and the environment
+            decide. A VM that needs extra_args, or hot-plug on a machine other than ``pc``, always boots cold.
         :raises VlabError: with the console tail and QEMU's stderr if the guest never becomes ready.
         """
         timeout = check_seconds("timeout", timeout)
@@ -259,6 +278,9 @@ class VM:
         self._require("start", VMState.CREATED)
         report = steps(2, f"booting {self.config.name}") if progress else None
         with report or contextlib.nullcontext():
+            if wait_ready and self._try_restore(timeout, cold, report):
+                return self
+            self.start_mode = "cold"
             for attempt in range(retries + 1):
                 self.boot_attempts = attempt + 1
                 try:
@@ -269,6 +291,58 @@ class VM:
                         self._state = VMState.FAILED
                         raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _try_restore(self, timeout: float, cold: bool | None, report: Steps | None) -> bool:
+        """Start from a template if one can serve this VM; False (with :attr:`start_note` saying why) if not."""
+        reason = template.cold_reason(self.config, cold)
+        if reason is None:
+            try:
+                if report is not None:
+                    report("finding the snapshot template")
+                found, note = template.ensure(self.config, self.accel.kind, timeout=timeout)
+                if report is not None:
+                    report("restoring the snapshot template")
+                self._restore(found, timeout)
+                self.start_mode, self.start_note = "restored", note
+                return True
+            except TemplateError as exc:
+                reason = f"{exc.problem} ({exc.value})" if exc.value is not None else exc.problem
+                log.warning("%s boots cold: %s", self.config.name, reason)
+            except BaseException:
+                with self._state_lock:  # Ctrl-C or a bug: start() fails as a cold boot would
+                    self._state = VMState.FAILED
+                raise
+        self.start_note = reason
+        return False
+
+    def _restore(self, found: Template, timeout: float) -> None:
+        """Launch QEMU on the template's state, hot-plug the VM's devices, individualize the guest."""
+        with self._state_lock:
+            self._state = VMState.STARTING
+            self._qemu_stopped, self._stop_reason = False, None
+        self.boot_attempts = 1
+        launched = time.monotonic()
+        try:
+            state_fd = os.open(found.state_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            self._spawn(False, min(10.0, timeout), restore=(found, state_fd))
+            io = self._io
+            assert io is not None
+            template.load(self._execute, found, state_fd, timeout)
+            individualize.hotplug(self._execute, self.config, io)
+            self._qmp.execute("cont")
+            with self._state_lock:
+                self._state = VMState.RUNNING
+            individualize.individualize(self.console, self.config, self._macs, timeout)
+        except BaseException as exc:
+            self._abort(VMState.CREATED)  # a cold boot follows
+            self._pci_slots = {}
+            if isinstance(exc, VlabError) and not isinstance(exc, TemplateError):
+                raise TemplateError(f"restoring the template failed: {exc.problem}", field="template",
+                                    value=found.key, fix="boot cold: vm.start(cold=True)",
+                                    detail=str(exc)) from exc
+            raise
+        self.boot_seconds = time.monotonic() - launched
+        _live_vms.add(self)
 
     def _launch(self, incoming: bool, timeout: float, wait_ready: bool = True, report: Steps | None = None) -> None:
         """One attempt: spawn, connect, wait for ready. Leaves nothing behind if it fails."""
@@ -295,7 +369,7 @@ class VM:
             self._state = VMState.STARTING if incoming else VMState.RUNNING
         _live_vms.add(self)
 
-    def _spawn(self, incoming: bool, connect_timeout: float) -> None:
+    def _spawn(self, incoming: bool, connect_timeout: float, restore: tuple[Template, int] | None = None) -> None:
         assert self.config.kernel is not None and self.config.initrd is not None
         verify_guest_file("kernel", self.config.kernel)
         verify_guest_file("initrd", self.config.initrd)
@@ -306,8 +380,15 @@ class VM:
         self._incoming_uri = f"unix:{workdir}/mig.sock"
         keep: list[int] = []  # fds only QEMU holds after the fork: closed here either way
         try:
-            io = self._prepare_io(workdir, keep, self._incoming_uri if incoming else None)
-            self.argv = self.config.qemu_argv(io, accel=kind)
+            if restore is not None:
+                keep.append(restore[1])
+            io = self._prepare_io(workdir, keep, self._incoming_uri if incoming else None, restore)
+            self._io = io
+            if restore is None:
+                self.argv = self.config.qemu_argv(io, accel=kind)
+            else:  # the template's exact hardware, under this VM's name; its devices are hot-plugged
+                self.argv = template.base_config(self.config).qemu_argv(io, accel=kind)
+                self.argv[self.argv.index("-name") + 1] = f"{self.config.name},debug-threads=on"
             self._process = QemuProcess(self.argv, workdir, keep)
         except BaseException:
             if self._process is None:
@@ -320,10 +401,12 @@ class VM:
         assert self._qmp_sock is not None and self._qmp_sync_sock is not None
         self._qmp.connect(self._qmp_sock, self._qmp_sync_sock, timeout=connect_timeout)
 
-    def _prepare_io(self, workdir: Path, keep: list[int], incoming: str | None) -> LaunchIO:
+    def _prepare_io(self, workdir: Path, keep: list[int], incoming: str | None,
+                    restore: tuple[Template, int] | None = None) -> LaunchIO:
         qmp_ours, qmp_theirs = socket.socketpair()
         sync_ours, sync_theirs = socket.socketpair()
         console_ours, console_theirs = socket.socketpair()
+        first = len(keep)
         keep += [qmp_theirs.detach(), console_theirs.detach(), sync_theirs.detach()]
         self._qmp_sock, self._qmp_sync_sock = qmp_ours, sync_ours
         self._console = Console(console_ours, self._describe_failure, self._console_blocked)
@@ -338,8 +421,14 @@ class VM:
                 nic_fds.append(tap.fd)
             else:
                 nic_fds.append(None)
-        return LaunchIO(keep[0], keep[1], disk_paths, secret_files, nic_fds, incoming, qmp_sync_fd=keep[2],
-                        macs=tuple(self._macs))
+        extra: dict[str, Any] = dict(self._launch_overrides)
+        if restore is not None:
+            self._pci_slots = template.restore_slots(self.config, restore[0])
+            extra.update(memory_backend=restore[0].memory_backend(), paused=True)
+            incoming = "defer"  # capabilities first, then migrate-incoming from the state file's fd
+        return LaunchIO(keep[first], keep[first + 1], disk_paths, secret_files, nic_fds, incoming,
+                        qmp_sync_fd=keep[first + 2], macs=tuple(self._macs), pci_slots=dict(self._pci_slots),
+                        **extra)
 
     def _prepare_disks(self, workdir: Path) -> tuple[list[Path], list[Path | None]]:
         paths: list[Path] = []
@@ -743,7 +832,7 @@ class VM:
         self._require("migrate_to", VMState.RUNNING, VMState.PAUSED)
         other._require("be a migration destination", VMState.CREATED)
         self._check_migratable(other)
-        uri = other._start_incoming(self._macs, min(30.0, budget.left()))
+        uri = other._start_incoming(self._macs, self._pci_slots, min(30.0, budget.left()))
 
         def source(command: str, args: Mapping[str, Any] | None = None) -> Any:
             # the cancel after a timeout gets a short grace of its own, so the source is not left migrating
@@ -777,9 +866,10 @@ class VM:
             raise VlabError("migration supports guests without disks and with the same NICs", field="disks",
                             value=len(mine.disks), fix="migrate a diskless guest (the default VMConfig())")
 
-    def _start_incoming(self, macs: list[str], timeout: float) -> str:
-        """Launch as a migration destination (with the source's MACs); returns the URI QEMU listens on."""
+    def _start_incoming(self, macs: list[str], slots: Mapping[str, int], timeout: float) -> str:
+        """Launch as a migration destination (with the source's MACs and PCI slots); returns the URI."""
         self._inherit_macs = list(macs)
+        self._pci_slots = dict(slots)
         self._launch(incoming=True, timeout=timeout)
         return self._incoming_uri
 

@@ -1,0 +1,111 @@
+"""Fast start: a VM restored from a snapshot template vs today's full boot, measured in one run.
+
+Run: ``.venv/bin/python bench/bench_fast_start.py [--rounds N] [--idle N]``
+
+* **start → first console command**: ``VM(config).start()`` then ``vm.console.run("true")``, from before the
+  ``VM`` is made until the command's answer is back. Cold boots (``start(cold=True)``, what every start was
+  before templates) and default starts are interleaved, round by round, so host load hits both alike; the
+  ratio of the medians is the figure. Done for the default guest (with a balloon: the *copy* form, whose
+  state carries the RAM) and for a guest without a balloon (the *shared-RAM* form, whose RAM is a file every
+  restored VM maps copy-on-write).
+* **memory of N idle VMs**: N cold-booted VMs, then N restored ones, each set running at once; the sum of
+  QEMU's RSS and of its PSS (proportional set size: a page shared by k processes counts 1/k in each), read
+  from ``/proc/<pid>/smaps_rollup``. RSS counts shared template pages in every VM; PSS is the honest figure
+  for memory saved.
+
+Templates are built (once) before anything is timed. Targets (issue 19, printed, never asserted): default
+start ≤ 0.15× of the full boot, goal ≈ 0.05× with the shared-RAM form.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+from vlab.qemu import VM, VMConfig, template
+
+TARGET_DEFAULT = 0.15
+GOAL_SHARED = 0.05
+
+
+def start_to_first_command(config: VMConfig, cold: bool) -> tuple[float, str]:
+    started = time.perf_counter()
+    vm = VM(config)
+    vm.start(cold=cold)
+    try:
+        vm.console.run("true")
+        return time.perf_counter() - started, vm.start_mode or "?"
+    finally:
+        vm.kill()
+
+
+def smaps_kib(pid: int) -> dict[str, int]:
+    values: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, _, rest = line.partition(":")
+        if rest.strip().endswith("kB"):
+            values[name.strip()] = int(rest.split()[0])
+    return values
+
+
+def idle_memory(config: VMConfig, count: int, cold: bool) -> tuple[int, int]:
+    """Sum of RSS and of PSS (KiB) of ``count`` idle VMs of ``config`` running at once."""
+    vms = [VM(config.replace(name=f"idle{i}")) for i in range(count)]
+    try:
+        for vm in vms:
+            vm.start(cold=cold)
+        time.sleep(2.0)  # idle: let the guests settle
+        rss = pss = 0
+        for vm in vms:
+            assert vm.pid is not None
+            values = smaps_kib(vm.pid)
+            rss, pss = rss + values["Rss"], pss + values["Pss"]
+        return rss, pss
+    finally:
+        for vm in vms:
+            vm.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=8, help="interleaved cold/default pairs per guest (default 8)")
+    parser.add_argument("--idle", type=int, default=8, help="VMs in the memory comparison (default 8)")
+    args = parser.parse_args()
+
+    configs = {"default guest (balloon: copy form)": VMConfig(accel="tcg"),
+               "no balloon (shared-RAM form)": VMConfig(accel="tcg", balloon=False)}
+    for config in configs.values():
+        found, note = template.ensure(config, "tcg")
+        print(f"template {found.key} ({'shared RAM' if found.shared else 'copy'}): {note or 'cached'}; "
+              f"state {found.state_path.stat().st_size / 2**20:.1f} MiB")
+
+    print(f"\nstart -> first console command, {args.rounds} interleaved rounds (medians)")
+    ratios = {}
+    for label, config in configs.items():
+        cold, warm, modes = [], [], set()
+        for _ in range(args.rounds):
+            cold.append(start_to_first_command(config, cold=True)[0])
+            seconds, mode = start_to_first_command(config, cold=False)
+            warm.append(seconds)
+            modes.add(mode)
+        ratio = statistics.median(warm) / statistics.median(cold)
+        ratios[label] = ratio
+        print(f"  {label}: full boot {statistics.median(cold):.3f} s, default start {statistics.median(warm):.3f} s "
+              f"({'/'.join(sorted(modes))}) -> {ratio:.3f}x")
+    first = next(iter(ratios.values()))
+    print(f"  target: default start <= {TARGET_DEFAULT}x: {'met' if first <= TARGET_DEFAULT else 'NOT met'} "
+          f"({first:.3f}x); shared-RAM goal ~{GOAL_SHARED}x: {list(ratios.values())[1]:.3f}x")
+
+    print(f"\nmemory of {args.idle} idle VMs (sum over QEMU processes)")
+    for label, config in configs.items():
+        cold_rss, cold_pss = idle_memory(config, args.idle, cold=True)
+        warm_rss, warm_pss = idle_memory(config, args.idle, cold=False)
+        print(f"  {label}: cold RSS {cold_rss / 1024:.0f} MiB, PSS {cold_pss / 1024:.0f} MiB; "
+              f"restored RSS {warm_rss / 1024:.0f} MiB, PSS {warm_pss / 1024:.0f} MiB; "
+              f"saved {(cold_pss - warm_pss) / 1024:.0f} MiB PSS ({warm_pss / cold_pss:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
