@@ -4,6 +4,7 @@
 #   ./setup.sh              install, then serve the labs in JupyterLab (prints the URL)
 #   ./setup.sh --headless   install, then the tour: boot a guest, run `uptime` in it, power it off, exit
 #   ./setup.sh test         install, then the whole test suite (ruff, mypy, pytest incl. notebooks)
+#   ./setup.sh packages     print the Debian packages step 1 installs, and exit
 #
 # Environment: VLAB_IMAGES (guest image cache, default ~/.cache/vlab/images), VLAB_VENV (default ./.venv),
 # VLAB_PORT (JupyterLab port, default 8888).
@@ -15,11 +16,17 @@ job=${1:-lab}
 
 step() { printf '\n==> %s\n' "$*"; }
 
-# Debian packages: QEMU and its image tool, busybox for the guest, cpio/kmod/gcc to build the guest image,
-# riscv64 binutils for the toy VMM's guest programs, iproute2 for bridges, chromium for the browser test.
-apt_packages=(qemu-system-x86 qemu-utils busybox-static cpio kmod gcc libc6-dev binutils-riscv64-unknown-elf
-              iproute2 util-linux python3-venv ca-certificates)
-[ "$job" = test ] && apt_packages+=(chromium)
+# Debian packages: one list for this machine and Binder, binder/apt.txt (repo2docker installs it there; it says
+# what each package is for), plus what only this machine needs: python3-venv for .venv (Binder brings its own
+# Python) and, for the tests, chromium (the browser test).
+mapfile -t apt_packages < <(sed -e 's/#.*//' -e 's/[[:space:]]//g' -e '/^$/d' binder/apt.txt)
+apt_packages+=(python3-venv)
+# tests only: chromium (the browser test), qemu-system-misc (riscv64: the toy VMM's conformance reference)
+[ "$job" = test ] && apt_packages+=(chromium qemu-system-misc)
+if [ "$job" = packages ]; then  # what step 1 would install, one per line (for tests and packagers)
+    printf '%s\n' "${apt_packages[@]}"
+    exit 0
+fi
 
 install_apt() {
     local missing=()
@@ -72,5 +79,5 @@ case "$job" in
         mypy
         exec pytest -q --durations=15 tests labs --nbval-lax --nbval-sanitize-with labs/nbval-sanitize.cfg ;;
     *)
-        echo "usage: ./setup.sh [--headless | test]" >&2; exit 2 ;;
+        echo "usage: ./setup.sh [--headless | test | packages]" >&2; exit 2 ;;
 esac

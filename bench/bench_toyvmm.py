@@ -38,8 +38,8 @@ from unicorn import riscv_const as rv
 from unicorn.unicorn_py3.unicorn import HOOK_INTR_CFUNC, MMIO_READ_CFUNC, uc_hook_h, uclib
 
 from vlab.toyvmm import Machine, RoundRobin, assemble, ms
+from vlab.toyvmm.engine import FastRegs
 from vlab.toyvmm.memory import POOL_BASE
-from vlab.toyvmm.vcpu import FastRegs
 
 #: Machine-facts baselines (Unicorn 2.1.4, Python hooks, medians, measured before the project).
 FACT_RISCV_ECALL_PER_S = 581_000

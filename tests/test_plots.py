@@ -21,6 +21,7 @@ from vlab.plots import (
     grouped_bar_chart,
     line_chart,
     migration_chart,
+    mimebundle,
     show,
     summarize,
 )
@@ -113,6 +114,26 @@ def test_migration_chart_in_mib_with_the_budget_line_and_a_model() -> None:
     assert list(fig.data[0].y) == [128.0, 16.0]
     assert list(fig.data[1].y) == [128.0, 8.0]
     assert fig.layout.shapes[0].y0 == 8.0
+
+
+def test_migration_chart_rounds_are_whole_numbers_on_the_axis() -> None:
+    rounds = [{"round": r, "remaining": 2**20 * (4 - r), "transferred": 0, "time": r / 10} for r in (1, 2, 3)]
+    fig = migration_chart(rounds)
+    axis = fig.layout.xaxis
+    assert (axis.tickmode, axis.tick0, axis.dtick, axis.tickformat) == ("linear", 1, 1, "d")
+    assert list(axis.range) == [0.4, 3.6]
+    assert list(fig.data[0].text) == ["3.00 MiB", "2.00 MiB", "1.00 MiB"]  # each bar says its value
+    many = migration_chart([{**rounds[0], "round": r} for r in range(1, 61)])
+    assert many.layout.xaxis.dtick == 4  # at most ~15 labels, still whole rounds
+
+
+def test_mimebundle_is_plotly_json_with_the_summary() -> None:
+    fig = line_chart({"vCPU 0": [(0.0, 1.0), (0.5, 2.0)]}, title="cpu")
+    bundle = mimebundle(fig)
+    assert set(bundle) == {"application/vnd.plotly.v1+json", "text/plain"}
+    assert bundle["application/vnd.plotly.v1+json"]["data"][0]["y"] == [1.0, 2.0]
+    assert bundle["text/plain"] == summarize(fig)
+    assert "plotly.js" not in json.dumps(bundle) and len(json.dumps(bundle)) < 10_000
 
 
 def test_migration_chart_names_a_missing_key() -> None:

@@ -9,9 +9,13 @@ socket paths must stay under 108 bytes.
 from __future__ import annotations
 
 import os
+import re
+import stat
 from pathlib import Path
 
-__all__ = ["images_dir", "runtime_dir", "repo_root", "vm_images_src"]
+from vlab.errors import VlabError
+
+__all__ = ["images_dir", "runtime_dir", "check_private_dir", "repo_root", "vm_images_src"]
 
 
 def images_dir() -> Path:
@@ -24,15 +28,66 @@ def images_dir() -> Path:
 
 
 def runtime_dir() -> Path:
-    """A short, private directory for sockets and pidfiles (created, mode 0700)."""
+    """A short, private directory for sockets, pidfiles and secret files, verified before every use.
+
+    vlab kills processes and writes passphrases based on what it finds here, so it refuses a directory that
+    another user could have prepared: it must be a real directory (not a symlink), owned by this user, with
+    no access for group or others. ``$XDG_RUNTIME_DIR`` (per user, 0700, on tmpfs) is preferred;
+    ``/tmp/vlab-<uid>`` is the fallback, and a squatter there makes vlab stop with a clear error instead.
+
+    :raises VlabError: naming the directory, what is wrong with it and how to fix it.
+    """
     env = os.environ.get("VLAB_RUNTIME")
     if env:
         path = Path(env)
+        source = "VLAB_RUNTIME"
     else:
         xdg = os.environ.get("XDG_RUNTIME_DIR")
         path = Path(xdg) / "vlab" if xdg and len(xdg) < 40 else Path(f"/tmp/vlab-{os.getuid()}")
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        source = "XDG_RUNTIME_DIR" if xdg and len(xdg) < 40 else "the fallback"
+    if not path.is_absolute() or not _SAFE_PATH.fullmatch(str(path)):
+        raise VlabError("the runtime directory must be an absolute path of letters, digits and '/_.-'",
+                        field="runtime_dir", value=str(path)[:80], fix="export VLAB_RUNTIME=/run/user/$(id -u)/vlab")
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+    except FileNotFoundError:
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _runtime_error(path, f"cannot be created ({exc.strerror})", source) from None
+    except OSError as exc:
+        raise _runtime_error(path, f"cannot be created ({exc.strerror})", source) from None
+    check_private_dir(path, source)
     return path
+
+
+_SAFE_PATH = re.compile(r"/[A-Za-z0-9/_.-]{0,4000}")
+
+
+def check_private_dir(path: Path, source: str = "VLAB_RUNTIME") -> None:
+    """Refuse ``path`` unless it is a real directory owned by us with mode ``0700`` (or stricter)."""
+    try:
+        info = path.lstat()
+    except OSError as exc:
+        raise _runtime_error(path, f"cannot be inspected ({exc.strerror})", source) from None
+    if stat.S_ISLNK(info.st_mode):
+        raise _runtime_error(path, "is a symlink (someone else may control where it points)", source)
+    if not stat.S_ISDIR(info.st_mode):
+        raise _runtime_error(path, "is not a directory", source)
+    if info.st_uid != os.geteuid():
+        raise _runtime_error(path, f"belongs to uid {info.st_uid}, not to you (uid {os.geteuid()})", source)
+    if info.st_mode & 0o077:
+        raise _runtime_error(path, f"has mode {stat.S_IMODE(info.st_mode):04o}; others could plant files in it",
+                             source)
+
+
+def _runtime_error(path: Path, problem: str, source: str) -> VlabError:
+    return VlabError(
+        f"the runtime directory {problem}", field="runtime_dir", value=str(path),
+        fix=f"remove it if it is yours (rm -r {path}) or point VLAB_RUNTIME at a private directory "
+            f"(mkdir -m 700 ~/.vlab-run; export VLAB_RUNTIME=~/.vlab-run)",
+        detail=f"chosen from {source}",
+    )
 
 
 def repo_root() -> Path:

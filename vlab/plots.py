@@ -20,6 +20,7 @@ would pull in pandas, which vlab does not depend on.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ __all__ = [
     "line_chart",
     "migration_chart",
     "migration_series",
+    "mimebundle",
+    "round_axis",
     "show",
     "summarize",
 ]
@@ -334,13 +337,24 @@ def migration_chart(
     """
     mib = 2.0**-20
     fig = _figure(title, "round", "remaining (MiB)")
-    fig.add_bar(name="measured", hoverinfo="text", **migration_series(rounds))
+    measured = migration_series(rounds)
+    # labels above the bars, so a round that ended with nothing left still shows ("0 B")
+    fig.add_bar(name="measured", hoverinfo="text", text=[format_bytes(y / mib) for y in measured["y"]],
+                textposition="outside", cliponaxis=False, **measured)
     if predicted is not None:
         fig.add_scatter(x=list(range(1, len(predicted) + 1)), y=[p * mib for p in predicted],
                         mode="lines+markers", name="model")
     if threshold is not None:
         fig.add_hline(y=threshold * mib, line_dash="dash", annotation_text="fits the downtime budget")
+    last = max([*measured["x"], len(predicted or ()), 1])
+    round_axis(fig, last)
     return fig
+
+
+def round_axis(fig: go.Figure, last: int) -> None:
+    """Whole-numbered round ticks from 1 to *last* (plotly's automatic ticks would include 1.5, 2.5, …)."""
+    fig.update_xaxes(tickmode="linear", tick0=1, dtick=max(1, math.ceil(last / 15)), tickformat="d",
+                     range=[0.4, last + 0.6])
 
 
 def migration_series(rounds: Sequence[Mapping[str, float]]) -> dict[str, list[Any]]:
@@ -405,10 +419,15 @@ def show(fig: go.Figure) -> None:
         return
     import IPython.display
 
-    # to_json's encoder turns whatever the traces hold (tuples, dates, numpy) into plain JSON.
-    bundle = {"application/vnd.plotly.v1+json": json.loads(fig.to_json()), "text/plain": summarize(fig)}
     display: Any = IPython.display.display  # IPython is untyped
-    display(bundle, raw=True)
+    display(mimebundle(fig), raw=True)
+
+
+def mimebundle(fig: go.Figure) -> dict[str, Any]:
+    """*fig* as a notebook output: plotly's MIME type (drawn by JupyterLab's plotly renderer, which loads
+    plotly.js once per page, so a saved notebook holds only the figure's JSON) plus :func:`summarize`'s text."""
+    # to_json's encoder turns whatever the traces hold (tuples, dates, numpy) into plain JSON.
+    return {"application/vnd.plotly.v1+json": json.loads(fig.to_json()), "text/plain": summarize(fig)}
 
 
 def summarize(fig: go.Figure) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib.machinery
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -43,11 +44,11 @@ def load_check() -> ModuleType:
     return module
 
 
-def setup_sh_packages() -> set[str]:
-    text = (REPO / "setup.sh").read_text()
-    match = re.search(r"^apt_packages=\(([^)]*)\)", text, re.MULTILINE)
-    assert match, "setup.sh has no apt_packages=(...) array"
-    return set(match.group(1).split())
+def setup_sh_packages() -> list[str]:
+    """What ``./setup.sh`` installs in step 1, as it prints it (``./setup.sh packages`` installs nothing)."""
+    done = subprocess.run([str(REPO / "setup.sh"), "packages"], capture_output=True, text=True, check=True,
+                          timeout=30)
+    return done.stdout.split()
 
 
 def apt_txt() -> set[str]:
@@ -59,9 +60,16 @@ def requirements(lines: list[str]) -> dict[str, SpecifierSet]:
     return {re.sub(r"[-_.]+", "-", r.name).lower(): r.specifier for r in parsed}
 
 
-def test_apt_txt_lists_every_package_setup_sh_installs_except_host_only_ones() -> None:
-    missing = setup_sh_packages() - HOST_ONLY_PACKAGES - apt_txt()
-    assert not missing, f"binder/apt.txt lacks {sorted(missing)} that setup.sh installs"
+def test_setup_sh_installs_exactly_apt_txt_plus_the_host_only_packages() -> None:
+    assert setup_sh_packages() == [*load_check().read_apt_txt(BINDER / "apt.txt"), "python3-venv"]
+
+
+def test_the_package_list_has_one_copy_binder_apt_txt() -> None:
+    # setup.sh reads binder/apt.txt; it must not name those packages itself (a second list would drift)
+    script = (REPO / "setup.sh").read_text()
+    named_there = sorted(name for name in apt_txt() if re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", script))
+    assert named_there == [], f"setup.sh names {named_there}: they belong in binder/apt.txt only"
+    assert not (HOST_ONLY_PACKAGES & apt_txt())
 
 
 def test_apt_txt_covers_the_packages_vlab_doctor_tells_students_to_install() -> None:
@@ -72,9 +80,10 @@ def test_apt_txt_covers_the_packages_vlab_doctor_tells_students_to_install() -> 
     assert named <= apt_txt(), f"doctor's fix names {sorted(named - apt_txt())}, absent from apt.txt"
 
 
-def test_apt_txt_has_zstd_for_ubuntus_compressed_kernel_modules() -> None:
-    # kernel.py decompresses .ko.zst with the zstd command; Ubuntu 24.04 (Binder's base) ships modules so.
-    assert "zstd" in apt_txt()
+def test_apt_txt_has_debian_keys_for_the_pinned_kernel_and_zstd_for_compressed_modules() -> None:
+    # kernel.py fetches Debian's pinned kernel on Ubuntu through apt trusting Debian's keyring (same path on both);
+    # it decompresses .ko.zst with the zstd command (an Ubuntu kernel chosen with VLAB_KERNEL_PACKAGE).
+    assert {"debian-archive-keyring", "zstd"} <= apt_txt()
 
 
 def test_apt_txt_is_parsed_like_repo2docker_does(tmp_path: Path) -> None:
@@ -134,6 +143,33 @@ def test_check_refuses_to_run_without_root() -> None:
     assert "must run as root" in done.stderr
 
 
+def image_dir(root: Path, kernel: bytes, sources: dict[str, str]) -> Path:
+    root.mkdir(parents=True)
+    (root / "vmlinuz").write_bytes(kernel)
+    manifest = {"files": {"vmlinuz": {"name": "vmlinuz", "size": len(kernel), "sha256": "ab" * 32}},
+                "sources": sources, "details": {"kernel_modules": ["virtio"], "kernel_deb_sha256": "cd" * 32},
+                "inputs_key": "x"}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def test_kernel_parity_step_compares_the_kernels_byte_for_byte(tmp_path: Path) -> None:
+    check = load_check()
+    pinned = {"linux-image-6.1.0-57-cloud-amd64": "6.1.192-3", "gcc": "12"}
+    reference = image_dir(tmp_path / "reference", b"same kernel bytes", pinned)
+    home = tmp_path / "home"
+    replay = check.Check(check.parse_args(["--reference-images", str(reference)]))
+    replay.layout = check.Layout(home, tmp_path / "prefix", 1000, 1000)
+    built = image_dir(home / ".cache" / "vlab" / "images", b"same kernel bytes", pinned)
+    assert replay._kernel_parity().startswith("linux-image-6.1.0-57-cloud-amd64 6.1.192-3 (from ?), vmlinuz sha256")
+    (built / "vmlinuz").write_bytes(b"same kernel bytez")  # same size, one byte off
+    with pytest.raises(AssertionError, match="vmlinuz differs"):
+        replay._kernel_parity()
+    replay.args.reference_images = tmp_path / "nowhere"
+    with pytest.raises(AssertionError, match=r"run \./setup\.sh first"):
+        replay._kernel_parity()
+
+
 @pytest.mark.binder
 @pytest.mark.slow
 def test_binder_check_replays_the_build_then_doctor_says_tcg_and_the_tour_runs_uptime() -> None:
@@ -146,5 +182,8 @@ def test_binder_check_replays_the_build_then_doctor_says_tcg_and_the_tour_runs_u
     assert re.search(r"accelerator\s+tcg \[none\]: no /dev/kvm", output), tail
     assert re.search(r"load average", output), tail
     assert "binder/check: PASSED" in output
+    # with the apt lists gone, as on Binder, the pinned kernel came from Debian's archive through vlab's own apt
+    assert re.search(r"binder/check: ok: the guest kernel is byte-identical to ./setup.sh's in .*"
+                     r"\(from Debian's archive through a private apt configuration\)", output), tail
     if sorted(REPO.glob("labs/01-*.ipynb")):
         assert re.search(r"binder/check: ok: lab 01 headless", output), tail

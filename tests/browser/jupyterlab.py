@@ -50,6 +50,11 @@ def jupyterlab(root: Path, log: Path) -> Iterator[LabServer]:
     (settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings").write_text(
         '{"windowingMode": "none"}'
     )
+    # No "get notified about news?" toast over the screenshots (and no fetch that fails offline).
+    (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True, exist_ok=True)
+    (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings").write_text(
+        '{"fetchNews": "false", "checkForUpdates": false}'
+    )
     argv = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
             "--LabApp.expose_app_in_browser=True"]
@@ -87,8 +92,39 @@ def stop_group(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+def watch_js_errors(page: Any) -> list[str]:
+    """A list that fills with every uncaught exception and ``console.error`` of the page from now on."""
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
+    page.on("console", lambda msg: errors.append(f"console.error: {msg.text}") if msg.type == "error" else None)
+    return errors
+
+
+def save_notebook(page: Any) -> None:
+    """Save the open notebook (as a student's Ctrl-S does) and wait until it is no longer dirty."""
+    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+    page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
+
+
 def run_all_cells(page: Any, server: LabServer, notebook: str, timeout_s: float) -> None:
     """Open ``notebook`` in JupyterLab, run all cells and wait until the kernel is idle with every cell run."""
+    open_notebook(page, server, notebook)
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    wait_all_run(page, timeout_s)
+
+
+def wait_all_run(page: Any, timeout_s: float) -> None:
+    """Wait until the kernel is idle and every code cell has an execution count."""
+    page.wait_for_function(
+        "() => { const w = window.jupyterapp.shell.currentWidget;"
+        " const k = w.sessionContext.session.kernel;"
+        " const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(p => p.textContent);"
+        " return k.status === 'idle' && prompts.length > 0 && prompts.every(t => /\\[\\d+\\]/.test(t)); }",
+        timeout=timeout_s * 1000, polling=500)
+
+
+def open_notebook(page: Any, server: LabServer, notebook: str) -> None:
+    """Open ``notebook`` in JupyterLab and wait until its kernel is idle."""
     page.goto(f"{server.url}/lab/tree/{notebook}?token={server.token}&reset")
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
     page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget", timeout=60_000)
@@ -100,13 +136,35 @@ def run_all_cells(page: Any, server: LabServer, notebook: str, timeout_s: float)
         "() => { const w = window.jupyterapp.shell.currentWidget;"
         " const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;"
         " return k && k.status === 'idle'; }", timeout=90_000)
-    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-    page.wait_for_function(
-        "() => { const w = window.jupyterapp.shell.currentWidget;"
-        " const k = w.sessionContext.session.kernel;"
-        " const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(p => p.textContent);"
-        " return k.status === 'idle' && prompts.length > 0 && prompts.every(t => /\\[\\d+\\]/.test(t)); }",
-        timeout=timeout_s * 1000, polling=500)
+
+
+def mermaid_label_overlaps(page: Any) -> list[tuple[int, int]]:
+    """Per mermaid diagram on the page: how many edge labels it has, and how many pairs of them overlap.
+
+    JupyterLab draws a diagram as an ``<img>`` of SVG; its SVG is put into the page for a moment so that the
+    browser lays the labels out and their boxes can be measured.
+    """
+    found: list[list[int]] = page.evaluate("""
+() => [...document.querySelectorAll('.jp-RenderedMermaid img')].map(img => {
+  const text = decodeURIComponent(img.src.slice(img.src.indexOf(',') + 1));
+  const host = document.createElement('div');
+  host.style.cssText = 'position:absolute;left:0;top:0';
+  host.innerHTML = text.slice(text.indexOf('<svg'));
+  document.body.appendChild(host);
+  const boxes = [...host.querySelectorAll('.edgeLabel')]
+      .filter(e => !e.parentElement.closest('.edgeLabel') && e.textContent.trim())
+      .map(e => e.getBoundingClientRect())
+      .filter(r => r.width > 1 && r.height > 1);
+  let overlaps = 0;
+  for (let i = 0; i < boxes.length; i++)
+    for (let j = i + 1; j < boxes.length; j++) {
+      const a = boxes[i], b = boxes[j];
+      if (a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom) overlaps++;
+    }
+  host.remove();
+  return [boxes.length, overlaps];
+})""")
+    return [(labels, overlaps) for labels, overlaps in found]
 
 
 def error_outputs(page: Any) -> list[str]:

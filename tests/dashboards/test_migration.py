@@ -16,15 +16,16 @@ def poll_record(round_: int, remaining: int, t: float) -> dict[str, float]:
     return {"round": round_, "remaining": remaining, "transferred": 256 * MIB - remaining, "time": t}
 
 
-def test_one_bar_per_round_keeping_the_latest_poll_of_each_round() -> None:
+def test_one_bar_per_round_what_the_round_had_to_send_and_the_latest_poll_in_the_headline() -> None:
     with MigrationView(interval=0) as view:
         view.add(poll_record(1, 200 * MIB, 0.1))
         view.add(poll_record(1, 150 * MIB, 0.2))
         view.add(poll_record(2, 40 * MIB, 0.4))
-        assert [r["remaining"] for r in view.rounds] == [150 * MIB, 40 * MIB]
+        view.add(poll_record(2, 30 * MIB, 0.5))
+        assert [r["remaining"] for r in view.rounds] == [200 * MIB, 40 * MIB]
         assert list(view.chart.data[0].x) == [1, 2]
-        assert list(view.chart.data[0].y) == [150.0, 40.0]
-        assert view.summary.value.startswith("round 2: 40.0 MiB remaining")
+        assert list(view.chart.data[0].y) == [200.0, 40.0]
+        assert view.summary.value.startswith("round 2: 30.0 MiB remaining")
 
 
 def test_polling_from_live_updates_records_the_migration_as_it_goes() -> None:

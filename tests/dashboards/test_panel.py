@@ -6,12 +6,12 @@ import gc
 import textwrap
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import ipywidgets as widgets
 import pytest
 
+from tests.dashboards.waiting import wait_until
 from vlab.dashboards.panel import Panel
 from vlab.errors import StateError
 
@@ -36,13 +36,6 @@ class CountingPanel(Panel):
         return f"counter: {self.updates}"
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_refresh_is_throttled_and_the_deferred_redraw_still_happens() -> None:
@@ -123,8 +116,8 @@ def test_text_forms() -> None:
 
 
 def test_panels_display_and_update_live_inside_a_real_jupyter_kernel() -> None:
-    # A Label-based panel: each plotly FigureWidget ships plotly's 5 MB JavaScript bundle over the
-    # comm, which would make this test slow; the threading and display path under test is the same.
+    # A Label-based panel keeps the kernel's imports small; the threading and display path under test is the same
+    # as for the chart panels (their charts are Output widgets, see test_closing_a_displayed_panel_…).
     code = textwrap.dedent("""
         import time
         import ipywidgets as widgets
@@ -156,6 +149,29 @@ def test_panels_display_and_update_live_inside_a_real_jupyter_kernel() -> None:
     printed = "".join(m["content"].get("text", "") for m in outputs if m["msg_type"] == "stream").split()
     assert printed[0] == "ticks" and int(printed[1]) >= 5
     assert printed[2:] == ["error", "None", "updating", "False"]
+
+
+def test_closing_a_displayed_panel_replaces_its_widget_by_the_static_figure_in_a_real_kernel() -> None:
+    # A view summarising a finished run must stay visible after its cell: close() first updates the display
+    # (same display id) to the plotly figure, then closes the widgets.
+    code = textwrap.dedent("""
+        from vlab.dashboards import MigrationView
+        view = MigrationView([{"round": 1, "remaining": 2**24, "transferred": 0, "time": 0.1}], interval=0)
+        display(view)
+        view.add({"round": 2, "remaining": 2**20, "transferred": 2**24, "time": 0.3})
+        view.close()
+    """)
+    outputs = run_in_kernel(code)
+    assert not [m for m in outputs if m["msg_type"] == "error"]
+    shown = [m["content"] for m in outputs if m["msg_type"] == "display_data"]
+    updates = [m["content"] for m in outputs if m["msg_type"] == "update_display_data"]
+    assert "application/vnd.jupyter.widget-view+json" in shown[0]["data"]
+    display_id = shown[0]["transient"]["display_id"]
+    assert [u["transient"]["display_id"] for u in updates] == [display_id]
+    final = updates[0]["data"]
+    assert "application/vnd.jupyter.widget-view+json" not in final
+    assert final["application/vnd.plotly.v1+json"]["data"][0]["x"] == [1, 2]
+    assert final["text/plain"].startswith("pre-copy: bytes remaining per round: round 2")
 
 
 def run_in_kernel(code: str) -> list[dict[str, Any]]:

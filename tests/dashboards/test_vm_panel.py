@@ -17,8 +17,10 @@ from enum import StrEnum
 
 import pytest
 
+from tests.dashboards.waiting import wait_until
 from vlab.dashboards import ControllableVM, VMPanel
-from vlab.errors import StateError
+from vlab.errors import StateError, VlabError
+from vlab.plots import mimebundle
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -121,53 +123,84 @@ def vm() -> Iterator[ThreadVM]:
 def panel(vm: ThreadVM) -> Iterator[VMPanel]:
     with VMPanel(vm, interval=0.05) as view:
         yield view
+        view.wait_idle(10)
 
 
 def enabled(panel: VMPanel) -> list[str]:
-    return [name for name, button in panel.buttons.items() if not button.disabled]
+    return panel.enabled_actions()
+
+
+def click(panel: VMPanel, action: str) -> None:
+    """Click a button as the browser does, then wait for the action the click started on the worker thread."""
+    panel.buttons[action].click()
+    assert panel.wait_idle(10), f"{action} did not finish"
+
+
 
 
 def test_the_test_vm_satisfies_the_protocol(vm: ThreadVM) -> None:
     assert isinstance(vm, ControllableVM)
 
 
-def test_buttons_drive_the_vm_through_its_states(vm: ThreadVM, panel: VMPanel) -> None:
+def test_buttons_drive_the_vm_through_its_states_and_are_enabled_exactly_when_valid(
+        vm: ThreadVM, panel: VMPanel) -> None:
     assert "<code>created</code>" in panel.heading.value
     assert enabled(panel) == ["start"]
-    panel.buttons["start"].click()
+    click(panel, "start")
     assert vm.state is State.RUNNING
     assert "<code>running</code>" in panel.heading.value
     assert enabled(panel) == ["pause", "stop"]
-    panel.buttons["pause"].click()
+    click(panel, "pause")
     assert (panel.state, enabled(panel)) == ("paused", ["resume", "stop"])
-    panel.buttons["resume"].click()
-    assert panel.state == "running"
-    panel.buttons["stop"].click()
-    assert (vm.state, enabled(panel)) == (State.STOPPED, ["start"])
+    click(panel, "resume")
+    assert (panel.state, enabled(panel)) == ("running", ["pause", "stop"])
+    click(panel, "stop")
+    # a stopped VM cannot start again (vlab.VM wants a new one): no button is left that would fail
+    assert (vm.state, enabled(panel)) == (State.STOPPED, [])
+    assert panel.text().startswith("thread-vm: stopped  (actions: none)")
+
+
+def test_every_enabled_button_works_in_every_state_it_is_enabled_in(vm: ThreadVM, panel: VMPanel) -> None:
+    # walk the state machine by the enabled buttons only, each once: none of them may be refused
+    clicked: list[str] = []
+    while choices := enabled(panel):
+        action = next((a for a in choices if a not in clicked), choices[-1])
+        click(panel, action)
+        clicked.append(action)
+        assert panel.action_error is None, panel.action_error
+    assert clicked == ["start", "pause", "resume", "stop"]
+    assert vm.state is State.STOPPED
 
 
 def test_a_refused_action_is_shown_next_to_the_buttons_not_raised(panel: VMPanel) -> None:
-    panel.buttons["start"].click()
-    panel.buttons["start"].click()  # a programmatic click reaches the VM even though the button is disabled
+    panel.act("start")
+    panel.act("start")  # a programmatic call reaches the VM even though the button is disabled
     assert "cannot start while the object is 'running'" in panel.message.value
     assert "refused: start: cannot start" in panel.text()
-    panel.buttons["pause"].click()
+    click(panel, "pause")
     assert panel.message.value == ""
+
+
+def test_an_unknown_action_names_the_field_and_the_choices(panel: VMPanel) -> None:
+    with pytest.raises(VlabError, match="action") as caught:
+        panel.act("reboot; rm -rf /")
+    assert "start, pause, resume, stop" in str(caught.value)
 
 
 def test_metrics_and_console_are_read_only_while_the_vm_exists(vm: ThreadVM, panel: VMPanel) -> None:
     panel.refresh(force=True)
     assert vm.metric_reads == 0 and not panel.samples
     assert panel.console == "" and vm.console_reads == 0
-    panel.buttons["start"].click()
+    click(panel, "start")
     assert vm.metric_reads == 1 and len(panel.samples) == 1
     assert vm.console_reads == 1
-    panel.buttons["stop"].click()
+    click(panel, "stop")
     assert vm.console_reads == 1 and "vcpu" in panel.console  # the last lines read stay on show
+    assert "the last lines read before the VM stopped" in panel.console_view.value
 
 
-def test_chart_shows_rss_and_the_busy_vcpu_above_the_idle_one(vm: ThreadVM, panel: VMPanel) -> None:
-    panel.buttons["start"].click()
+def test_chart_shows_rss_and_the_busy_vcpu_above_the_idle_one_with_markers(vm: ThreadVM, panel: VMPanel) -> None:
+    click(panel, "start")
     for _ in range(3):
         time.sleep(0.15)
         panel.refresh(force=True)
@@ -175,29 +208,115 @@ def test_chart_shows_rss_and_the_busy_vcpu_above_the_idle_one(vm: ThreadVM, pane
     assert len(rss_trace.y) == 4
     assert rss_trace.y[-1] == pytest.approx(vm.rss_bytes() / 2**20, rel=0.2)
     vcpus = {trace.name: trace for trace in panel.chart.data[1:]}
-    assert set(vcpus) == {"vCPU 0", "vCPU 1"}
-    busy, idle = sum(vcpus["vCPU 0"].y), sum(vcpus["vCPU 1"].y)
+    assert set(vcpus) == {"vCPU 0 host CPU", "vCPU 1 host CPU"}
+    assert all("markers" in trace.mode for trace in panel.chart.data)  # 2 points are visible, not just a line
+    busy, idle = sum(vcpus["vCPU 0 host CPU"].y), sum(vcpus["vCPU 1 host CPU"].y)
     assert busy > idle
     assert "host CPU: vCPU 0" in panel.text()
 
 
-def test_console_tail_is_shown_escaped(vm: ThreadVM, panel: VMPanel) -> None:
-    panel.buttons["start"].click()
+def test_the_chart_is_drawn_as_plotly_json_in_an_output_widget_not_a_figure_widget(panel: VMPanel) -> None:
+    click(panel, "start")
+    panel.refresh(force=True)
+    (output,) = panel.chart_view.widget.outputs
+    plotly_json = output["data"]["application/vnd.plotly.v1+json"]
+    assert [trace["name"] for trace in plotly_json["data"]][:1] == ["QEMU RSS (MiB, right)"]
+    # what the notebook keeps of the chart is its JSON: kilobytes, not plotly.js's megabytes
+    assert len(str(output)) < 20_000
+
+
+def test_a_pause_is_shaded_on_the_chart_and_counted_in_the_text(vm: ThreadVM, panel: VMPanel) -> None:
+    click(panel, "start")
+    panel.refresh(force=True)
+    click(panel, "pause")
+    time.sleep(0.2)
+    panel.refresh(force=True)
+    click(panel, "resume")
+    [(state, start, end)] = panel.stretches()
+    assert state == "paused" and end - start >= 0.2
+    [shape] = panel.chart.layout.shapes
+    assert (shape.x0, shape.x1) == (start, end)
+    assert [note.text for note in panel.chart.layout.annotations] == ["paused"]
+    assert "paused 1 time(s)" in panel.text()
+
+
+def test_console_tail_is_labelled_and_shown_escaped(vm: ThreadVM, panel: VMPanel) -> None:
+    assert "Serial console of thread-vm" in panel.console_view.value
+    assert "(no output yet)" in panel.console_view.value
+    click(panel, "start")
     vm.console.append("<b>not bold</b>")
     panel.refresh(force=True)
+    assert "ttyS0, last 12 lines, live" in panel.console_view.value
     assert "vcpu0: online" in panel.console_view.value
     assert "&lt;b&gt;not bold&lt;/b&gt;" in panel.console_view.value
     assert "    | vcpu0: online" in panel.text()
 
 
+class SlowStopVM(ThreadVM):
+    """Like vlab.VM: ``stop()`` holds the state lock for a while, and reading ``state`` takes that lock."""
+
+    name = "slow-stop"
+    stop_seconds = 1.5
+
+    def __init__(self) -> None:
+        self._state_lock = threading.RLock()
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def state(self) -> State:
+        with self._state_lock:
+            return self._state
+
+    @state.setter
+    def state(self, value: State) -> None:
+        self._state = value
+
+    def stop(self) -> None:
+        with self._state_lock:
+            time.sleep(self.stop_seconds)
+            super().stop()
+
+
+def test_a_slow_stop_neither_blocks_the_click_nor_the_redraws(vm: ThreadVM) -> None:
+    slow = SlowStopVM()
+    with VMPanel(slow, interval=0.05) as view:
+        view.act("start")
+        view.start_updates()
+        started = time.monotonic()
+        view.buttons["stop"].click()
+        assert time.monotonic() - started < 0.3  # the callback only starts the action
+        assert "<code>stopping</code>" in view.heading.value
+        assert enabled(view) == []
+        assert view.text().startswith("slow-stop: stopping  (actions: none)")
+        # the kernel's thread is free: a redraw from it returns at once, a refresh within read_wait
+        started = time.monotonic()
+        view.refresh(force=True)
+        assert time.monotonic() - started < view.read_wait + 0.3
+        assert wait_until(lambda: view.vm_busy, 2)
+        assert "waiting for the VM" in view.heading.value or "running" in view.heading.value
+        assert view.wait_idle(10)
+        assert wait_until(lambda: view.state == "stopped" and not view.vm_busy, 5)
+        assert enabled(view) == []
+        assert view.updating  # the sampler lived through the stop
+
+
+def test_a_second_click_while_an_action_runs_is_refused_not_queued() -> None:
+    slow = SlowStopVM()
+    slow.stop_seconds = 0.5
+    with VMPanel(slow, interval=0.05) as view:
+        view.act("start")
+        view.act("stop", wait=False)
+        view.act("pause", wait=False)
+        assert view.action_error == "pause: wait, stop is still running"
+        assert view.wait_idle(10)
+        assert slow.state is State.STOPPED and view.action_error is None
+
+
 def test_live_updates_collect_samples_until_closed(vm: ThreadVM) -> None:
     view = VMPanel(vm, interval=0.02)
-    view.buttons["start"].click()
+    click(view, "start")
     view.start_updates()
-    deadline = time.monotonic() + 5
-    while len(view.samples) < 5 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert len(view.samples) >= 5
+    assert wait_until(lambda: len(view.samples) >= 5)
     view.close()
     assert not view.updating
     count = len(view.samples)
@@ -205,11 +324,35 @@ def test_live_updates_collect_samples_until_closed(vm: ThreadVM) -> None:
     assert len(view.samples) == count
 
 
-def test_text_plain_fallback_goes_with_the_widget_view(panel: VMPanel) -> None:
+def test_live_updates_sample_four_times_a_second_even_when_redrawing_once_a_second(vm: ThreadVM) -> None:
+    with VMPanel(vm, interval=1.0) as view:
+        click(view, "start")
+        drawn = view.refreshes
+        view.start_updates()
+        time.sleep(1.6)
+        samples, redraws = len(view.samples), view.refreshes - drawn
+    assert samples >= 5  # 1 at the click, then every 0.25 s
+    assert redraws <= 3
+
+
+def test_text_plain_fallback_goes_with_the_widget_view_and_a_closed_panel_is_a_static_figure(
+        panel: VMPanel) -> None:
     bundle = panel._repr_mimebundle_()
     assert bundle["text/plain"] == str(panel) == panel.text()
     assert bundle["text/plain"].startswith("thread-vm: created  (actions: start)")
     assert "application/vnd.jupyter.widget-view+json" in bundle
+    click(panel, "start")
+    panel.close()
+    closed = panel._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" not in closed
+    assert closed["application/vnd.plotly.v1+json"]["layout"]["title"]["text"] == "thread-vm: running"
+    assert closed["text/plain"] == panel.text()
+
+
+def test_history_must_be_a_sane_number_of_samples(vm: ThreadVM) -> None:
+    for bad in (0, -5, 10**9, 2.5, True):
+        with pytest.raises(VlabError, match="history"):
+            VMPanel(vm, history=bad)  # type: ignore[arg-type]
 
 
 class OddStateVM(ThreadVM):
@@ -228,3 +371,7 @@ def test_in_an_unknown_state_every_button_is_left_to_the_vm(vm: ThreadVM) -> Non
     with VMPanel(OddStateVM()) as view:
         assert view.state == "migrating"
         assert enabled(view) == ["start", "pause", "resume", "stop"]
+
+
+def test_mimebundle_of_the_chart_is_what_plots_show_displays(panel: VMPanel) -> None:
+    assert panel.chart_view.widget.outputs[0]["data"] == mimebundle(panel.chart)

@@ -55,3 +55,18 @@ def test_this_host_verdict_is_consistent_with_its_files() -> None:
     elif Path("/sys/module/kvm_pvm").exists():
         assert info.kind is AccelKind.SOFTWARE and info.accel == "tcg"
 
+
+
+def test_the_kvm_probe_boots_exactly_what_vmconfig_would() -> None:
+    from vlab.host.accel import probe_argv, probe_guest
+    from vlab.qemu.config import VMConfig
+
+    argv = probe_argv()
+    if argv is None:
+        pytest.skip("guest images not built: run `vlab images build`")
+    assert argv == VMConfig(name="kvm-probe", accel="kvm", balloon=False,
+                            append="console=ttyS0 quiet").qemu_argv(accel="kvm")
+    # no KVM on the test machines: the same command line under TCG must reach the ready marker
+    tcg = [word if word != "kvm" else "tcg" for word in argv]
+    seconds = probe_guest(tcg, timeout=60)
+    assert seconds is not None and seconds > 0

@@ -5,6 +5,7 @@ These are unit tests (no QEMU): kernel and initrd are empty files, since only th
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from pathlib import Path
@@ -164,7 +165,8 @@ def test_launch_argv_uses_inherited_fds_nics_and_incoming(files: tuple[Path, Pat
     line = " ".join(argv)
     assert "-accel kvm" in line
     assert "socket,id=qmp,fd=7" in line and "socket,id=console,fd=8" in line
-    assert "-netdev user,id=net0" in line and "-netdev tap,id=net1,fd=9" in line
+    netdevs = [json.loads(argv[i + 1]) for i, word in enumerate(argv) if word == "-netdev"]
+    assert netdevs == [{"type": "user", "id": "net0", "restrict": True}, {"type": "tap", "id": "net1", "fd": "9"}]
     assert "vlab.ip0=10.0.2.15/24 vlab.ip1=10.9.0.1/24" in line
     assert argv[-2:] == ["-incoming", "unix:/tmp/x.sock"]
     assert config.mac_address(0) != config.mac_address(1)

@@ -63,8 +63,10 @@ def test_destination_must_match_and_be_fresh(vm: VM, config: VMConfig) -> None:
     with pytest.raises(VlabError) as caught:
         vm.migrate_to(VM(config.replace(mem=128)))
     assert caught.value.field == "mem"
-    with pytest.raises(VlabError, match="be a migration destination"):
+    with pytest.raises(VlabError, match="cannot migrate into itself"):
         vm.migrate_to(vm)
+    with VM(config) as running, pytest.raises(VlabError, match="be a migration destination"):
+        vm.migrate_to(running)
 
 
 def test_migration_progress_reports_rounds(guest_images: tuple[Path, Path],

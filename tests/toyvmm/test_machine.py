@@ -4,7 +4,7 @@ import pytest
 
 from tests.toyvmm.toyvmm_guests import kernel_program
 from vlab.errors import StateError, VlabError
-from vlab.toyvmm import ExitReason, GuestState, Machine, ms
+from vlab.toyvmm import RAM_BASE, Exit, ExitReason, GuestState, Machine, ms
 
 
 def test_hello_boots_prints_through_the_uart_and_shuts_down() -> None:
@@ -107,3 +107,50 @@ def test_reboot_runs_new_code_in_the_same_guest() -> None:
         machine.run(ms=5)
         assert guest.exit_code == 7 and guest.state is GuestState.HALTED
         assert guest.exit_counts[ExitReason.HYPERCALL] == 2
+
+
+def test_exit_pc_is_the_trapping_instruction_even_after_the_handler_stopped_the_vcpu() -> None:
+    code = kernel_program("li a7, 3\necall\nli a0, 0\nj shutdown\n")  # HC_YIELD (the last one in the code)
+    ecall_at = RAM_BASE + code.rindex((0x00300893).to_bytes(4, "little") + (0x73).to_bytes(4, "little")) + 4
+    seen: list[int] = []
+    with Machine() as machine:
+        default = machine.handlers[ExitReason.HYPERCALL]
+
+        def record(exit: Exit) -> None:
+            default(exit)  # the yield parks the vCPU in the VMM's sink
+            seen.append(exit.pc)
+
+        machine.handlers[ExitReason.HYPERCALL] = record
+        machine.add_guest(code)
+        machine.run(ms=1)
+    assert seen[0] == ecall_at
+
+
+def test_host_memory_errors_name_the_parameter_in_bytes() -> None:
+    with pytest.raises(VlabError, match="host_memory"):
+        Machine(host_memory=100)
+    with Machine(host_memory=64 << 10) as machine, pytest.raises(VlabError) as caught:
+        machine.add_guest(kernel_program("j shutdown\n"), ram=1 << 20)
+    assert "host_memory" in str(caught.value) and "host_frames" not in str(caught.value)
+
+
+def test_reboot_refuses_when_the_host_cannot_give_back_ballooned_ram() -> None:
+    program = kernel_program("j shutdown\n")
+    with Machine(host_memory=512 << 10) as machine:
+        guest = machine.add_guest(program, ram=256 << 10)
+        assert guest.memory.balloon_give(RAM_BASE + (128 << 10), 16) == 16
+        machine.add_guest(program, ram=256 << 10)  # the rest of the pool
+        while machine.host.available:
+            machine.host.alloc()  # someone else took the freed frames
+        with pytest.raises(VlabError, match="ballooned"):
+            guest.reboot(program)
+
+
+def test_registers_after_close_raise_instead_of_reading_freed_memory() -> None:
+    machine = Machine()
+    vcpu = machine.add_guest(kernel_program("j shutdown\n")).vcpus[0]
+    machine.close()
+    with pytest.raises(StateError):
+        _ = vcpu.pc
+    with pytest.raises(StateError):
+        vcpu.write_reg(5, 1)

@@ -61,17 +61,17 @@ def random_registers(rng: random.Random) -> bytes:
 
 
 class FillAudit:
-    """Wraps the VMM's TLB-fill hook (real fills, observed) and checks each frame it maps."""
+    """Wraps the engine's TLB-fill hook (real fills, observed) and checks each frame it maps."""
 
     def __init__(self, machine: Machine) -> None:
-        self.machine, self.inner, self.fills, self.escapes = machine, machine._on_tlb_fill, 0, 0
+        self.machine, self.inner, self.fills, self.escapes = machine, machine.engine._on_tlb_fill, 0, 0
 
     def __call__(self, uc: Any, va: int, access: int, entry: Any, data: Any) -> bool:
         ok = self.inner(uc, va, access, entry, data)
-        vcpu = self.machine._current
-        if ok and vcpu is not None and entry.paddr >= POOL_BASE:
+        vcpu, paddr = self.machine.engine.current, entry.contents.paddr
+        if ok and vcpu is not None and paddr >= POOL_BASE:
             self.fills += 1
-            if (entry.paddr - POOL_BASE) // PAGE not in vcpu.guest.memory.p2m:
+            if (paddr - POOL_BASE) // PAGE not in vcpu.guest.memory.p2m:
                 self.escapes += 1
         return bool(ok)
 
@@ -82,7 +82,7 @@ def fuzz(streams: int, seed: int = 0, fuzz_guests: int = 3, budget: int = 2000,
     rng = random.Random(seed)
     machine = Machine(scheduler=RoundRobin(slice_ms=0.2), chunk=budget, weak_bounds=weak_bounds)
     audit = FillAudit(machine)
-    machine._on_tlb_fill = audit  # type: ignore[method-assign]
+    machine.engine._on_tlb_fill = audit  # type: ignore[method-assign]  # before any guest installs it
     outcomes: Counter[str] = Counter()
     try:
         sentinel = machine.add_guest("hello", name="sentinel")

@@ -1,4 +1,4 @@
-"""Dashboards for the labs: ipywidgets and plotly ``FigureWidget`` panels that update live.
+"""Dashboards for the labs: ipywidgets panels with plotly charts that update live.
 
 Architecture: every panel is a :class:`~vlab.dashboards.panel.Panel` — one
 widget box, a throttled :meth:`~Panel.refresh` that re-reads the watched object

@@ -1,6 +1,6 @@
 """Live VM exits per reason for a toy-VMM machine (or anything with ``exit_counts()``).
 
-The chart is :func:`vlab.plots.exits_chart` as a ``FigureWidget``: bars per
+The chart is :func:`vlab.plots.exits_chart` in a :class:`~vlab.dashboards.chart.LiveChart`: bars per
 reason, most frequent first, redrawn in place. Under the chart a line gives the
 total and the exit rate since the previous redraw, the number students compare
 with the instruction rate to see why exits are what virtualization costs.
@@ -14,6 +14,7 @@ import time
 import ipywidgets as widgets
 import plotly.graph_objects as go
 
+from vlab.dashboards.chart import LiveChart
 from vlab.dashboards.panel import DEFAULT_INTERVAL, Panel
 from vlab.dashboards.protocols import ExitCounter
 from vlab.plots import by_frequency, exits_chart
@@ -42,10 +43,10 @@ class ExitMonitor(Panel):
         self.counts: dict[str, int] = {}
         self.rate = 0.0
         self._previous: tuple[float, int] | None = None
-        self.chart = go.FigureWidget(exits_chart({}, title=title))
-        self.chart.update_layout(height=280)
+        self.chart = exits_chart({}, title=title)
+        self.chart_view = LiveChart(self.chart, height=280)
         self.summary = widgets.HTML()
-        self.widget.children = (self.chart, self.summary, self.status)
+        self.widget.children = (self.chart_view.widget, self.summary, self.status)
         self.refresh(force=True)
 
     @property
@@ -64,7 +65,11 @@ class ExitMonitor(Panel):
             self.chart.data[0].x = [reason for reason, _ in ordered]
             self.chart.data[0].y = [count for _, count in ordered]
             self.chart.data[0].text = [str(count) for _, count in ordered]
+        self.chart_view.draw()
         self.summary.value = html.escape(self._headline())
+
+    def figure(self) -> go.Figure:
+        return self.chart
 
     def _headline(self) -> str:
         return f"{self.total} exits, {self.rate:.0f}/s since the previous update"

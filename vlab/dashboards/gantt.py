@@ -1,6 +1,6 @@
 """A live Gantt chart of a scheduler trace: which guest ran on which lane, when, and why it stopped.
 
-The figure is :func:`vlab.plots.gantt_chart` in a ``FigureWidget``. The trace is
+The figure is :func:`vlab.plots.gantt_chart` in a :class:`~vlab.dashboards.chart.LiveChart`. The trace is
 re-read on every redraw, so a scheduler appending :class:`~vlab.plots.SliceLike`
 records to a list (or a callable returning the slices so far) shows up live.
 """
@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 
 import plotly.graph_objects as go
 
+from vlab.dashboards.chart import LiveChart
 from vlab.dashboards.panel import DEFAULT_INTERVAL, Panel
 from vlab.plots import SliceLike, gantt_chart, gantt_series
 
@@ -40,16 +41,17 @@ class GanttView(Panel):
         self.trace = trace
         self.time_unit = time_unit
         self.slices: list[SliceLike] = []
-        self.chart = go.FigureWidget(gantt_chart([], title=title, time_unit=time_unit))
-        self.widget.children = (self.chart, self.status)
+        self.chart = gantt_chart([], title=title, time_unit=time_unit)
+        self.chart_view = LiveChart(self.chart, height=160)
+        self.widget.children = (self.chart_view.widget, self.status)
         self.refresh(force=True)
 
-    def _read(self) -> list[SliceLike]:
+    def _trace_now(self) -> list[SliceLike]:
         source = self.trace() if callable(self.trace) else self.trace
         return list(source)
 
     def _update(self) -> None:
-        slices = self._read()
+        slices = self._trace_now()
         lanes, bars = gantt_series(slices, self.time_unit)
         self.slices = slices
         with self.chart.batch_update():
@@ -61,6 +63,10 @@ class GanttView(Panel):
                 trace.update(bar)
             self.chart.layout.yaxis.categoryarray = lanes
             self.chart.layout.height = 120 + 40 * len(lanes)
+        self.chart_view.draw()
+
+    def figure(self) -> go.Figure:
+        return self.chart
 
     def shares(self) -> dict[str, float]:
         """Each guest's fraction of all the busy time in the trace (sums to 1)."""

@@ -5,8 +5,10 @@ Feed it the dicts a poller builds from ``query-migrate`` — ``{"round": int,
 ``dirty-sync-count``, ``time`` seconds since the start; an optional ``status``
 such as ``"active"`` or ``"completed"`` is shown too) — either by calling
 :meth:`MigrationView.add`, or by giving it a ``poll`` function that the live
-updates call. Several polls within one round keep only the latest, so the
-chart has one bar per round.
+updates call. One bar per round: of the polls within a round, the one with
+the most still to send (the nearest to the round's start: ``remaining`` only
+falls during a round), which is what the round had to copy; the headline shows
+the latest poll.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import ipywidgets as widgets
 import plotly.graph_objects as go
 
+from vlab.dashboards.chart import LiveChart
 from vlab.dashboards.panel import DEFAULT_INTERVAL, Panel
 from vlab.measure import format_bytes
 from vlab.plots import migration_chart, migration_series
@@ -53,11 +56,14 @@ class MigrationView(Panel):
         self.threshold = threshold
         self.predicted = predicted
         self.rounds: list[dict[str, Any]] = []
+        #: the most recent poll (for the headline)
+        self.latest: dict[str, Any] | None = None
         for record in rounds:
             self._merge(record)
-        self.chart = go.FigureWidget(self._figure())
+        self.chart = self._figure()
+        self.chart_view = LiveChart(self.chart, height=320)
         self.summary = widgets.HTML()
-        self.widget.children = (self.chart, self.summary, self.status)
+        self.widget.children = (self.chart_view.widget, self.summary, self.status)
         self.refresh(force=True)
 
     def add(self, record: Record) -> None:
@@ -69,8 +75,10 @@ class MigrationView(Panel):
         migration_series([record])  # validates the keys, naming a missing one
         entry = dict(record)
         with self._lock:  # add() and the polling thread may both merge
+            self.latest = entry
             if self.rounds and self.rounds[-1]["round"] == entry["round"]:
-                self.rounds[-1] = entry  # a later poll within the same round supersedes the earlier one
+                if float(entry["remaining"]) > float(self.rounds[-1]["remaining"]):
+                    self.rounds[-1] = entry
             else:
                 self.rounds.append(entry)
 
@@ -83,15 +91,18 @@ class MigrationView(Panel):
             if record is not None:
                 self._merge(record)
         with self._lock:
-            bars = migration_series(self.rounds)
-        with self.chart.batch_update():
-            self.chart.data[0].update(bars)
+            # rebuilt, not patched: the round axis, bar labels and model line all depend on the rounds seen
+            self.chart = self._figure()
+        self.chart_view.draw(self.chart)
         self.summary.value = html.escape(self._headline())
 
+    def figure(self) -> go.Figure:
+        return self.chart
+
     def _headline(self) -> str:
-        if not self.rounds:
+        last = self.latest
+        if last is None:
             return "no round yet"
-        last = self.rounds[-1]
         status = f" ({last['status']})" if "status" in last else ""
         return (f"round {last['round']}{status}: {format_bytes(last['remaining'])} remaining, "
                 f"{format_bytes(last['transferred'])} sent, {float(last['time']):.2f} s")

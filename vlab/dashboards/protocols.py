@@ -10,7 +10,7 @@ the *reading* methods (``state``, ``vcpu_times``, ``rss_bytes``,
 every ``interval`` seconds. They must be safe to call from a thread other than
 the notebook's and must not need the notebook's asyncio event loop (a blocking
 call on their own connection is fine). The *control* methods (``start``,
-``pause``, …) are called from button callbacks, on the kernel's main thread.
+``pause``, …) run on a worker thread the button starts, so a long ``stop()`` never blocks the kernel.
 """
 
 from __future__ import annotations
@@ -18,10 +18,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
-__all__ = ["ACTIVE_STATES", "CONSOLE_STATES", "ControllableVM", "ExitCounter", "StateLike", "state_name"]
+__all__ = ["ACTIVE_STATES", "CONSOLE_STATES", "SAMPLED_STATES", "ControllableVM", "ExitCounter", "StateLike",
+           "state_name"]
 
-#: VM states in which a QEMU process exists, so its vCPU times and RSS can be read
+#: VM states in which the guest is up
 ACTIVE_STATES = frozenset({"running", "paused"})
+#: VM states in which a QEMU process may exist, so its vCPU times and RSS are read (while booting: if they can be)
+SAMPLED_STATES = ACTIVE_STATES | {"starting"}
 #: VM states in which the serial console can be read (booting output included)
 CONSOLE_STATES = ACTIVE_STATES | {"starting"}
 
@@ -48,8 +51,9 @@ class ControllableVM(Protocol):
     * ``rss_bytes()`` — the QEMU process's resident memory in bytes.
     * ``console_tail(n)`` — the last *n* lines of the serial console as one string.
 
-    ``vcpu_times()`` and ``rss_bytes()`` are only called in :data:`ACTIVE_STATES`,
-    ``console_tail()`` only in :data:`CONSOLE_STATES`; ``state`` is read in any state.
+    ``vcpu_times()``, ``rss_bytes()`` and ``console_tail()`` are only called in :data:`SAMPLED_STATES`
+    (in ``starting`` they may raise until QEMU is up: that sample is skipped); ``state`` is read in any state.
+    The control methods run on a worker thread of the panel, one at a time, while reads go on.
     An optional ``name`` attribute titles the panel.
     """
 

@@ -117,6 +117,8 @@ class CheckResult:
     hidden: bool
     passed: bool
     message: str = ""
+    #: The check failed because the student's stub still raises NotImplementedError.
+    unanswered: bool = False
 
     @property
     def score(self) -> float:
@@ -210,8 +212,8 @@ def run_checks(checks: list[Check], sub: object, params: Mapping[str, Any]) -> l
 
 
 def _run_one(one: Check, sub: object, params: Mapping[str, Any]) -> CheckResult:
-    def result(passed: bool, message: str = "") -> CheckResult:
-        return CheckResult(one.question, one.name, one.points, one.hidden, passed, message)
+    def result(passed: bool, message: str = "", unanswered: bool = False) -> CheckResult:
+        return CheckResult(one.question, one.name, one.points, one.hidden, passed, message, unanswered)
 
     try:
         one.function(sub, params)
@@ -220,7 +222,7 @@ def _run_one(one: Check, sub: object, params: Mapping[str, Any]) -> CheckResult:
     except StudentCodeError as exc:
         return result(False, str(exc))
     except NotImplementedError:
-        return result(False, f"{one.question} is not answered yet (the stub raises NotImplementedError)")
+        return result(False, f"{one.question} is not answered yet (the stub raises NotImplementedError)", True)
     except Exception as exc:  # a check calling student code in the notebook: report, don't crash
         return result(False, f"{type(exc).__name__}: {exc}")
     return result(True)

@@ -382,6 +382,14 @@ def _score(result: dict[str, Any], checks: list[CheckResult], tampered: list[dic
         if entry["tampered"]:
             entry["score"] = 0.0
     result["total"] = float(sum(e["score"] for e in result["questions"].values()))
+    if checks and all(_unanswered(qid, checks) for qid in result["questions"]):
+        _flag(result, "unanswered")  # a blank submission: no question was even attempted
+
+
+def _unanswered(question: str, checks: list[CheckResult]) -> bool:
+    """No check of ``question`` passed and one found the student's stub still raising NotImplementedError."""
+    mine = [c for c in checks if c.question == question]
+    return not any(c.passed for c in mine) and any(c.unanswered for c in mine)
 
 
 def _hideable(paths: tuple[str, ...], needed: tuple[str, ...]) -> tuple[str, ...]:

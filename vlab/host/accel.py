@@ -111,29 +111,23 @@ def classify(root: Path = Path("/")) -> AccelInfo:
     return AccelInfo(AccelKind.HARDWARE, True, f"hardware KVM ({hw[0]}, {'/'.join(flags)}): using KVM", flags, modules)
 
 
-def probe_guest(kernel: Path, initrd: Path, timeout: float = 20.0) -> float | None:
-    """Boot the guest under ``-accel kvm`` and return seconds to its ready marker, or None if it never came."""
-    argv = [
-        "qemu-system-x86_64",
-        "-accel",
-        "kvm",
-        "-M",
-        "pc",
-        "-m",
-        "256",
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-kernel",
-        str(kernel),
-        "-initrd",
-        str(initrd),
-        "-append",
-        "console=ttyS0 quiet",
-    ]
+def probe_argv() -> list[str] | None:
+    """The probe's command line: the built default guest under KVM (None when the images are not built).
+
+    It comes from :meth:`vlab.qemu.config.VMConfig.qemu_argv`, so the probe boots exactly what a VM would.
+    """
+    from vlab.errors import VlabError
+    from vlab.qemu.config import VMConfig  # lazy: vlab.qemu imports vlab.host
+
+    try:
+        config = VMConfig(name="kvm-probe", accel="kvm", balloon=False, append="console=ttyS0 quiet")
+    except VlabError:
+        return None
+    return config.qemu_argv(accel="kvm")
+
+
+def probe_guest(argv: list[str], timeout: float = 20.0) -> float | None:
+    """Run ``argv`` (a guest with its console on stdout) and return seconds to its ready marker, or None."""
     start = time.monotonic()
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -168,12 +162,9 @@ def detect_accelerator(probe: bool = True) -> AccelInfo:
         return _cached[probe]
     info = classify()
     if probe and info.usable_kvm:
-        from vlab.images.build import INITRD_NAME, KERNEL_NAME
-        from vlab.paths import images_dir
-
-        kernel, initrd = images_dir() / KERNEL_NAME, images_dir() / INITRD_NAME
-        if kernel.exists() and initrd.exists():
-            seconds = probe_guest(kernel, initrd)
+        argv = probe_argv()
+        if argv is not None:
+            seconds = probe_guest(argv)
             if seconds is None:
                 info = AccelInfo(
                     AccelKind.HARDWARE,

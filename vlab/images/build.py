@@ -27,7 +27,7 @@ from pathlib import Path
 
 from vlab.errors import VlabError
 from vlab.images import initramfs, kernel
-from vlab.images.manifest import FileEntry, Manifest
+from vlab.images.manifest import FileEntry, Manifest, sha256_file
 from vlab.paths import images_dir, vm_images_src
 
 __all__ = ["KERNEL_NAME", "INITRD_NAME", "BUILD_STEPS", "BuildResult", "build_images", "inputs_key"]
@@ -87,6 +87,8 @@ def _kernel_identity(workdir: Path) -> str:
     given = os.environ.get("VLAB_KERNEL_DEB")
     if given:
         return f"deb:{given}:{Path(given).stat().st_size if Path(given).exists() else 'missing'}"
+    if not os.environ.get("VLAB_KERNEL_PACKAGE"):
+        return kernel.load_pin().identity  # no apt query: the pin says what will be fetched
     name, options = kernel.resolve_package(workdir)
     policy = subprocess.run(["apt-cache", *options, "policy", name], capture_output=True, text=True, check=False)
     candidate = next(
@@ -114,7 +116,7 @@ def _build_toyvmm(out: Path) -> dict[str, Path]:
 
 def _build_into(stage: Path, workdir: Path, report: Report) -> Manifest:
     report("downloading the kernel package")
-    deb = kernel.fetch_package(workdir)
+    deb, fetched_via = kernel.fetch_package(workdir)
     package = kernel.package_of(deb)
     report(f"extracting the kernel and modules from {package.name} {package.version}")
     extracted = kernel.extract_kernel(deb, workdir, _wanted_modules())
@@ -145,6 +147,8 @@ def _build_into(stage: Path, workdir: Path, report: Report) -> Manifest:
     if toy:
         sources["binutils-riscv64-unknown-elf"] = _tool_version(["riscv64-unknown-elf-as", "--version"])
     details = {
+        "kernel_deb_sha256": sha256_file(deb),
+        "kernel_fetched_via": fetched_via,
         "kernel_modules": [m.stem for m in extracted.modules],
         "builtin_modules": extracted.builtin,
         "guest_programs": [p.name for p in programs],

@@ -7,12 +7,21 @@ kernel image and the modules the guest needs are kept. Reading the package
 instead of ``/boot`` matters on Ubuntu (and Binder), where ``/boot/vmlinuz-*``
 is readable by root only.
 
-The default flavour is Debian's ``-cloud-amd64``: its LZ4-compressed bzImage
-boots in about half the time of the generic XZ one under TCG.
+The guest kernel is pinned (``vm-images/linux/kernel.json``: package, version,
+sha256 of the .deb, Debian's archive), so every machine boots the same bytes:
+this one, CI and Binder. Debian's ``-cloud-amd64`` flavour: its LZ4-compressed
+bzImage boots in about half the time of the generic XZ one under TCG. Where the
+system's apt cannot supply the pinned package (Ubuntu, as on Binder, or a
+Debian whose lists are gone), a private apt configuration reaches Debian's
+archive, trusting only Debian's archive keyring (``debian-archive-keyring``,
+packaged by Ubuntu too); no root is needed. The .deb's sha256 is checked
+against the pin either way. ``VLAB_KERNEL_PACKAGE`` (any distribution's
+package, unpinned) and ``VLAB_KERNEL_DEB`` (a .deb file) override the pin.
 """
 
 from __future__ import annotations
 
+import json
 import lzma
 import os
 import re
@@ -22,11 +31,60 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlab.errors import VlabError
+from vlab.images.manifest import sha256_file
+from vlab.paths import vm_images_src
 
-__all__ = ["KernelPackage", "DEFAULT_KERNEL_PACKAGES", "resolve_package", "fetch_package", "extract_kernel"]
+__all__ = ["KernelPackage", "KernelPin", "DEBIAN_KEYRING", "load_pin", "resolve_package", "fetch_package",
+           "fetch_pinned", "extract_kernel"]
 
-#: Metapackages tried in order when ``VLAB_KERNEL_PACKAGE`` is not set (Debian's cloud flavour, then Ubuntu's).
-DEFAULT_KERNEL_PACKAGES = ("linux-image-cloud-amd64", "linux-image-kvm", "linux-image-virtual")
+#: the pin, under vm-images/
+PIN_FILE = "linux/kernel.json"
+#: Debian's archive keys (package debian-archive-keyring, in Debian and Ubuntu alike)
+DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+_PIN_FIELDS = {"package": r"linux-image-[a-z0-9.+-]+", "version": r"[0-9][A-Za-z0-9.+~:-]*",
+               "architecture": r"[a-z0-9]+", "sha256": r"[0-9a-f]{64}"}
+#: one source of the pin: "URI SUITE COMPONENT…", http(s) only
+_SOURCE = re.compile(r"https?://[A-Za-z0-9._~/:-]+ [a-z0-9-]+( [a-z0-9-]+)+")
+
+
+@dataclass(frozen=True)
+class KernelPin:
+    """The guest kernel package everyone boots (``vm-images/linux/kernel.json``)."""
+
+    package: str
+    version: str
+    architecture: str
+    sha256: str
+    sources: tuple[str, ...]
+
+    @property
+    def identity(self) -> str:
+        """What the image build's inputs key hashes for this kernel."""
+        return f"{self.package}={self.version} sha256:{self.sha256}"
+
+
+def load_pin(path: Path | None = None) -> KernelPin:
+    """Read and check the pin; a VlabError names a bad field."""
+    path = path or vm_images_src() / PIN_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise VlabError(f"cannot read the kernel pin ({exc})", field=PIN_FILE, value=str(path),
+                        fix="restore vm-images/linux/kernel.json from the repository") from None
+    if not isinstance(raw, dict):
+        raise VlabError("the kernel pin must be a JSON object", field=PIN_FILE, value=raw,
+                        fix="restore vm-images/linux/kernel.json from the repository")
+    for name, pattern in _PIN_FIELDS.items():
+        value = raw.get(name)
+        if not isinstance(value, str) or not re.fullmatch(pattern, value):
+            raise VlabError("missing or malformed in the kernel pin", field=f"{PIN_FILE}: {name}", value=value,
+                            fix=f"a string matching {pattern}")
+    sources = raw.get("sources")
+    if not isinstance(sources, list) or not sources or not all(
+            isinstance(line, str) and _SOURCE.fullmatch(line) for line in sources):
+        raise VlabError("sources must be a list of 'URI SUITE COMPONENT' lines", field=f"{PIN_FILE}: sources",
+                        value=sources, fix='e.g. ["http://deb.debian.org/debian bookworm main"]')
+    return KernelPin(raw["package"], raw["version"], raw["architecture"], raw["sha256"], tuple(sources))
 
 
 @dataclass(frozen=True)
@@ -92,30 +150,29 @@ def _depends_on_image(metapackage: str, options: list[str]) -> str | None:
     return None
 
 
-def _find_package(candidates: tuple[str, ...], options: list[str], explicit: bool) -> str | None:
-    for meta in candidates:
-        concrete = _depends_on_image(meta, options)
-        if concrete:
-            return concrete
-        if explicit and _run(["apt-cache", *options, "policy", meta]).strip():
-            return meta  # named explicitly and not a metapackage: take it as is
+def _find_package(name: str, options: list[str]) -> str | None:
+    concrete = _depends_on_image(name, options)
+    if concrete:
+        return concrete
+    if _run(["apt-cache", *options, "policy", name]).strip():
+        return name  # not a metapackage: take it as is
     return None
 
 
 def resolve_package(workdir: Path) -> tuple[str, list[str]]:
-    """Find the concrete kernel package to download, and the apt options that reach it.
-
-    ``VLAB_KERNEL_PACKAGE`` names it (a metapackage is followed to its image package). The system's apt lists are
-    tried first; without them (a non-root user after the lists were cleaned, as on Binder) a private copy is
-    fetched into ``workdir``.
+    """The package ``VLAB_KERNEL_PACKAGE`` names (a metapackage is followed to its image package), and the apt
+    options that reach it. The system's apt lists are tried first; without them (a non-root user after the lists
+    were cleaned) a private copy of them is fetched into ``workdir``.
     """
-    wanted = os.environ.get("VLAB_KERNEL_PACKAGE")
-    candidates = (wanted,) if wanted else DEFAULT_KERNEL_PACKAGES
-    found = _find_package(candidates, [], bool(wanted))
+    wanted = os.environ.get("VLAB_KERNEL_PACKAGE", "")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]+", wanted):
+        raise VlabError("not a package name", field="VLAB_KERNEL_PACKAGE", value=wanted,
+                        fix="e.g. linux-image-cloud-amd64, or unset it to use the pinned kernel")
+    found = _find_package(wanted, [])
     if found:
         return found, []
     options = _apt_options(_private_lists(workdir))
-    found = _find_package(candidates, options, bool(wanted))
+    found = _find_package(wanted, options)
     if found:
         return found, options
     raise VlabError(
@@ -127,14 +184,20 @@ def resolve_package(workdir: Path) -> tuple[str, list[str]]:
     )
 
 
-def fetch_package(workdir: Path) -> Path:
-    """Download the kernel .deb into ``workdir`` (or use ``VLAB_KERNEL_DEB``) and return its path."""
+def fetch_package(workdir: Path) -> tuple[Path, str]:
+    """Download the kernel .deb into ``workdir``: the pinned one, unless ``VLAB_KERNEL_DEB`` (a file) or
+    ``VLAB_KERNEL_PACKAGE`` (a package from the system's apt) says otherwise.
+
+    :return: the .deb's path, and where it came from (recorded in the image manifest).
+    """
     given = os.environ.get("VLAB_KERNEL_DEB")
     if given:
         path = Path(given).expanduser()
         if not path.is_file():
             raise VlabError("file not found", field="VLAB_KERNEL_DEB", value=given, fix="point it at a kernel .deb")
-        return path
+        return path, "VLAB_KERNEL_DEB"
+    if not os.environ.get("VLAB_KERNEL_PACKAGE"):
+        return fetch_pinned(workdir, load_pin())
     name, options = resolve_package(workdir)
     _run(["apt-get", *options, "download", "-qq", name], cwd=workdir)
     debs = sorted(workdir.glob(f"{name}_*.deb"))
@@ -143,7 +206,56 @@ def fetch_package(workdir: Path) -> Path:
     modules = modules_package(name)
     if _in_archive(modules, options):  # Ubuntu: the modules live in a package of their own, beside the image
         _run(["apt-get", *options, "download", "-qq", modules], cwd=workdir)
-    return debs[0]
+    return debs[0], "VLAB_KERNEL_PACKAGE (unpinned)"
+
+
+def fetch_pinned(workdir: Path, pin: KernelPin) -> tuple[Path, str]:
+    """The pinned .deb in ``workdir``: from the system's apt if it has that version, else from Debian's archive
+    through a private apt configuration; its sha256 checked against the pin. Returns it and which way it came.
+
+    :raises VlabError: if neither way gets it, or the bytes are not the pinned ones.
+    """
+    wanted = f"{pin.package}={pin.version}"
+    try:
+        _run(["apt-get", "download", "-qq", wanted], cwd=workdir)
+        via = "the system's apt"
+    except VlabError:  # not in the system's lists (Ubuntu, emptied lists): Debian's archive, privately
+        _run(["apt-get", *_debian_apt(workdir, pin), "update", "-qq"])
+        _run(["apt-get", *_debian_apt(workdir, pin), "download", "-qq", wanted], cwd=workdir)
+        via = "Debian's archive through a private apt configuration"
+    debs = sorted(workdir.glob(f"{pin.package}_*.deb"))
+    if len(debs) != 1:
+        raise VlabError(f"apt-get download {wanted} produced {len(debs)} .deb files", field="images",
+                        fix="check apt's sources")
+    digest = sha256_file(debs[0])
+    if digest != pin.sha256:
+        debs[0].unlink()
+        raise VlabError(f"{debs[0].name} is not the pinned kernel (sha256 {digest})", field=f"{PIN_FILE}: sha256",
+                        value=pin.sha256, fix="update the pin to a package Debian's archive serves, and rebuild")
+    return debs[0], via
+
+
+def _debian_apt(workdir: Path, pin: KernelPin) -> list[str]:
+    """apt options for a private configuration in ``workdir`` that reaches only the pin's Debian sources and
+    trusts only Debian's archive keys (no system lists, preferences or keys; no root)."""
+    if not DEBIAN_KEYRING.is_file():
+        raise VlabError("Debian's archive keyring is missing", field="images", value=str(DEBIAN_KEYRING),
+                        fix="sudo apt-get install debian-archive-keyring (Binder: it is in binder/apt.txt)")
+    root = workdir / "debian-apt"
+    empty = root / "empty"
+    for directory in (empty, root / "lists" / "partial", root / "cache" / "archives" / "partial"):
+        directory.mkdir(parents=True, exist_ok=True)
+    sources = root / "sources.list"
+    sources.write_text("".join(f"deb [arch={pin.architecture} signed-by={DEBIAN_KEYRING}] {line}\n"
+                               for line in pin.sources))
+    settings = {
+        "Dir::Etc::SourceList": sources, "Dir::Etc::SourceParts": empty, "Dir::Etc::Preferences": empty / "none",
+        "Dir::Etc::PreferencesParts": empty, "Dir::Etc::Trusted": empty / "none", "Dir::Etc::TrustedParts": empty,
+        "Dir::State::Lists": root / "lists", "Dir::Cache": root / "cache",
+        "APT::Architecture": pin.architecture, "APT::Architectures": pin.architecture, "Debug::NoLocking": 1,
+        "APT::Sandbox::User": os.environ.get("USER", "root"), "Acquire::Languages": "none",
+    }
+    return [arg for key, value in settings.items() for arg in ("-o", f"{key}={value}")]
 
 
 def modules_package(image: str) -> str:

@@ -92,6 +92,8 @@ FLAG_MEANINGS = {
     "-device": "add a device, e.g. virtio-balloon-pci or virtio-net-pci",
     "-netdev": "a host-side network backend: user = QEMU's built-in NAT, tap = a host tap interface",
     "-drive": "a disk image; if=virtio appears in the guest as /dev/vda (not /dev/sda)",
+    "-blockdev": "a disk image as a block node (JSON), attached to a -device virtio-blk-pci (/dev/vda)",
+    "-object": "a backend object (JSON), e.g. memory-backend-ram ram0 holding guest RAM, or a LUKS secret",
     "-incoming": "wait for a migration stream instead of booting",
 }
 

@@ -161,12 +161,13 @@ class MigrationRun:
         return live[-1].remaining if live else 0
 
     def records(self) -> list[dict[str, Any]]:
-        """One record per round (the last poll of each), for the migration chart."""
-        last: dict[int, RoundSample] = {}
+        """One record per round, for the migration chart: the poll with the most still to send, i.e. the one
+        nearest the round's start (within a round ``remaining`` only falls; the next dirty sync raises it)."""
+        first: dict[int, RoundSample] = {}
         for sample in self.samples:
-            if sample.round > 0:
-                last[sample.round] = sample
-        return [last[r].as_record() for r in sorted(last)]
+            if sample.round > 0 and (sample.round not in first or sample.remaining > first[sample.round].remaining):
+                first[sample.round] = sample
+        return [first[r].as_record() for r in sorted(first)]
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able summary (no samples) — what a notebook exports for grading."""
@@ -466,7 +467,7 @@ def _sample(info: Mapping[str, Any], elapsed: float) -> RoundSample | None:
 def live_view_wanted() -> bool:
     """Whether a live widget is worth its cost: in a Jupyter server session (JupyterLab, Binder: the server sets
     ``JPY_SESSION_NAME`` for the kernels it starts), not in headless runs (nbconvert, nbval, the grader), where
-    nobody watches and the first plotly ``FigureWidget`` of a kernel costs several seconds."""
+    nobody watches it."""
     from vlab.progress import display_mode
 
     return bool(os.environ.get("JPY_SESSION_NAME")) and display_mode() == "notebook"

@@ -14,6 +14,9 @@ inherited socket fds instead of stdio (see :class:`LaunchIO`).
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
+import json
 import os
 import re
 import shlex
@@ -23,6 +26,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vlab.errors import VlabError
+from vlab.host import procfs
+from vlab.qemu.fields import (
+    MAX_PATH_BYTES,
+    check_bool,
+    check_file,
+    check_int,
+    check_passphrase,
+    check_text,
+    check_token,
+    shown,
+)
 
 __all__ = [
     "READY_MARKER",
@@ -40,12 +54,21 @@ __all__ = [
 READY_MARKER = "VLAB-READY"
 #: The QEMU system emulator vlab runs.
 QEMU_BINARY = "qemu-system-x86_64"
+#: The id of the ``-object`` holding guest RAM (``-M …,memory-backend=ram0``).
+RAM_BACKEND_ID = "ram0"
 
 AccelName = Literal["auto", "tcg", "kvm"]
 _MACHINES = ("pc", "q35")
 _UNITS = {"": 1, "K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
 _SIZE_RE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
+#: x86 Linux's COMMAND_LINE_SIZE (bytes, with the final NUL): a longer command line is cut and the guest hangs.
+MAX_CMDLINE = 2048
+_MAX_DEVICES = 8
+_MAX_CONF_BYTES = 64 * 1024
+#: extra_args options allowed under VLAB_DENY_OUTBOUND, with the values they may take
+_DENY_MODE_EXTRA = {"-qmp": r"unix:/[A-Za-z0-9/_.-]+,server=on,wait=off", "-device": r"virtio-rng-pci",
+                    "-rtc": r"[a-z=,]+"}
 _IMAGES_FIX = "build the guest images with: vlab images build"
 
 
@@ -56,18 +79,23 @@ def parse_size_mib(value: str | int, *, field_name: str = "mem") -> int:
 
     :raises VlabError: for anything that is not a positive whole number of MiB.
     """
-    if isinstance(value, bool):
-        raise VlabError("must be a size such as 512M or 1G", field=field_name, value=value, fix='mem = "512M"')
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise VlabError(f"must be a size such as 512M or 1G, not {type(value).__name__}", field=field_name,
+                        value=shown(value), fix=f'{field_name} = "512M"')
     if isinstance(value, int):
+        if abs(value) > 1 << 40:
+            raise VlabError("is far too large", field=field_name, value=shown(value), fix=f'{field_name} = "512M"')
         mib = float(value)
     else:
-        match = _SIZE_RE.match(str(value))
+        match = _SIZE_RE.match(value) if len(value) <= 32 else None
         if not match:
             raise VlabError(
                 "is not a size: write a number with an optional unit K, M, G or T",
-                field=field_name, value=value, fix=f'{field_name} = "512M" (or "1G")',
+                field=field_name, value=shown(value), fix=f'{field_name} = "512M" (or "1G")',
             )
         mib = float(match.group(1)) * _UNITS[match.group(2).upper()]
+        if mib > 1 << 40:
+            raise VlabError("is far too large", field=field_name, value=shown(value), fix=f'{field_name} = "512M"')
     if mib <= 0:
         raise VlabError("must be positive", field=field_name, value=value, fix=f'{field_name} = "512M"')
     if mib != int(mib):
@@ -108,43 +136,62 @@ def _host_cpus() -> int:
 
 def _host_available_mib() -> int:
     """MemAvailable from /proc/meminfo, in MiB (what QEMU can really get without swapping)."""
-    with open("/proc/meminfo") as meminfo:
-        for line in meminfo:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) // 1024
-    return (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) // (1024 * 1024)  # pragma: no cover
+    kib = procfs.meminfo_kib("MemAvailable")
+    if kib is None:  # pragma: no cover - every Linux since 3.14 has it
+        return (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) // (1024 * 1024)
+    return kib // 1024
+
+
+_ON_ERROR = ("stop", "report", "ignore", "enospc")
+#: Set by the grader: no VM in this process may reach anything outside its own user-mode network.
+DENY_OUTBOUND_ENV = "VLAB_DENY_OUTBOUND"
+_MAX_FORWARDS = 16
+
+
+def outbound_denied() -> bool:
+    """True when ``VLAB_DENY_OUTBOUND=1``: ``Nic(outbound=True)`` and raw network options are refused."""
+    return os.environ.get(DENY_OUTBOUND_ENV, "") not in ("", "0")
 
 
 @dataclass(frozen=True)
 class Disk:
     """A virtio block device.
 
-    :param path: the image file on the host.
+    :param path: the image file on the host (made absolute; a symlink is refused, see
+        :func:`vlab.qemu.fields.check_file`).
     :param overlay: if True the VM writes to a throwaway qcow2 overlay whose read-only backing file is
         ``path``, so the image itself is never modified. Default: True for plain images, False for
         encrypted ones (the guest writes through to the LUKS image, so its ciphertext can be inspected).
-    :param secret: the LUKS passphrase of an encrypted qcow2 (see :func:`vlab.qemu.disks.create_image`);
-        QEMU receives it through a ``secret`` object read from a private file.
+    :param secret: the LUKS passphrase of an encrypted qcow2 (any text, as ``str`` or UTF-8 ``bytes``; see
+        :func:`vlab.qemu.disks.create_image`). QEMU receives it through a ``secret`` object read from a
+        mode-0600 file in the VM's private workdir, never on a command line.
     :param readonly: present the disk read-only to the guest.
+    :param on_error: what QEMU does when a guest write or read fails on the host (disk full…): ``"stop"``
+        (default: the VM pauses and :attr:`vlab.VM.pause_reason` says why), ``"report"`` (the guest gets an
+        I/O error), ``"ignore"`` or ``"enospc"`` (stop only when the host disk is full).
     """
 
     path: Path
     overlay: bool | None = None
-    secret: str | None = None
+    secret: str | bytes | None = field(default=None, repr=False)
     readonly: bool = False
+    on_error: str = "stop"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Path(self.path).expanduser())
+        object.__setattr__(self, "path", check_file(
+            "disks.path", self.path, "an existing image, e.g. vlab.qemu.disks.create_image(path, '64M')"))
+        if self.secret is not None:
+            check_passphrase("disks.secret", self.secret)
         if self.overlay is None:
             object.__setattr__(self, "overlay", self.secret is None)
-        elif self.overlay and self.secret is not None:
+        check_bool("disks.overlay", self.overlay, "Disk(path, overlay=False)")
+        if self.overlay and self.secret is not None:
             raise VlabError("an encrypted disk cannot have a plain overlay", field="disks.overlay", value=True,
                             fix="Disk(path, secret=..., overlay=False)")
-        if not self.path.is_file():
-            raise VlabError(
-                "disk image does not exist", field="disks", value=str(self.path),
-                fix="create one with vlab.qemu.disks.create_image(path, '64M')",
-            )
+        check_bool("disks.readonly", self.readonly, "Disk(path, readonly=True)")
+        if self.on_error not in _ON_ERROR:
+            raise VlabError(f"must be one of {', '.join(_ON_ERROR)}", field="disks.on_error",
+                            value=shown(self.on_error), fix='Disk(path, on_error="stop")')
 
     @property
     def format(self) -> str:
@@ -161,26 +208,91 @@ class Nic:
         (a tap on a vlab-managed bridge inside a network namespace; needs root).
     :param bridge: the bridge name for ``mode="bridge"``; VMs on the same bridge reach each other.
     :param ip: ``ADDR/PREFIX`` the guest's init gives this NIC (``vlab.ipN=`` on the kernel command line).
-    :param mac: the MAC address; derived from the VM name and NIC index when None.
+    :param mac: a unicast MAC address; when None vlab picks one that no other VM of this process uses.
+    :param outbound: user-mode only. False (default): QEMU's ``restrict=on`` — the guest reaches nothing
+        outside its virtual network: not the host's services (``127.0.0.1`` through the gateway), not the
+        internet; the gateway still answers pings and ``forwards`` still work. True: the guest may open
+        connections to the host and beyond. Refused when ``VLAB_DENY_OUTBOUND=1`` (the grader sets it).
+    :param forwards: user-mode only: ``(host_port, guest_port)`` TCP pairs; the host's ``127.0.0.1:host_port``
+        reaches the guest's ``guest_port`` (host port 0: QEMU picks a free one).
     """
 
     mode: Literal["user", "bridge"] = "user"
     bridge: str | None = None
     ip: str | None = None
     mac: str | None = None
+    outbound: bool = False
+    forwards: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.mode not in ("user", "bridge"):
-            raise VlabError("NIC mode must be 'user' or 'bridge'", field="nics.mode", value=self.mode,
+            raise VlabError("NIC mode must be 'user' or 'bridge'", field="nics.mode", value=shown(self.mode),
                             fix='Nic(mode="user")')
-        if self.mode == "bridge" and not (self.bridge and re.fullmatch(r"[a-z0-9]{1,8}", self.bridge)):
-            raise VlabError("a bridge NIC needs a bridge name of 1-8 lowercase letters/digits",
-                            field="nics.bridge", value=self.bridge, fix='Nic(mode="bridge", bridge="lab")')
-        if self.ip is not None and not re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}/\d{1,2}", self.ip):
-            raise VlabError("must be ADDR/PREFIX", field="nics.ip", value=self.ip, fix='ip="10.0.0.1/24"')
-        if self.mac is not None and not re.fullmatch(r"([0-9a-f]{2}:){5}[0-9a-f]{2}", self.mac):
-            raise VlabError("must be six lowercase hex pairs", field="nics.mac", value=self.mac,
-                            fix='mac="52:54:00:12:34:56"')
+        if self.mode == "bridge" and self.bridge is None:
+            raise VlabError("a bridge NIC needs a bridge name", field="nics.bridge", value=None,
+                            fix='Nic(mode="bridge", bridge="lab")')
+        if self.mode == "bridge":
+            check_token("nics.bridge", self.bridge, r"[a-z0-9]{1,8}",
+                        "a bridge name of 1-8 lowercase letters or digits", 'Nic(mode="bridge", bridge="lab")')
+        elif self.bridge is not None:
+            raise VlabError("only a bridge NIC has a bridge", field="nics.bridge", value=shown(self.bridge),
+                            fix='Nic(mode="bridge", bridge="lab")')
+        if self.ip is not None:
+            object.__setattr__(self, "ip", _checked_ip(self.ip))
+        if self.mac is not None:
+            object.__setattr__(self, "mac", _checked_mac(self.mac))
+        check_bool("nics.outbound", self.outbound, "Nic(outbound=False)")
+        if self.outbound and self.mode != "user":
+            raise VlabError("outbound applies to user-mode NICs only", field="nics.outbound", value=True,
+                            fix='Nic(mode="user", outbound=True)')
+        if self.outbound and outbound_denied():
+            raise VlabError(f"outbound network access is disabled here ({DENY_OUTBOUND_ENV}=1, e.g. by the grader)",
+                            field="nics.outbound", value=True, fix="Nic() without outbound=True")
+        object.__setattr__(self, "forwards", _checked_forwards(self.mode, self.forwards))
+
+
+def _checked_ip(value: Any) -> str:
+    fix = 'ip="10.0.2.15/24"'
+    check_text("nics.ip", value, max_len=18, fix=fix, allow_space=False)
+    try:
+        iface = ipaddress.IPv4Interface(value)
+    except ValueError as exc:
+        raise VlabError(f"is not an IPv4 ADDR/PREFIX ({exc})", field="nics.ip", value=shown(value), fix=fix) from None
+    if "/" not in value or not 1 <= iface.network.prefixlen <= 30:
+        raise VlabError("must be ADDR/PREFIX, with a prefix between /1 and /30", field="nics.ip", value=value, fix=fix)
+    if iface.ip in (iface.network.network_address, iface.network.broadcast_address) or iface.ip.is_multicast \
+            or iface.ip.is_unspecified or iface.ip.is_loopback:
+        raise VlabError("is not a host address of its network", field="nics.ip", value=value, fix=fix)
+    return str(iface)
+
+
+def _checked_mac(value: Any) -> str:
+    fix = 'mac="52:54:00:12:34:56" (or leave it out: vlab picks one)'
+    mac = check_token("nics.mac", value, r"([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}", "six hex pairs separated by ':'",
+                      fix).lower()
+    if int(mac[:2], 16) & 1:
+        raise VlabError("is a multicast or broadcast address, not one NIC's", field="nics.mac", value=value, fix=fix)
+    if mac == "00:00:00:00:00:00":
+        raise VlabError("is the all-zero address", field="nics.mac", value=value, fix=fix)
+    return mac
+
+
+def _checked_forwards(mode: str, value: Any) -> tuple[tuple[int, int], ...]:
+    fix = "forwards=((2222, 22),)"
+    if not isinstance(value, (tuple, list)) or len(value) > _MAX_FORWARDS:
+        raise VlabError(f"must be a tuple of at most {_MAX_FORWARDS} (host_port, guest_port) pairs",
+                        field="nics.forwards", value=shown(value), fix=fix)
+    if value and mode != "user":
+        raise VlabError("port forwards apply to user-mode NICs only", field="nics.forwards", value=shown(value),
+                        fix='Nic(mode="user", forwards=((2222, 22),))')
+    pairs = []
+    for pair in value:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise VlabError("each forward is a (host_port, guest_port) pair", field="nics.forwards",
+                            value=shown(pair), fix=fix)
+        pairs.append((check_int("nics.forwards.host_port", pair[0], 0, 65535, fix),
+                      check_int("nics.forwards.guest_port", pair[1], 1, 65535, fix)))
+    return tuple(pairs)
 
 
 @dataclass(frozen=True)
@@ -194,6 +306,7 @@ class LaunchIO:
     :param secret_files: per disk, the file holding its LUKS passphrase (None if not encrypted).
     :param nic_fds: per NIC, the tap fd for bridge NICs (None for user-mode NICs).
     :param incoming: a migration URI to wait on (``-incoming``), or None.
+    :param macs: per NIC, the MAC the VM claimed (empty: :meth:`VMConfig.mac_address`).
     """
 
     qmp_fd: int
@@ -203,6 +316,7 @@ class LaunchIO:
     nic_fds: Sequence[int | None] = ()
     incoming: str | None = None
     qmp_sync_fd: int | None = None
+    macs: Sequence[str] = ()
 
 
 # vm.conf keys as textbooks print them -> VMConfig fields
@@ -253,28 +367,44 @@ class VMConfig:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise in place once, then never again
-        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
-            raise VlabError("name must be 1-32 letters, digits, '_', '.' or '-'", field="name", value=self.name,
-                            fix='name = "vm1"')
+        check_token("name", self.name, _NAME_RE.pattern, "1-32 letters, digits, '_', '.' or '-' (first a letter "
+                    "or digit)", 'name = "vm1"')
         set_(self, "kernel", self._existing_file("kernel", self.kernel, default_kernel))
         set_(self, "initrd", self._existing_file("initrd", self.initrd, default_initrd))
         set_(self, "mem", self._checked_mem(self.mem))
         set_(self, "vcpus", self._checked_vcpus(self.vcpus))
         if self.accel not in ("auto", "tcg", "kvm"):
-            raise VlabError("accel must be auto, tcg or kvm", field="accel", value=self.accel, fix='accel = "auto"')
+            raise VlabError("accel must be auto, tcg or kvm", field="accel", value=shown(self.accel),
+                            fix='accel = "auto"')
         if self.machine not in _MACHINES:
             raise VlabError("machine must be pc or q35 (labs need PCI virtio devices and ACPI)",
-                            field="machine", value=self.machine, fix='machine = "pc"')
-        if not isinstance(self.append, str) or "\n" in self.append:
-            raise VlabError("the kernel command line must be one line of text", field="append",
-                            value=self.append, fix='appended = "console=ttyS0"')
-        if self.root is not None and (not self.root or any(c.isspace() for c in self.root)):
-            raise VlabError("root must be a device name without spaces", field="root", value=self.root,
-                            fix='root = "/dev/sda1"')
-        set_(self, "disks", tuple(d if isinstance(d, Disk) else Disk(Path(d)) for d in self.disks))
-        set_(self, "nics", tuple(self.nics))
-        set_(self, "extra_args", tuple(str(a) for a in self.extra_args))
-        set_(self, "balloon", bool(self.balloon))
+                            field="machine", value=shown(self.machine), fix='machine = "pc"')
+        check_text("append", self.append, max_len=MAX_CMDLINE - 1, fix='appended = "console=ttyS0"',
+                   allow_empty=True)
+        if self.append.count('"') % 2:
+            # the kernel reads a quote as the start of a value running on to the next quote: it would swallow
+            # the words vlab appends (vlab.hostname=, vlab.ipN=)
+            raise VlabError("has an unbalanced double quote", field="append", value=shown(self.append),
+                            fix='close the quote, e.g. appended = \'console=ttyS0 opt="a b"\'')
+        if self.root is not None:
+            check_token("root", self.root, r"[A-Za-z0-9/_.:=-]{1,128}",
+                        "a device name without spaces (letters, digits, '/_.:=-')", 'root = "/dev/sda1"')
+        set_(self, "disks", self._checked_items("disks", self.disks, Disk, "(Disk(path),)"))
+        set_(self, "nics", self._checked_items("nics", self.nics, Nic, '(Nic("user"),)'))
+        macs = [nic.mac for nic in self.nics if nic.mac]
+        if len(set(macs)) != len(macs):
+            raise VlabError("two NICs of one VM have the same MAC", field="nics.mac", value=shown(macs),
+                            fix="give each NIC its own mac, or leave mac out")
+        set_(self, "extra_args", self._checked_extra_args(self.extra_args))
+        check_bool("balloon", self.balloon, "balloon = True")
+        if self.cpu is not None:
+            check_token("cpu", self.cpu, r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", "a QEMU CPU model name (e.g. max, "
+                        "qemu64, host) without options", 'cpu = "max"')
+        cmdline = self.kernel_cmdline()
+        if len(cmdline.encode()) > MAX_CMDLINE - 1:
+            raise VlabError(f"the kernel command line would be {len(cmdline.encode())} bytes; x86 Linux takes at "
+                            f"most {MAX_CMDLINE - 1} (a longer one never boots)", field="append",
+                            value=shown(self.append), fix="shorten appended")
 
     # -- validation helpers -------------------------------------------------------------------------
 
@@ -282,16 +412,52 @@ class VMConfig:
     def _existing_file(key: str, value: Path | str | None, default: Any) -> Path:
         if value is None:
             return Path(default())
-        path = Path(value).expanduser()
-        if not path.is_file():
-            raise VlabError(
-                f"the {key} file does not exist", field=key, value=str(path),
-                fix=f"point {key} at a real file, e.g. {key}=vlab.qemu.default_{key}() ({_IMAGES_FIX})",
-            )
-        return path
+        return check_file(key, value, f"point {key} at a real file, e.g. {key}=vlab.qemu.default_{key}() "
+                                      f"({_IMAGES_FIX})")
+
+    @staticmethod
+    def _checked_items(key: str, value: Any, kind: type[Any], example: str) -> tuple[Any, ...]:
+        """A tuple/list of ``kind`` (a Disk may also be given as a path)."""
+        if isinstance(value, (str, bytes, os.PathLike)) or not isinstance(value, (tuple, list)):
+            raise VlabError(f"must be a tuple of {kind.__name__}, not {type(value).__name__}", field=key,
+                            value=shown(value), fix=f"{key}={example}")
+        if len(value) > _MAX_DEVICES:
+            raise VlabError(f"at most {_MAX_DEVICES} per VM", field=key, value=len(value), fix=f"{key}={example}")
+        items = []
+        for item in value:
+            if kind is Disk and isinstance(item, (str, os.PathLike)) and not isinstance(item, bytes):
+                item = Disk(Path(item))
+            if not isinstance(item, kind):
+                raise VlabError(f"each item must be a {kind.__name__}, not {type(item).__name__}", field=key,
+                                value=shown(item), fix=f"{key}={example}")
+            items.append(item)
+        return tuple(items)
+
+    @staticmethod
+    def _checked_extra_args(value: Any) -> tuple[str, ...]:
+        fix = 'extra_args=("-device", "virtio-rng-pci")'
+        if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)):
+            raise VlabError("must be a tuple of strings (one per argv word)", field="extra_args",
+                            value=shown(value), fix=fix)
+        args = tuple(check_text("extra_args", a, max_len=MAX_PATH_BYTES + 64, fix=fix) for a in value)
+        if outbound_denied():
+            # a raw -netdev/-chardev could open any connection restrict=on forbids: only harmless options pass
+            for option, argument in zip(args[::2], (*args[1::2], ""), strict=False):
+                allowed = _DENY_MODE_EXTRA.get(option)
+                if allowed is None or not re.fullmatch(allowed, argument):
+                    raise VlabError(f"is not allowed while {DENY_OUTBOUND_ENV}=1 (only "
+                                    f"{', '.join(sorted(_DENY_MODE_EXTRA))} with plain values)",
+                                    field="extra_args", value=shown(f"{option} {argument}"),
+                                    fix="leave extra_args out under the grader")
+        return args
 
     @staticmethod
     def _checked_mem(value: int | str) -> int:
+        if not isinstance(value, (int, str)) or isinstance(value, bool):
+            raise VlabError(f"must be a size such as 512M, not {type(value).__name__}", field="mem",
+                            value=shown(value), fix='mem = "512M"')
+        if isinstance(value, str) and len(value) > 32:
+            raise VlabError("is not a size", field="mem", value=shown(value), fix='mem = "512M"')
         mib = parse_size_mib(value, field_name="mem")
         if mib < 32:
             raise VlabError("is too small for a Linux guest (minimum 32M)", field="mem", value=value,
@@ -304,13 +470,10 @@ class VMConfig:
 
     @staticmethod
     def _checked_vcpus(value: int | str) -> int:
-        try:
-            count = int(str(value).strip())
-        except ValueError:
-            raise VlabError("vcpus must be a whole number", field="vcpus", value=value, fix='vcpus = "1"') from None
-        if isinstance(value, bool) or count < 1:
-            raise VlabError("a VM needs at least one vCPU", field="vcpus", value=value, fix='vcpus = "1"')
         host = _host_cpus()
+        count = check_int("vcpus", value, -(1 << 20), 1 << 20, 'vcpus = "1"')
+        if count < 1:
+            raise VlabError("a VM needs at least one vCPU", field="vcpus", value=value, fix='vcpus = "1"')
         if count > host:
             raise VlabError(f"is more vCPUs than the host has CPUs ({host})", field="vcpus", value=value,
                             fix=f'vcpus = "{host}"')
@@ -354,13 +517,23 @@ class VMConfig:
 
     @staticmethod
     def _read_conf_source(source: str | os.PathLike[str]) -> tuple[str, str]:
+        if not isinstance(source, (str, os.PathLike)):
+            raise VlabError(f"must be the path or the text of a vm.conf, not {type(source).__name__}",
+                            field="conf", value=shown(source), fix='VMConfig.from_conf("vm.conf")')
         if isinstance(source, str) and ("\n" in source or "=" in source):
+            if len(source) > _MAX_CONF_BYTES:
+                raise VlabError(f"vm.conf text is longer than {_MAX_CONF_BYTES} bytes", field="conf",
+                                value=shown(source), fix="a vm.conf has a handful of short lines")
             return source, "the vm.conf text"
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise VlabError("vm.conf file not found", field="conf", value=str(path),
-                            fix="pass the path of an existing vm.conf, or its text")
-        return path.read_text(), str(path)
+        path = check_file("conf", source, "pass the path of an existing vm.conf, or its text")
+        if path.stat().st_size > _MAX_CONF_BYTES:
+            raise VlabError(f"is larger than {_MAX_CONF_BYTES} bytes: not a vm.conf", field="conf",
+                            value=str(path), fix="pass the path of a vm.conf")
+        try:
+            return path.read_text(), str(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise VlabError(f"cannot be read ({exc})", field="conf", value=str(path),
+                            fix="pass a readable UTF-8 vm.conf") from None
 
     # -- argv ---------------------------------------------------------------------------------------
 
@@ -380,13 +553,17 @@ class VMConfig:
         words += [f"vlab.ip{i}={nic.ip}" for i, nic in enumerate(self.nics) if nic.ip]
         return " ".join(words)
 
-    def mac_address(self, index: int) -> str:
-        """The MAC of NIC ``index``: explicit, or a stable locally administered one derived from the name."""
+    def mac_address(self, index: int, attempt: int = 0) -> str:
+        """The MAC of NIC ``index``: explicit, or a locally administered one hashed from the name and index.
+
+        ``attempt`` > 0 gives further candidates; a running :class:`~vlab.qemu.vm.VM` takes the first one no
+        other VM of this process uses (bridges are per process, so that makes MACs unique on every bridge).
+        """
         nic = self.nics[index]
         if nic.mac:
             return nic.mac
-        digest = sum((i + 1) * ord(c) for i, c in enumerate(self.name)) & 0xFFFF
-        return f"52:54:00:{digest >> 8:02x}:{digest & 0xFF:02x}:{index:02x}"
+        digest = hashlib.sha256(f"{self.name}/{index}/{attempt}".encode()).digest()
+        return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
 
     def qemu_argv(self, io: LaunchIO | None = None, *, accel: str | None = None) -> list[str]:
         """The exact QEMU command line for this config.
@@ -395,25 +572,37 @@ class VMConfig:
         stdio, like ``-nographic``; disks shown as their own files). :class:`~vlab.qemu.vm.VM` passes ``io``
         to put QMP and the console on inherited sockets instead.
 
+        Every ``-object``, ``-blockdev``, ``-netdev`` and ``-device`` is QEMU's JSON form of the option, so a
+        value (a path with commas, a MAC) is one JSON string and can never add an option. The RAM is an
+        explicit ``memory-backend-ram`` object ``ram0``, so a backend of another kind can replace it.
+
         :param accel: ``"tcg"`` or ``"kvm"``; defaults to the config's accel, with ``auto`` shown as tcg
             (the VM resolves ``auto`` with the host probe before launching).
         """
         chosen = accel or ("tcg" if self.accel == "auto" else self.accel)
+        if chosen not in ("tcg", "kvm"):
+            raise VlabError("must be tcg or kvm", field="accel", value=shown(chosen), fix='accel="tcg"')
         # debug-threads=on names the vCPU threads ("CPU 0/TCG"), so `top -H` and /proc show which is which.
-        argv = [QEMU_BINARY, "-name", f"{self.name},debug-threads=on", "-M", self.machine, "-accel", chosen]
+        argv = [QEMU_BINARY, "-name", f"{self.name},debug-threads=on",
+                "-M", f"{self.machine},memory-backend={RAM_BACKEND_ID}", "-accel", chosen]
         if self.cpu:
             argv += ["-cpu", self.cpu]
         argv += ["-m", str(self.mem), "-smp", str(self.vcpus)]
+        argv += _json_option("-object", self.memory_backend())
         argv += ["-nodefaults", "-no-user-config", "-no-reboot", "-display", "none"]
         argv += ["-kernel", str(self.kernel), "-initrd", str(self.initrd), "-append", self.kernel_cmdline()]
         argv += self._io_args(io)
         argv += self._disk_args(io)
         argv += self._nic_args(io)
         if self.balloon:
-            argv += ["-device", "virtio-balloon-pci,id=balloon0"]
+            argv += _json_option("-device", {"driver": "virtio-balloon-pci", "id": "balloon0"})
         if io is not None and io.incoming:
             argv += ["-incoming", io.incoming]
         return argv + list(self.extra_args)
+
+    def memory_backend(self) -> dict[str, Any]:
+        """The ``-object`` that holds guest RAM (``ram0``): anonymous memory of ``mem`` MiB."""
+        return {"qom-type": "memory-backend-ram", "id": RAM_BACKEND_ID, "size": self.mem * 1024 * 1024}
 
     def shell_command(self) -> str:
         """:meth:`qemu_argv` as one shell-quoted line."""
@@ -423,37 +612,61 @@ class VMConfig:
     def _io_args(io: LaunchIO | None) -> list[str]:
         if io is None:
             return ["-serial", "mon:stdio"]
-        argv = ["-chardev", f"socket,id=qmp,fd={io.qmp_fd}", "-mon", "chardev=qmp,mode=control"]
+        # fds are ints vlab made; -chardev has no JSON form in QEMU 7.2 and needs none here
+        argv = ["-chardev", f"socket,id=qmp,fd={int(io.qmp_fd)}", "-mon", "chardev=qmp,mode=control"]
         if io.qmp_sync_fd is not None:
-            argv += ["-chardev", f"socket,id=qmp-sync,fd={io.qmp_sync_fd}", "-mon", "chardev=qmp-sync,mode=control"]
-        return [*argv, "-chardev", f"socket,id=console,fd={io.console_fd}", "-serial", "chardev:console"]
+            argv += ["-chardev", f"socket,id=qmp-sync,fd={int(io.qmp_sync_fd)}",
+                     "-mon", "chardev=qmp-sync,mode=control"]
+        return [*argv, "-chardev", f"socket,id=console,fd={int(io.console_fd)}", "-serial", "chardev:console"]
 
     def _disk_args(self, io: LaunchIO | None) -> list[str]:
         argv: list[str] = []
         for i, disk in enumerate(self.disks):
-            path = io.disk_paths[i] if io and io.disk_paths else disk.path
             secret_file = io.secret_files[i] if io and io.secret_files else None
-            fmt = "qcow2" if (io and disk.overlay) else disk.format
-            node = f"driver={fmt},node-name=disk{i},file.driver=file,file.filename={path}"
+            image: dict[str, Any] = {"driver": "file", "filename": str(disk.path)}
+            node: dict[str, Any] = {"driver": disk.format, "file": image}
+            if io is not None and disk.overlay:
+                # the overlay names its backing file in its header; give it explicitly instead, so QEMU never
+                # parses a filename stored in a file
+                overlay = {"driver": "file", "filename": str(io.disk_paths[i])}
+                node = {"driver": "qcow2", "file": overlay, "backing": {**node, "read-only": True}}
             if disk.secret is not None:
-                secret = secret_file if secret_file is not None else Path(f"<passphrase-file-{i}>")
-                argv += ["-object", f"secret,id=sec{i},file={secret}"]
-                node += f",encrypt.format=luks,encrypt.key-secret=sec{i}"
-            if disk.readonly:
-                node += ",read-only=on"
-            argv += ["-blockdev", node, "-device", f"virtio-blk-pci,drive=disk{i},id=vd{i}"]
+                secret = str(secret_file) if secret_file is not None else f"<passphrase-file-{i}>"
+                argv += _json_option("-object", {"qom-type": "secret", "id": f"sec{i}", "file": secret,
+                                                 "format": "raw"})
+                node["encrypt"] = {"format": "luks", "key-secret": f"sec{i}"}
+            node = {**node, "node-name": f"disk{i}", "read-only": disk.readonly}
+            argv += _json_option("-blockdev", node)
+            argv += _json_option("-device", {"driver": "virtio-blk-pci", "drive": f"disk{i}", "id": f"vd{i}",
+                                             "werror": disk.on_error, "rerror": _read_error(disk.on_error)})
         return argv
 
     def _nic_args(self, io: LaunchIO | None) -> list[str]:
         argv: list[str] = []
         for i, nic in enumerate(self.nics):
+            netdev: dict[str, Any]
             if nic.mode == "user":
-                netdev = f"user,id=net{i}"
+                netdev = {"type": "user", "id": f"net{i}", "restrict": not nic.outbound}
+                if nic.forwards:
+                    netdev["hostfwd"] = [{"str": f"tcp:127.0.0.1:{host}-:{guest}"} for host, guest in nic.forwards]
             else:
                 fd = io.nic_fds[i] if io and io.nic_fds else None
-                netdev = f"tap,id=net{i},fd={fd}" if fd is not None else f"tap,id=net{i},ifname=<tap-on-{nic.bridge}>"
-            argv += ["-netdev", netdev, "-device", f"virtio-net-pci,netdev=net{i},mac={self.mac_address(i)}"]
+                netdev = {"type": "tap", "id": f"net{i}"}
+                netdev.update({"fd": str(int(fd))} if fd is not None else {"ifname": f"<tap-on-{nic.bridge}>"})
+            mac = io.macs[i] if io and io.macs else self.mac_address(i)
+            argv += _json_option("-netdev", netdev)
+            argv += _json_option("-device", {"driver": "virtio-net-pci", "netdev": f"net{i}", "mac": mac})
         return argv
+
+
+def _json_option(option: str, value: dict[str, Any]) -> list[str]:
+    """``[option, '{"…": …}']``: QEMU parses the JSON form as data, so no value can add a key."""
+    return [option, json.dumps(value, separators=(",", ":"))]
+
+
+def _read_error(on_error: str) -> str:
+    """``rerror`` has no ``enospc`` (a read never fills a disk): report read errors there."""
+    return "report" if on_error == "enospc" else on_error
 
 
 def _parse_conf_line(raw: str, number: int, origin: str) -> tuple[str, str] | None:

@@ -9,40 +9,30 @@ e.g. before and after ballooning.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from vlab.errors import VlabError
+from vlab.host import procfs
 
 __all__ = ["thread_cpu_seconds", "process_rss_bytes", "HostSample", "sample"]
 
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
 def thread_cpu_seconds(pid: int, tid: int) -> float:
     """Host CPU time (user + system, seconds) of thread ``tid`` of process ``pid``."""
-    try:
-        with open(f"/proc/{pid}/task/{tid}/stat") as handle:
-            stat = handle.read()
-    except OSError:
+    stat = procfs.read_stat(pid, tid)
+    if stat is None:
         raise VlabError("no such thread: the VM stopped or the thread id is stale", field="tid",
-                        value=tid, fix="read vm.vcpus() again while the VM runs") from None
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime (fields 14, 15 of stat)
+                        value=tid, fix="read vm.vcpus() again while the VM runs")
+    return stat.cpu_seconds
 
 
 def process_rss_bytes(pid: int) -> int:
     """Resident set size of process ``pid`` in bytes."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    raise VlabError("no such process: the VM is not running", field="pid", value=pid, fix="vm.start() first")
+    rss = procfs.rss_bytes(pid)
+    if rss is None:
+        raise VlabError("no such process: the VM is not running", field="pid", value=pid, fix="vm.start() first")
+    return rss
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ them (downtime limit, bandwidth cap), so labs can relate one to the other.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -118,8 +119,16 @@ def run_migration(source_qmp: QmpCall, destination_qmp: QmpCall, uri: str, param
 
 
 def _wait_source(source_qmp: QmpCall, deadline: float, timeout: float, on_poll: PollHook | None) -> dict[str, Any]:
+    info: dict[str, Any] = {}
     while True:
-        info: dict[str, Any] = source_qmp("query-migrate")
+        if time.monotonic() > deadline:  # checked before each poll: the poll itself gets only what is left
+            with contextlib.suppress(VlabError):
+                source_qmp("migrate_cancel")
+            raise MigrationTimeout(f"the migration did not complete within {timeout:g} s (cancelled)",
+                                   field="migrate", value=info.get("status"),
+                                   fix="raise the bandwidth or downtime limit, or dirty memory more slowly",
+                                   detail=str(info)[:2000])
+        info = source_qmp("query-migrate")
         if on_poll is not None:
             on_poll(info)
         status = info.get("status")
@@ -127,18 +136,13 @@ def _wait_source(source_qmp: QmpCall, deadline: float, timeout: float, on_poll: 
             return info
         if status in ("failed", "cancelled"):
             raise VlabError(f"the migration {status}", field="migrate", value=info.get("error-desc", status),
-                            fix="check that both VMs have the same configuration", detail=str(info))
-        if time.monotonic() > deadline:
-            source_qmp("migrate_cancel")
-            raise MigrationTimeout(f"the migration did not complete within {timeout} s (cancelled)", field="migrate",
-                            value=status, fix="raise the bandwidth or downtime limit, or dirty memory more slowly",
-                            detail=str(info))
+                            fix="check that both VMs have the same configuration", detail=str(info)[:2000])
         time.sleep(_POLL_SECONDS)
 
 
 def _wait_destination(destination_qmp: QmpCall, deadline: float, timeout: float) -> None:
     while destination_qmp("query-status")["status"] == "inmigrate":
         if time.monotonic() > deadline:
-            raise VlabError(f"the destination stayed 'inmigrate' for more than {timeout} s", field="migrate",
+            raise VlabError(f"the destination stayed 'inmigrate' for more than {timeout:g} s", field="migrate",
                             fix="check the destination's console and QEMU stderr")
         time.sleep(_POLL_SECONDS)

@@ -27,13 +27,16 @@ import re
 import struct
 import subprocess
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from vlab.errors import VlabError
+from vlab.host import procfs
+from vlab.qemu.config import VMConfig
 
 __all__ = ["TapHandle", "open_tap", "release_bridge", "bridge_supported", "sweep_orphan_namespaces",
-           "namespace_for"]
+           "namespace_for", "claim_macs", "release_macs"]
 
 _TUNSETIFF = 0x400454CA
 _IFF_TAP = 0x0002
@@ -44,6 +47,8 @@ _NETNS_DIR = Path("/var/run/netns")
 _lock = threading.Lock()
 _users: dict[str, int] = {}  # bridge name -> VMs (NICs) using it in this process
 _tap_ids = itertools.count()
+_macs_in_use: dict[str, list[str]] = {}  # MAC -> names of the VMs (in this process) holding it
+_MAC_ATTEMPTS = 64
 
 
 @dataclass
@@ -117,6 +122,53 @@ def open_tap(bridge: str) -> TapHandle:
     return TapHandle(fd, ifname, bridge)
 
 
+def claim_macs(config: VMConfig, inherit: Sequence[str] = ()) -> list[str]:
+    """Reserve one MAC per NIC of ``config`` that no other VM of this process has.
+
+    Bridges live in per-process namespaces, so unique within the process means unique on every bridge.
+    An explicit ``Nic(mac=…)`` already in use is an error; a derived one moves on to the next candidate.
+
+    :param inherit: MACs to take over as they are (a migration destination keeps the source's).
+    :raises VlabError: if an explicit MAC is taken.
+    """
+    claimed: list[str] = []
+    with _lock:
+        try:
+            for index, nic in enumerate(config.nics):
+                if index < len(inherit):
+                    claimed.append(inherit[index])
+                    continue
+                for attempt in range(_MAC_ATTEMPTS):
+                    mac = config.mac_address(index, attempt)
+                    if mac not in _macs_in_use and mac not in claimed:
+                        break
+                    if nic.mac:
+                        raise VlabError(f"this MAC is already used by VM {_macs_in_use.get(mac, [config.name])[0]!r}",
+                                        field="nics.mac", value=mac, fix="give each NIC its own mac, or leave "
+                                        "mac out (vlab then picks a free one)")
+                else:  # pragma: no cover - 64 hash collisions in a row
+                    raise VlabError("no free MAC address found", field="nics.mac", fix="set Nic(mac=…)")
+                claimed.append(mac)
+        except BaseException:
+            claimed = []
+            raise
+        finally:
+            for mac in claimed:
+                _macs_in_use.setdefault(mac, []).append(config.name)
+    return claimed
+
+
+def release_macs(macs: Sequence[str]) -> None:
+    """Give back MACs of a stopped VM."""
+    with _lock:
+        for mac in macs:
+            holders = _macs_in_use.get(mac, [])
+            if holders:
+                holders.pop()
+            if not holders:
+                _macs_in_use.pop(mac, None)
+
+
 def release_bridge(bridge: str) -> None:
     """One user of ``bridge`` is gone; delete its namespace (and bridge) when none is left."""
     with _lock:
@@ -135,7 +187,7 @@ def sweep_orphan_namespaces() -> list[str]:
         return removed
     for entry in _NETNS_DIR.iterdir():
         match = re.fullmatch(r"vlab(\d+)-[a-z0-9]+", entry.name)
-        if match and not Path(f"/proc/{match.group(1)}").exists():
+        if match and not procfs.alive(int(match.group(1))):
             subprocess.run(["ip", "netns", "del", entry.name], capture_output=True, timeout=15)
             removed.append(entry.name)
     return removed

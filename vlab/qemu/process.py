@@ -7,10 +7,14 @@ Three layers, because each alone has a hole:
    Jupyter kernel. The fork happens in vlab's loop thread (see
    :mod:`vlab.qemu.loop`), which lives as long as the process, because the
    signal really follows the forking *thread*.
-2. A workdir per VM under :func:`vlab.paths.runtime_dir` holding ``owner.json``
-   (owner pid, QEMU pid and QEMU's start time). :func:`sweep_orphans`, run before
-   every launch, kills QEMUs whose owner is gone and removes their workdirs; the
-   start time guards against killing an unrelated process that reused the pid.
+2. A workdir per VM under :func:`vlab.paths.runtime_dir` (verified private: ours,
+   0700, not a symlink) holding ``owner.json`` (owner pid and start time, QEMU pid
+   and start time, and this process's random *token*). :func:`sweep_orphans`, run
+   before every launch, kills QEMUs whose owner is gone and removes their workdirs,
+   but only a process that is provably such a QEMU: owned by this uid, running a
+   ``qemu-system-*`` executable, with the recorded start time (pid reuse) and the
+   token in its environment (``VLAB_OWNER_TOKEN``, which only vlab's launch puts
+   there). Anything else named in an owner file is left alone.
 3. An ``atexit`` hook in :mod:`vlab.qemu.vm` stops live VMs on a normal exit.
 
 QEMU's stderr goes to a file in the workdir so that error messages can quote
@@ -23,18 +27,26 @@ import ctypes
 import itertools
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from vlab.errors import VlabError
+from vlab.files import write_atomic
+from vlab.host import procfs
 from vlab.paths import runtime_dir
 from vlab.qemu.loop import call_in_loop_thread
 
-__all__ = ["QemuProcess", "make_workdir", "sweep_orphans", "process_start_time"]
+__all__ = ["QemuProcess", "make_workdir", "sweep_orphans", "is_our_qemu", "child_setup", "TOKEN_ENV"]
+
+#: The environment variable carrying the owner's token into QEMU (proof that vlab started it).
+TOKEN_ENV = "VLAB_OWNER_TOKEN"
+_TOKEN = secrets.token_hex(16)  # per Python process: a QEMU of this owner carries it
 
 _PR_SET_PDEATHSIG = 1
 _OWNER_FILE = "owner.json"
@@ -44,35 +56,35 @@ _counter = itertools.count(1)
 _MAX_WORKDIR_LEN = 90
 
 
-def process_start_time(pid: int) -> int | None:
-    """Field 22 of ``/proc/<pid>/stat`` (start time in clock ticks), or None if the process is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def make_workdir() -> Path:
     """A fresh private directory for one VM's pidfile, stderr, sockets and overlays.
 
-    Under :func:`vlab.paths.runtime_dir` if its path is short enough for UNIX sockets, else under /tmp.
+    Under :func:`vlab.paths.runtime_dir` if its path is short enough for UNIX sockets, else under /tmp
+    (``mkdtemp`` makes it 0700 with a random name).
+
+    :raises VlabError: if the directory cannot be made (full or read-only filesystem).
     """
     base = runtime_dir()
     name = f"{_WORKDIR_PREFIX}{os.getpid()}-{next(_counter)}-"
     if len(str(base)) + len(name) + 8 > _MAX_WORKDIR_LEN:
         base = Path(tempfile.gettempdir())  # the user's runtime dir is too deep for socket paths
-    return Path(tempfile.mkdtemp(prefix=name, dir=base))
+    try:
+        return Path(tempfile.mkdtemp(prefix=name, dir=base))
+    except OSError as exc:
+        raise VlabError(f"cannot create the VM's work directory ({exc.strerror})", field="runtime_dir",
+                        value=str(base), fix="free space there, or point VLAB_RUNTIME at a writable private "
+                                             "directory") from None
+
+
+def is_our_qemu(pid: int, start: int, token: str) -> bool:
+    """True only for a QEMU that vlab started for this user: uid, executable, start time and token all match."""
+    if procfs.owner_uid(pid) != os.geteuid() or procfs.start_time(pid) != start:
+        return False
+    exe = procfs.exe(pid) or ""
+    if not os.path.basename(exe).startswith("qemu-system-"):
+        return False
+    env = procfs.environ(pid) or {}
+    return bool(token) and secrets.compare_digest(env.get(TOKEN_ENV, ""), token)
 
 
 def sweep_orphans() -> list[int]:
@@ -81,31 +93,44 @@ def sweep_orphans() -> list[int]:
     :returns: the pids of the QEMU processes killed.
     """
     killed: list[int] = []
-    _remove_unowned_workdirs()
-    for owner_file in runtime_dir().glob(f"{_WORKDIR_PREFIX}*/{_OWNER_FILE}"):
-        try:
-            info = json.loads(owner_file.read_text())
-            owner, qemu, qemu_start = int(info["owner"]), int(info["qemu"]), int(info["qemu_start"])
-        except (OSError, ValueError, KeyError, TypeError):
+    base = runtime_dir()
+    _remove_unowned_workdirs(base)
+    for owner_file in base.glob(f"{_WORKDIR_PREFIX}*/{_OWNER_FILE}"):
+        info = _read_owner_file(owner_file)
+        if info is None:
             continue  # being written right now by a live owner, or not ours
-        if _alive(owner) and process_start_time(owner) == info.get("owner_start"):
+        owner, qemu, qemu_start, token = info["owner"], info["qemu"], info["qemu_start"], info["token"]
+        if procfs.alive(owner) and procfs.start_time(owner) == info.get("owner_start"):
             continue
-        if process_start_time(qemu) == qemu_start:
+        if is_our_qemu(qemu, qemu_start, token):
             os.kill(qemu, signal.SIGKILL)
             killed.append(qemu)
         shutil.rmtree(owner_file.parent, ignore_errors=True)
     return killed
 
 
-def _remove_unowned_workdirs() -> None:
+def _read_owner_file(path: Path) -> dict[str, Any] | None:
+    try:
+        if path.is_symlink() or path.parent.is_symlink() or path.lstat().st_uid != os.geteuid():
+            return None
+        info = json.loads(path.read_text())
+        return {"owner": int(info["owner"]), "owner_start": info.get("owner_start"), "qemu": int(info["qemu"]),
+                "qemu_start": int(info["qemu_start"]), "token": str(info["token"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _remove_unowned_workdirs(base: Path) -> None:
     """Workdirs without an owner file whose creator (the pid in the name) is dead: a crash before launch."""
-    for workdir in runtime_dir().glob(f"{_WORKDIR_PREFIX}*-*"):
+    for workdir in base.glob(f"{_WORKDIR_PREFIX}*-*"):
         pid_text = workdir.name[len(_WORKDIR_PREFIX):].split("-", 1)[0]
-        if pid_text.isdigit() and not (workdir / _OWNER_FILE).exists() and not _alive(int(pid_text)):
+        if pid_text.isdigit() and not (workdir / _OWNER_FILE).exists() and not procfs.alive(int(pid_text)) \
+                and not workdir.is_symlink():
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _child_setup(parent_pid: int) -> None:  # pragma: no cover - runs in the forked child
+def child_setup(parent_pid: int) -> None:  # pragma: no cover - runs in the forked child
+    """Between fork and exec: die with the parent (``PR_SET_PDEATHSIG``), in a process group of our own."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent_pid:  # the parent died between fork and prctl: nobody would kill us
@@ -126,26 +151,37 @@ class QemuProcess:
         self.workdir = workdir
         self.stderr_path = workdir / "qemu.stderr"
         parent = os.getpid()
-        with open(self.stderr_path, "wb") as stderr:
+        env = {**os.environ, TOKEN_ENV: _TOKEN}
+        try:
+            stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - closed right after the fork
+        except OSError as exc:
+            raise VlabError(f"cannot create QEMU's log file ({exc.strerror})", field="runtime_dir",
+                            value=str(workdir), fix="free space in the runtime directory (VLAB_RUNTIME)") from None
+        with stderr:
             try:
                 self._popen = call_in_loop_thread(lambda: subprocess.Popen(
                     self.argv, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, pass_fds=tuple(pass_fds),
-                    preexec_fn=lambda: _child_setup(parent), close_fds=True,
+                    preexec_fn=lambda: child_setup(parent), close_fds=True, env=env,
                 ))
             except FileNotFoundError:
                 raise VlabError("QEMU is not installed", field="qemu", value=self.argv[0],
                                 fix="apt-get install qemu-system-x86 (or run: vlab doctor)") from None
         self.pid: int = self._popen.pid
-        self._write_owner_file()
+        try:
+            self._write_owner_file()
+        except OSError as exc:
+            # a QEMU without an owner file is one no sweep would ever find: it must not run on
+            self.kill()
+            raise VlabError(f"cannot record the VM's owner ({exc.strerror}); QEMU was stopped",
+                            field="runtime_dir", value=str(workdir),
+                            fix="free space in the runtime directory (VLAB_RUNTIME)") from None
 
     def _write_owner_file(self) -> None:
         info = {
-            "owner": os.getpid(), "owner_start": process_start_time(os.getpid()),
-            "qemu": self.pid, "qemu_start": process_start_time(self.pid),
+            "owner": os.getpid(), "owner_start": procfs.start_time(os.getpid()),
+            "qemu": self.pid, "qemu_start": procfs.start_time(self.pid), "token": _TOKEN,
         }
-        tmp = self.workdir / (_OWNER_FILE + ".tmp")
-        tmp.write_text(json.dumps(info))
-        tmp.rename(self.workdir / _OWNER_FILE)  # the sweeper never sees half a file
+        write_atomic(self.workdir / _OWNER_FILE, json.dumps(info), mode=0o600)  # never half a file
 
     @property
     def returncode(self) -> int | None:

@@ -35,12 +35,14 @@ from typing import Any
 from qemu.qmp import EventListener, ExecuteError, QMPClient
 
 from vlab.errors import VlabError
+from vlab.qemu.fields import check_seconds
 from vlab.qemu.loop import run_async, run_sync
 
-__all__ = ["QMPChannel", "Event", "EventLog", "DEFAULT_QMP_TIMEOUT"]
+__all__ = ["QMPChannel", "Event", "EventLog", "DEFAULT_QMP_TIMEOUT", "EVENT_LIMIT"]
 
 #: Seconds a QMP command may take before vlab stops waiting (migration and snapshots poll instead).
 DEFAULT_QMP_TIMEOUT = 30.0
+_MAX_MESSAGE = 64 * 1024 * 1024  # one QMP line; the largest real replies (block node lists) are far smaller
 
 
 @dataclass(frozen=True)
@@ -52,10 +54,18 @@ class Event:
     timestamp: float = 0.0
 
 
-class EventLog:
-    """Thread-safe, bounded record of a VM's QMP events, oldest first."""
+#: Events a VM keeps (older ones are dropped and counted: a guest can emit events without end).
+EVENT_LIMIT = 2000
 
-    def __init__(self, limit: int = 10_000) -> None:
+
+class EventLog:
+    """Thread-safe, bounded record of a VM's QMP events, oldest first.
+
+    Keeps the last ``limit`` events; :attr:`dropped` counts the older ones let go. Cursors (:attr:`count`)
+    keep counting across drops, so a reader that falls behind sees a gap, never a repeat.
+    """
+
+    def __init__(self, limit: int = EVENT_LIMIT) -> None:
         self._events: list[Event] = []
         self._dropped = 0
         self._limit = limit
@@ -64,11 +74,17 @@ class EventLog:
     def add(self, event: Event) -> None:
         with self._changed:
             self._events.append(event)
-            if len(self._events) > self._limit:
+            if len(self._events) > self._limit + self._limit // 4:  # drop in batches: amortised O(1)
                 drop = len(self._events) - self._limit
                 del self._events[:drop]
                 self._dropped += drop
             self._changed.notify_all()
+
+    @property
+    def dropped(self) -> int:
+        """How many of the oldest events were let go to keep the log bounded."""
+        with self._changed:
+            return self._dropped + max(0, len(self._events) - self._limit)
 
     @property
     def count(self) -> int:
@@ -77,9 +93,11 @@ class EventLog:
             return self._dropped + len(self._events)
 
     def since(self, cursor: int = 0) -> list[Event]:
-        """Events that arrived after ``cursor`` (see :attr:`count`)."""
+        """Events that arrived after ``cursor`` (see :attr:`count`), at most the last ``limit``."""
         with self._changed:
-            return list(self._events[max(0, cursor - self._dropped):])
+            kept = self._events[-self._limit:]
+            first = self._dropped + len(self._events) - len(kept)
+            return list(kept[max(0, cursor - first):])
 
     def wait_new(self, cursor: int, timeout: float) -> bool:
         """Wait up to ``timeout`` s for an event after ``cursor``; True if there is one."""
@@ -109,19 +127,32 @@ class EventLog:
                 self._changed.wait(remaining)
 
 
-class _RecordingListener(EventListener):  # type: ignore[misc]
-    """Hands every event to the log instead of queueing it for an ``async for`` consumer."""
+class _RecordingListener(EventListener):
+    """Hands every event to the log (and the hook) instead of queueing it for an ``async for`` consumer."""
 
-    def __init__(self, log: EventLog) -> None:
+    def __init__(self, log: EventLog, hook: Callable[[Event], None] | None) -> None:
         super().__init__()
         self._log = log
+        self._hook = hook
 
     async def put(self, event: Mapping[str, Any]) -> None:
-        self._log.add(Event(str(event["event"]), dict(event.get("data", {})), _timestamp(event)))
+        try:
+            recorded = Event(str(event["event"]), dict(event.get("data") or {}), _timestamp(event))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return  # a malformed event must not stop the reader
+        if self._hook is not None:
+            self._hook(recorded)
+        self._log.add(recorded)
+
+
+def _no_event(_event: Mapping[str, Any]) -> bool:
+    return False
 
 
 def _timestamp(event: Mapping[str, Any]) -> float:
-    stamp = event.get("timestamp", {})
+    stamp = event.get("timestamp")
+    if not isinstance(stamp, Mapping):
+        return 0.0
     return float(stamp.get("seconds", 0)) + float(stamp.get("microseconds", 0)) / 1e6
 
 
@@ -132,10 +163,12 @@ class QMPChannel:
     :param describe_failure: returns why the connection may have dropped (QEMU's exit status and stderr).
     """
 
-    def __init__(self, name: str, describe_failure: Callable[[], str]) -> None:
+    def __init__(self, name: str, describe_failure: Callable[[], str],
+                 on_event: Callable[[Event], None] | None = None) -> None:
         self.name = name
         self.events = EventLog()
         self._describe_failure = describe_failure
+        self._on_event = on_event
         self._client: QMPClient | None = None
         self._sync: _SyncMonitor | None = None
 
@@ -147,7 +180,10 @@ class QMPChannel:
 
     async def _connect(self, sock: socket.socket) -> None:
         client = QMPClient(self.name)
-        client.register_listener(_RecordingListener(self.events))
+        # qemu.qmp's default listener queues every event for an `async for` nobody runs (it cannot be
+        # removed): 40,000 events grew memory by 41 MiB. Let it accept none; ours records into the bounded log.
+        client.events.event_filter = _no_event
+        client.register_listener(_RecordingListener(self.events, self._on_event))
         try:
             await client.connect(sock)
         except Exception as exc:
@@ -164,6 +200,8 @@ class QMPChannel:
 
         :raises VlabError: if QEMU refuses it, dies, or does not answer within ``timeout``.
         """
+        timeout = check_seconds("timeout", timeout)
+        deadline = time.monotonic() + timeout
         sync = self._sync
         if sync is None:
             raise VlabError("QMP is not connected", field=command, fix="start the VM first: vm.start()")
@@ -171,13 +209,21 @@ class QMPChannel:
         if seen:
             # events QEMU emitted before this reply: make them visible in the log before returning, so
             # `vm.pause(); vm.events()` shows the STOP (the recording client reads another socket)
-            self.events.wait_contains(seen, 1.0)
+            self.events.wait_contains(seen, min(1.0, max(0.0, deadline - time.monotonic())))
         return result
 
     async def aexecute(self, command: str, args: Mapping[str, Any] | None = None,
                        timeout: float = DEFAULT_QMP_TIMEOUT) -> Any:
-        """:meth:`execute` for ``await`` from any event loop (runs on the ``qemu.qmp`` client)."""
-        return await run_async(asyncio.wait_for(self._execute(command, args), timeout))
+        """:meth:`execute` for ``await`` from any event loop (runs on the ``qemu.qmp`` client).
+
+        :raises VlabError: as :meth:`execute`, including on timeout (never a bare ``TimeoutError``).
+        """
+        timeout = check_seconds("timeout", timeout)
+        try:
+            return await run_async(asyncio.wait_for(self._execute(command, args), timeout))
+        except TimeoutError:  # asyncio.TimeoutError is TimeoutError since Python 3.11
+            raise VlabError(f"QEMU did not answer within {timeout:g} s", field=command, value=timeout,
+                            fix="QEMU is stuck or very busy; check vm.console.tail(), or stop the VM") from None
 
     async def _execute(self, command: str, args: Mapping[str, Any] | None) -> Any:
         client = self._client
@@ -235,7 +281,7 @@ class _SyncMonitor:
             self._sock.settimeout(timeout)
             try:
                 self._readline()
-            except (OSError, EOFError) as exc:
+            except (OSError, EOFError, ValueError) as exc:
                 raise self._failure("QMP greeting", {}, exc) from None
         self.execute("qmp_capabilities", None, timeout)
 
@@ -246,15 +292,21 @@ class _SyncMonitor:
         seen: list[tuple[str, float]] = []
         if args:
             message["arguments"] = dict(args)
+        try:
+            data = json.dumps(message).encode() + b"\n"
+        except (TypeError, ValueError) as exc:
+            raise VlabError(f"the arguments cannot be sent as JSON ({exc})", field=command,
+                            value=repr(args)[:80], fix="pass str, int, float, bool, None, lists and dicts") from None
+        deadline = time.monotonic() + timeout
         if not self._lock.acquire(timeout=timeout):  # another thread's command is still waiting for QEMU
-            raise VlabError(f"QEMU did not answer within {timeout} s (another command was still pending)",
+            raise VlabError(f"QEMU did not answer within {timeout:g} s (another command was still pending)",
                             field=command, value=timeout, fix="QEMU is stuck or very busy; stop the VM")
         try:
-            self._sock.settimeout(timeout)
-            self._sock.sendall(json.dumps(message).encode() + b"\n")
-            reply = self._read_reply(message["id"], time.monotonic() + timeout, seen)
+            self._sock.settimeout(max(0.001, deadline - time.monotonic()))
+            self._sock.sendall(data)
+            reply = self._read_reply(message["id"], deadline, seen)
         except TimeoutError:
-            raise VlabError(f"QEMU did not answer within {timeout} s", field=command, value=timeout,
+            raise VlabError(f"QEMU did not answer within {timeout:g} s", field=command, value=timeout,
                             fix="QEMU is stuck or very busy; check vm.console.tail(), or stop the VM") from None
         except (OSError, EOFError, ValueError) as exc:
             raise self._failure(command, args or {}, exc) from None
@@ -269,8 +321,13 @@ class _SyncMonitor:
 
     def _read_reply(self, wanted: int, deadline: float, seen: list[tuple[str, float]]) -> dict[str, Any]:
         while True:
-            self._sock.settimeout(max(0.001, deadline - time.monotonic()))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            self._sock.settimeout(remaining)
             message = json.loads(self._readline())
+            if not isinstance(message, dict):
+                raise ValueError(f"QEMU sent a QMP message that is not an object: {str(message)[:80]}")
             if message.get("id") == wanted:
                 return dict(message)
             if "event" in message:
@@ -283,6 +340,9 @@ class _SyncMonitor:
             if not chunk:
                 raise EOFError("QEMU closed the monitor")
             self._buffer += chunk
+            if len(self._buffer) > _MAX_MESSAGE:
+                self._buffer.clear()
+                raise ValueError(f"QEMU sent a QMP message longer than {_MAX_MESSAGE} bytes")
         line = bytes(self._buffer[: end + 1])
         del self._buffer[: end + 1]
         return line

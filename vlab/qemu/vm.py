@@ -46,6 +46,8 @@ from vlab.qemu import disks, network
 from vlab.qemu.accel import AccelChoice, choose_accel
 from vlab.qemu.config import READY_MARKER, LaunchIO, VMConfig, parse_size_mib
 from vlab.qemu.console import Console, ConsoleClosed
+from vlab.qemu.fields import check_bool, check_int, check_seconds, check_text, check_token, shown
+from vlab.qemu.guest_files import verify_guest_file
 from vlab.qemu.metrics import HostSample, process_rss_bytes, sample
 from vlab.qemu.migration import MigrationResult, run_migration, set_parameters
 from vlab.qemu.process import QemuProcess, make_workdir, sweep_orphans
@@ -122,6 +124,9 @@ class VM:
     def __init__(self, config: VMConfig | None = None, **overrides: Any) -> None:
         if config is None:
             config = VMConfig(**overrides)
+        elif not isinstance(config, VMConfig):
+            raise VlabError(f"must be a VMConfig, not {type(config).__name__}", field="config",
+                            value=shown(config), fix="vlab.VM(vlab.qemu.VMConfig(...)) or vlab.VM(mem='512M')")
         elif overrides:
             config = config.replace(**overrides)
         self.config = config
@@ -129,9 +134,13 @@ class VM:
         self._state_lock = threading.RLock()
         self._process: QemuProcess | None = None
         self._console: Console | None = None
-        self._qmp = QMPChannel(config.name, self._describe_failure)
+        self._qmp = QMPChannel(config.name, lambda: self._describe_failure(wait=2.0), self._on_event)
+        self._qemu_stopped = False  # QEMU's vCPUs are stopped (STOP event seen, no RESUME since)
+        self._stop_reason: str | None = None
         self._accel: AccelChoice | None = None
         self._bridges: list[str] = []
+        self._macs: list[str] = []
+        self._inherit_macs: list[str] = []  # a migration destination takes over its source's MACs
         self._vmstate_ready = False
         self._qmp_sock: socket.socket | None = None
         self._qmp_sync_sock: socket.socket | None = None
@@ -161,6 +170,33 @@ class VM:
                 self.stopped_by = "exited"
                 self._release()
                 self._state = VMState.STOPPED if process.returncode == 0 else VMState.FAILED
+            elif self._state in (VMState.RUNNING, VMState.PAUSED):
+                # QEMU can stop the vCPUs by itself (a guest I/O error with on_error="stop"), or be told to
+                # through vm.qmp("stop"/"cont"): its events say which
+                self._state = VMState.PAUSED if self._qemu_stopped else VMState.RUNNING
+
+    def _on_event(self, event: Event) -> None:
+        """Track QEMU's run state from its events (called on the loop thread for every event)."""
+        if event.name == "STOP":
+            self._qemu_stopped = True
+            if self._stop_reason is None:
+                self._stop_reason = "QEMU stopped the vCPUs (QMP stop)"
+        elif event.name == "RESUME":
+            self._qemu_stopped = False
+            self._stop_reason = None
+        elif event.name == "BLOCK_IO_ERROR" and event.data.get("action") == "stop":
+            device = event.data.get("node-name") or event.data.get("device") or "a disk"
+            self._stop_reason = (f"I/O error on {device}: the guest's {event.data.get('operation', 'access')} "
+                                 f"failed on the host ({event.data.get('reason', 'unknown reason')})")
+
+    @property
+    def pause_reason(self) -> str | None:
+        """Why the VM is paused (``vm.pause()``, an I/O error on a disk, a migration…); None if it is not."""
+        return self._stop_reason if self.state is VMState.PAUSED else None
+
+    def _console_blocked(self) -> str | None:
+        """For the console: why the guest cannot run commands now (lock-free: read from the event flags)."""
+        return (self._stop_reason or "paused") if self._qemu_stopped else None
 
     def _require(self, operation: str, *allowed: VMState) -> None:
         state = self.state
@@ -170,12 +206,13 @@ class VM:
                    }.get(state)
             raise StateError(operation, state.value, [s.value for s in allowed], fix=fix)
 
-    def _describe_failure(self) -> str:
+    def _describe_failure(self, wait: float = 0.0) -> str:
+        """QEMU's exit status and stderr tail; ``wait``: how long to let a dying QEMU finish exiting."""
         process = self._process
         if process is None:
             return "QEMU was not started"
-        if self._console is not None and self._console.closed:
-            process.wait(2.0)  # QEMU closes the console just before it exits: get its real exit status
+        if wait or (self._console is not None and self._console.closed):
+            process.wait(wait or 2.0)  # QEMU closes its sockets just before it exits: get its real exit status
         return process.describe_exit()
 
     @property
@@ -215,6 +252,10 @@ class VM:
         :param progress: show the boot's steps (a bar in a notebook or terminal, a line per step in logs).
         :raises VlabError: with the console tail and QEMU's stderr if the guest never becomes ready.
         """
+        timeout = check_seconds("timeout", timeout)
+        retries = check_int("retries", retries, 0, 10)
+        check_bool("wait_ready", wait_ready)
+        check_bool("progress", progress)
         self._require("start", VMState.CREATED)
         report = steps(2, f"booting {self.config.name}") if progress else None
         with report or contextlib.nullcontext():
@@ -233,11 +274,12 @@ class VM:
         """One attempt: spawn, connect, wait for ready. Leaves nothing behind if it fails."""
         with self._state_lock:
             self._state = VMState.STARTING
+            self._qemu_stopped, self._stop_reason = False, None
         launched = time.monotonic()
         try:
             if report is not None:
                 report(f"launching QEMU ({self.accel.kind}), attempt {self.boot_attempts}")
-            self._spawn(incoming)
+            self._spawn(incoming, min(10.0, timeout))
             if not incoming and wait_ready:
                 if report is not None:
                     report("waiting for the guest's ready line")
@@ -253,7 +295,10 @@ class VM:
             self._state = VMState.STARTING if incoming else VMState.RUNNING
         _live_vms.add(self)
 
-    def _spawn(self, incoming: bool) -> None:
+    def _spawn(self, incoming: bool, connect_timeout: float) -> None:
+        assert self.config.kernel is not None and self.config.initrd is not None
+        verify_guest_file("kernel", self.config.kernel)
+        verify_guest_file("initrd", self.config.initrd)
         sweep_orphans()
         network.sweep_orphan_namespaces()
         kind = self.accel.kind
@@ -273,7 +318,7 @@ class VM:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         assert self._qmp_sock is not None and self._qmp_sync_sock is not None
-        self._qmp.connect(self._qmp_sock, self._qmp_sync_sock, timeout=10.0)
+        self._qmp.connect(self._qmp_sock, self._qmp_sync_sock, timeout=connect_timeout)
 
     def _prepare_io(self, workdir: Path, keep: list[int], incoming: str | None) -> LaunchIO:
         qmp_ours, qmp_theirs = socket.socketpair()
@@ -281,8 +326,9 @@ class VM:
         console_ours, console_theirs = socket.socketpair()
         keep += [qmp_theirs.detach(), console_theirs.detach(), sync_theirs.detach()]
         self._qmp_sock, self._qmp_sync_sock = qmp_ours, sync_ours
-        self._console = Console(console_ours, self._describe_failure)
+        self._console = Console(console_ours, self._describe_failure, self._console_blocked)
         disk_paths, secret_files = self._prepare_disks(workdir)
+        self._macs = network.claim_macs(self.config, self._inherit_macs)
         nic_fds: list[int | None] = []
         for nic in self.config.nics:
             if nic.mode == "bridge" and nic.bridge:
@@ -292,7 +338,8 @@ class VM:
                 nic_fds.append(tap.fd)
             else:
                 nic_fds.append(None)
-        return LaunchIO(keep[0], keep[1], disk_paths, secret_files, nic_fds, incoming, qmp_sync_fd=keep[2])
+        return LaunchIO(keep[0], keep[1], disk_paths, secret_files, nic_fds, incoming, qmp_sync_fd=keep[2],
+                        macs=tuple(self._macs))
 
     def _prepare_disks(self, workdir: Path) -> tuple[list[Path], list[Path | None]]:
         paths: list[Path] = []
@@ -338,6 +385,8 @@ class VM:
         :param graceful: try ACPI powerdown first (skipped when the guest is paused or still booting).
         :returns: the step that made QEMU exit (also in :attr:`stopped_by`); ``"not running"`` if it wasn't.
         """
+        timeout = check_seconds("timeout", timeout, high=600.0)
+        check_bool("graceful", graceful)
         with self._state_lock:
             state = self.state
             if state not in _ACTIVE:
@@ -386,6 +435,8 @@ class VM:
         for bridge in self._bridges:
             network.release_bridge(bridge)
         self._bridges = []
+        network.release_macs(self._macs)
+        self._macs = []
         self._vmstate_ready = False
         _live_vms.discard(self)
 
@@ -416,46 +467,59 @@ class VM:
 
         :raises VlabError: if QEMU refuses the command (with its reason), dies, or does not answer in time.
         """
-        self._require(command, *_ACTIVE)
-        return self._qmp.execute(command, {**(arguments or {}), **_qmp_args(args)}, timeout)
+        check_seconds("timeout", timeout)
+        arguments = _qmp_arguments(arguments, args)
+        self._require(_checked_command(command), *_ACTIVE)
+        return self._qmp.execute(command, arguments, timeout)
 
     async def aqmp(self, command: str, arguments: Mapping[str, Any] | None = None, *,
                    timeout: float = DEFAULT_QMP_TIMEOUT, **args: Any) -> Any:
         """``await vm.aqmp("query-status")``: :meth:`qmp` for async code (any event loop, e.g. Jupyter's)."""
-        self._require(command, *_ACTIVE)
-        return await self._qmp.aexecute(command, {**(arguments or {}), **_qmp_args(args)}, timeout)
+        check_seconds("timeout", timeout)
+        arguments = _qmp_arguments(arguments, args)
+        self._require(_checked_command(command), *_ACTIVE)
+        return await self._qmp.aexecute(command, arguments, timeout)
 
     def _execute(self, command: str, args: Mapping[str, Any] | None = None) -> Any:
         return self._qmp.execute(command, args)
 
-    def status(self) -> str:
-        """QEMU's run state: ``running``, ``paused``, ``inmigrate``, ``postmigrate``, ``shutdown``…"""
+    def status(self, *, timeout: float = DEFAULT_QMP_TIMEOUT) -> str:
+        """QEMU's run state: ``running``, ``paused``, ``io-error``, ``inmigrate``, ``postmigrate``…"""
+        check_seconds("timeout", timeout)
         self._require("status", *_ACTIVE)
-        return str(self._qmp.execute("query-status")["status"])
+        return str(self._qmp.execute("query-status", None, timeout)["status"])
 
-    def pause(self) -> None:
+    def pause(self, *, timeout: float = DEFAULT_QMP_TIMEOUT) -> None:
         """Stop the vCPUs (QMP ``stop``); the guest's clock and devices freeze."""
+        check_seconds("timeout", timeout)
         self._require("pause", VMState.RUNNING)
-        self._qmp.execute("stop")
+        self._stop_reason = "paused by vm.pause()"
+        self._qmp.execute("stop", None, timeout)
+        self._qemu_stopped = True
         self._state = VMState.PAUSED
 
-    def resume(self) -> None:
+    def resume(self, *, timeout: float = DEFAULT_QMP_TIMEOUT) -> None:
         """Run the vCPUs again (QMP ``cont``)."""
+        check_seconds("timeout", timeout)
         self._require("resume", VMState.PAUSED)
-        self._qmp.execute("cont")
+        self._qmp.execute("cont", None, timeout)
+        self._qemu_stopped, self._stop_reason = False, None
         self._state = VMState.RUNNING
 
-    def vcpus(self) -> list[VCpu]:
+    def vcpus(self, *, timeout: float = DEFAULT_QMP_TIMEOUT) -> list[VCpu]:
         """The vCPUs with the host thread that runs each (``query-cpus-fast``)."""
+        check_seconds("timeout", timeout)
         self._require("vcpus", *_ACTIVE)
         return [VCpu(int(c["cpu-index"]), int(c["thread-id"]), str(c["qom-path"]), str(c.get("target", "")))
-                for c in self._qmp.execute("query-cpus-fast")]
+                for c in self._qmp.execute("query-cpus-fast", None, timeout)]
 
-    def memory(self) -> MemoryInfo:
+    def memory(self, *, timeout: float = DEFAULT_QMP_TIMEOUT) -> MemoryInfo:
         """Configured RAM, the balloon's current size and QEMU's RSS on the host."""
+        budget = _Budget("memory", timeout)
         self._require("memory", *_ACTIVE)
-        configured = int(self._qmp.execute("query-memory-size-summary")["base-memory"])
-        actual = int(self._qmp.execute("query-balloon")["actual"]) if self.config.balloon else None
+        configured = int(self._qmp.execute("query-memory-size-summary", None, budget.left())["base-memory"])
+        actual = int(self._qmp.execute("query-balloon", None, budget.left())["actual"]) \
+            if self.config.balloon else None
         assert self.pid is not None
         return MemoryInfo(configured, actual, process_rss_bytes(self.pid))
 
@@ -463,37 +527,45 @@ class VM:
         """Inflate or deflate the balloon so the guest keeps ``target`` memory (MiB, or ``"128M"``).
 
         :param wait: poll until the guest's balloon driver has reached the target (or stops moving).
+        :param timeout: seconds for the whole call (QMP commands and the wait).
         :returns: the memory the guest now has, in MiB.
         """
+        check_bool("wait", wait)
+        budget = _Budget("balloon", timeout)
+        if isinstance(target, bool) or not isinstance(target, (int, str)):
+            raise VlabError(f"must be MiB or a size such as '128M', not {type(target).__name__}",
+                            field="balloon target", value=shown(target), fix='vm.balloon("128M")')
+        mib = parse_size_mib(target, field_name="balloon target")
+        if mib > self.config.mem:
+            raise VlabError(f"cannot exceed the VM's memory ({self.config.mem} MiB)", field="balloon target",
+                            value=shown(target), fix=f"a target between 32 and {self.config.mem}")
         self._require("balloon", VMState.RUNNING)
         if not self.config.balloon:
             raise VlabError("this VM has no balloon device", field="balloon", value=False,
                             fix="VMConfig(balloon=True)")
-        mib = parse_size_mib(target, field_name="balloon target")
-        if mib > self.config.mem:
-            raise VlabError(f"cannot exceed the VM's memory ({self.config.mem} MiB)", field="balloon target",
-                            value=target, fix=f"a target between 32 and {self.config.mem}")
-        self._qmp.execute("balloon", {"value": mib * _MIB})
-        return self._wait_balloon(mib, timeout) if wait else mib
+        self._qmp.execute("balloon", {"value": mib * _MIB}, budget.left())
+        return self._wait_balloon(mib, budget) if wait else mib
 
-    def _wait_balloon(self, mib: int, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
+    def _wait_balloon(self, mib: int, budget: _Budget) -> int:
         last, stable_since = -1, time.monotonic()
         while True:
-            actual = int(self._qmp.execute("query-balloon")["actual"]) // _MIB
+            if budget.end - time.monotonic() <= 0.05 and last >= 0:
+                return last  # the time is up: what the guest gave so far
+            actual = int(self._qmp.execute("query-balloon", None, budget.left())["actual"]) // _MIB
             if actual == mib:
                 return actual
             if actual != last:
                 last, stable_since = actual, time.monotonic()
-            elif time.monotonic() - stable_since > 1.0 or time.monotonic() > deadline:
+            elif time.monotonic() - stable_since > 1.0:
                 return actual  # the guest gave what it could
             time.sleep(0.02)
 
-    def host_sample(self) -> HostSample:
+    def host_sample(self, *, timeout: float = DEFAULT_QMP_TIMEOUT) -> HostSample:
         """Host-side view now: QEMU's RSS and the CPU seconds each vCPU thread has used."""
+        check_seconds("timeout", timeout)
         self._require("host_sample", *_ACTIVE)
         assert self.pid is not None
-        return sample(self.pid, {cpu.index: cpu.thread_id for cpu in self.vcpus()})
+        return sample(self.pid, {cpu.index: cpu.thread_id for cpu in self.vcpus(timeout=timeout)})
 
     # -- what a dashboard reads (vlab.dashboards.ControllableVM) --------------------------------------
 
@@ -512,13 +584,21 @@ class VM:
 
     def console_tail(self, lines: int = 20) -> str:
         """The last ``lines`` lines of guest output, without vlab's command framing."""
-        return self.console.tail(lines)
+        return self.console.tail(check_int("lines", lines, 1, 100_000))
 
     # -- events ---------------------------------------------------------------------------------------
 
     def events(self, since: int = 0) -> list[Event]:
-        """QMP events received so far (oldest first), or those after cursor ``since`` (see :meth:`event_cursor`)."""
-        return self._qmp.events.since(since)
+        """QMP events received so far (oldest first, the last 2000), or those after cursor ``since``.
+
+        See :meth:`event_cursor`; :attr:`events_dropped` counts older events let go.
+        """
+        return self._qmp.events.since(check_int("since", since, 0, 1 << 62))
+
+    @property
+    def events_dropped(self) -> int:
+        """How many of the oldest QMP events were let go to keep the event log bounded."""
+        return self._qmp.events.dropped
 
     def event_cursor(self) -> int:
         """A cursor: pass it to :meth:`events` or :meth:`wait_event` to see only later events."""
@@ -529,7 +609,9 @@ class VM:
 
         :raises VlabError: if none arrives within ``timeout`` s.
         """
-        event = self._qmp.events.wait_for(name, timeout, since)
+        check_text("event", name, max_len=128, fix='vm.wait_event("BALLOON_CHANGE")', allow_space=False)
+        timeout = check_seconds("timeout", timeout)
+        event = self._qmp.events.wait_for(name, timeout, check_int("since", since, 0, 1 << 62))
         if event is None:
             raise VlabError(f"no {name} event within {timeout} s", field="event", value=name,
                             fix="check the event name in QEMU's QMP reference, or wait longer")
@@ -537,6 +619,7 @@ class VM:
 
     def iter_events(self, timeout: float = 1.0) -> Iterator[Event]:
         """Yield events as they arrive until none comes for ``timeout`` s."""
+        timeout = check_seconds("timeout", timeout)
         cursor = self.event_cursor()
         while self._qmp.events.wait_new(cursor, timeout):
             for event in self.events(cursor):
@@ -550,33 +633,42 @@ class VM:
 
         Without qcow2 disks vlab adds a small qcow2 node just to hold the VM state.
 
+        :param timeout: seconds for the whole call.
         :returns: seconds the save took.
         """
+        budget = _Budget("snapshot_save", timeout)
+        _checked_tag(tag)
         self._require("snapshot_save", VMState.RUNNING, VMState.PAUSED)
-        self._ensure_vmstate_node()
-        return self._snapshot_job("snapshot-save", tag, timeout)
+        self._ensure_vmstate_node(budget)
+        return self._snapshot_job("snapshot-save", _checked_tag(tag), budget)
 
     def snapshot_load(self, tag: str, timeout: float = 60.0) -> float:
         """Return the VM to snapshot ``tag`` (the guest continues from that moment). Returns seconds taken."""
+        budget = _Budget("snapshot_load", timeout)
+        _checked_tag(tag)
         self._require("snapshot_load", VMState.RUNNING, VMState.PAUSED)
-        self._ensure_vmstate_node()
-        if tag not in self.snapshots():
-            raise VlabError("no snapshot with this tag", field="snapshot", value=tag,
-                            fix=f"one of {self.snapshots()} (vm.snapshot_save(tag) first)")
-        return self._snapshot_job("snapshot-load", tag, timeout)
+        self._ensure_vmstate_node(budget)
+        existing = self.snapshots(timeout=budget.left())
+        if tag not in existing:
+            raise VlabError("no snapshot with this tag", field="snapshot", value=shown(tag),
+                            fix=f"one of {existing} (vm.snapshot_save(tag) first)")
+        return self._snapshot_job("snapshot-load", tag, budget)
 
     def snapshot_delete(self, tag: str, timeout: float = 60.0) -> float:
         """Delete snapshot ``tag``. Returns seconds taken."""
+        budget = _Budget("snapshot_delete", timeout)
+        _checked_tag(tag)
         self._require("snapshot_delete", VMState.RUNNING, VMState.PAUSED)
-        self._ensure_vmstate_node()
-        return self._snapshot_job("snapshot-delete", tag, timeout)
+        self._ensure_vmstate_node(budget)
+        return self._snapshot_job("snapshot-delete", _checked_tag(tag), budget)
 
-    def snapshots(self) -> list[str]:
+    def snapshots(self, *, timeout: float = DEFAULT_QMP_TIMEOUT) -> list[str]:
         """Tags of the VM's snapshots."""
+        check_seconds("timeout", timeout)
         self._require("snapshots", *_ACTIVE)
         if not self._vmstate_ready:
             return []
-        for node in self._qmp.execute("query-named-block-nodes"):
+        for node in self._qmp.execute("query-named-block-nodes", None, timeout):
             if node.get("node-name") == _VMSTATE_NODE:
                 return [snap["name"] for snap in node.get("image", {}).get("snapshots", [])]
         return []
@@ -585,39 +677,34 @@ class VM:
         return [_VMSTATE_NODE] + [f"disk{i}" for i, d in enumerate(self.config.disks)
                                   if not d.readonly and (d.overlay or d.format == "qcow2")]
 
-    def _ensure_vmstate_node(self) -> None:
+    def _ensure_vmstate_node(self, budget: _Budget) -> None:
         if self._vmstate_ready:
             return
         assert self.workdir is not None
-        path = disks.create_image(self.workdir / "vmstate.qcow2", f"{max(64, self.config.mem * 2)}M")
+        path = disks.create_image(self.workdir / "vmstate.qcow2", f"{max(64, self.config.mem * 2)}M",
+                                  timeout=budget.left())
         self._qmp.execute("blockdev-add", {"driver": "qcow2", "node-name": _VMSTATE_NODE,
-                                           "file": {"driver": "file", "filename": str(path)}})
+                                           "file": {"driver": "file", "filename": str(path)}}, budget.left())
         self._vmstate_ready = True
 
-    def _snapshot_job(self, command: str, tag: str, timeout: float) -> float:
+    def _snapshot_job(self, command: str, tag: str, budget: _Budget) -> float:
         job = f"{command}-{time.monotonic_ns()}"
         nodes = self._snapshot_nodes()
         args: dict[str, Any] = {"job-id": job, "tag": tag, "devices": nodes}
         if command != "snapshot-delete":
             args["vmstate"] = _VMSTATE_NODE
         started = time.monotonic()
-        was = self.status()
-        self._qmp.execute(command, args)
-        deadline = started + timeout
+        self._qmp.execute(command, args, budget.left())
         while True:
-            info = next((j for j in self._qmp.execute("query-jobs") if j["id"] == job), None)
+            info = next((j for j in self._qmp.execute("query-jobs", None, budget.left()) if j["id"] == job), None)
             if info is None or info["status"] == "concluded":
                 break
-            if time.monotonic() > deadline:
-                raise VlabError(f"{command} did not finish within {timeout} s", field="snapshot", value=tag,
-                                fix="retry with a longer timeout")
+            budget.left()  # raises once the time is up
             time.sleep(0.01)
-        self._qmp.execute("job-dismiss", {"id": job})
+        self._qmp.execute("job-dismiss", {"id": job}, budget.left())
         if info is not None and info.get("error"):
-            raise VlabError(f"{command} failed: {info['error']}", field="snapshot", value=tag,
+            raise VlabError(f"{command} failed: {info['error']}", field="snapshot", value=shown(tag),
                             fix="check the tag and that the VM's disks are qcow2")
-        self._state = VMState.RUNNING if self.status() == "running" else (
-            VMState.PAUSED if was != "running" else self._state)
         return time.monotonic() - started
 
     # -- migration ------------------------------------------------------------------------------------
@@ -641,19 +728,41 @@ class VM:
         :raises MigrationTimeout: if it did not complete within ``timeout`` s (it is cancelled; the source runs on).
         :raises VlabError: if the configs differ, the VMs are in the wrong states, or the migration fails.
         """
+        budget = _Budget("migrate_to", timeout)
+        if not isinstance(other, VM):
+            raise VlabError(f"must be a new vlab.VM, not {type(other).__name__}", field="other", value=shown(other),
+                            fix="vm.migrate_to(vlab.VM(vm.config))")
+        if other is self:
+            raise VlabError("a VM cannot migrate into itself", field="other", value=repr(other),
+                            fix="vm.migrate_to(vlab.VM(vm.config))")
+        if downtime_limit_ms is not None:
+            check_int("downtime_limit_ms", downtime_limit_ms, 1, 2_000_000)
+        if bandwidth is not None:
+            check_int("bandwidth", bandwidth, 1, 1 << 40)
+        check_bool("progress", progress)
         self._require("migrate_to", VMState.RUNNING, VMState.PAUSED)
         other._require("be a migration destination", VMState.CREATED)
         self._check_migratable(other)
-        uri = other._start_incoming()
+        uri = other._start_incoming(self._macs, min(30.0, budget.left()))
+
+        def source(command: str, args: Mapping[str, Any] | None = None) -> Any:
+            # the cancel after a timeout gets a short grace of its own, so the source is not left migrating
+            return self._qmp.execute(command, args, 2.0 if command == "migrate_cancel" else budget.left())
+
+        def destination(command: str, args: Mapping[str, Any] | None = None) -> Any:
+            return other._qmp.execute(command, args, budget.left())
+
         try:
-            params = set_parameters(self._execute, downtime_limit_ms, bandwidth)
+            params = set_parameters(source, downtime_limit_ms, bandwidth)
             with steps(None, f"migrating {self.config.name}") if progress else contextlib.nullcontext() as report:
-                result = run_migration(self._execute, other._execute, uri, params, timeout,
+                result = run_migration(source, destination, uri, params, max(0.001, budget.end - time.monotonic()),
                                        on_poll=_round_reporter(report) if report is not None else None)
+            other._state = VMState.RUNNING if other.status(timeout=budget.left()) == "running" else VMState.PAUSED
         except BaseException:
             other.kill()
             raise
-        other._state = VMState.RUNNING if other.status() == "running" else VMState.PAUSED
+        self._stop_reason = f"migrated to another VM (postmigrate): {other!r} runs the guest now"
+        self._qemu_stopped = True
         self._state = VMState.PAUSED
         return result
 
@@ -668,14 +777,47 @@ class VM:
             raise VlabError("migration supports guests without disks and with the same NICs", field="disks",
                             value=len(mine.disks), fix="migrate a diskless guest (the default VMConfig())")
 
-    def _start_incoming(self) -> str:
-        """Launch as a migration destination; returns the URI QEMU listens on."""
-        self._launch(incoming=True, timeout=30.0)
+    def _start_incoming(self, macs: list[str], timeout: float) -> str:
+        """Launch as a migration destination (with the source's MACs); returns the URI QEMU listens on."""
+        self._inherit_macs = list(macs)
+        self._launch(incoming=True, timeout=timeout)
         return self._incoming_uri
 
 
-def _qmp_args(args: Mapping[str, Any]) -> dict[str, Any]:
-    return {key.replace("_", "-"): value for key, value in args.items()}
+def _qmp_arguments(arguments: Mapping[str, Any] | None, args: Mapping[str, Any]) -> dict[str, Any]:
+    """``arguments`` verbatim plus keywords with ``_`` read as ``-``."""
+    if arguments is not None and not isinstance(arguments, Mapping):
+        raise VlabError(f"must be a dict of QMP arguments, not {type(arguments).__name__}", field="arguments",
+                        value=shown(arguments), fix='vm.qmp("query-status") or vm.qmp("cmd", {"arg": 1})')
+    return {**(arguments or {}), **{key.replace("_", "-"): value for key, value in args.items()}}
+
+
+def _checked_command(command: Any) -> str:
+    return check_token("command", command, r"[A-Za-z][A-Za-z0-9_-]{0,127}", "a QMP command name",
+                       'vm.qmp("query-status")')
+
+
+def _checked_tag(tag: Any) -> str:
+    """Snapshot tags are stored in qcow2 headers: short printable names."""
+    return check_token("snapshot", tag, r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}",
+                       "1-64 letters, digits or '_.:-' (first a letter or digit)", 'vm.snapshot_save("before")')
+
+
+class _Budget:
+    """The time left for one public call; every QMP command inside it gets only what remains."""
+
+    def __init__(self, what: str, timeout: Any) -> None:
+        self.what = what
+        self.timeout = check_seconds("timeout", timeout)
+        self.end = time.monotonic() + self.timeout
+
+    def left(self) -> float:
+        remaining = self.end - time.monotonic()
+        if remaining <= 0:
+            raise VlabError(f"{self.what} did not finish within {self.timeout:g} s", field=self.what,
+                            value=self.timeout, fix="QEMU is stuck or the work is slow: retry with a longer "
+                                                    "timeout, or stop the VM")
+        return remaining
 
 
 @atexit.register

@@ -13,28 +13,53 @@ non-virtualizable case, :func:`~vlab.toyvmm.nonvirt.x86_popf_at_cpl3`) and #GP t
 context-restore workaround (unicorn #1883) and run at ≈ 22 k/s. RISC-V in Unicorn still has one
 leak, ``rdcycle`` -- lab 02's case for paravirtualization and scan-and-patch (:mod:`.nonvirt`).
 
-**Unicorn quirks handled here** (all measured with Unicorn 2.1.4): in the interrupt hook the PC is
-already past the trapping instruction and no architectural trap entry happened (``sepc``/``scause``
-untouched), so the VMM decodes the instruction itself and performs trap entry in software;
-``emu_stop()`` takes effect at the end of a translation block; returning True from a
-write-protection hook after ``mem_protect`` silently drops the store (unicorn #2368), so write
-protection (copy-on-write) is done with TLB permissions in the TLB-fill hook instead; hooks added
-after code was translated may not fire (unicorn #2200), so all are installed at guest creation;
-``emu_start(timeout=)`` is wall-clock, so slices use ``count=`` (virtual time = instructions);
-Unicorn does not report how far into a ``count`` it got when a hook stops early, so the VMM burns
-the remainder in a VMM-owned loop and reads the exact figure back (:mod:`.machine`).
+**One trap, guest -> handler -> guest, in four hops** (a ``csrw sstatus, a0`` in the guest kernel):
+
+1. :meth:`.engine.Engine._on_interrupt` -- Unicorn reports intno 2 (illegal in real U-mode); the
+   engine fetches the word, decodes it (:func:`.engine.classify`) and makes an :class:`Exit`
+   ``CSR_WRITE`` with the vCPU, PC and decoded instruction.
+2. :meth:`.machine.Machine.dispatch` -- counts and logs the exit, looks up the handler for its
+   reason in ``machine.handlers`` (a lab may have replaced it).
+3. :func:`.handlers.csr_access` -- trap-and-emulate: reads the *virtual* CSR into ``rd`` and
+   writes the new value; what it needs of the VMM it asks through ``exit.vmm``
+   (:class:`.exits.Services`: ``now``, ``request_stop``, ``flush_address_space``...).
+4. :meth:`.vcpu.VCPU.csr_write` -- keeps the writable bits (WARL); if the write enabled a pending
+   interrupt, :meth:`~.vcpu.VCPU.take_interrupt` does the trap entry in software
+   (``sepc``/``scause``/``sstatus``, PC = ``stvec``).
+
+The handler returns, the hook returns, and Unicorn resumes the guest at its PC: past the ``csrw``,
+or at ``stvec``. A page fault takes the same hops from :meth:`.engine.Engine._on_error` (the
+TLB-fill hook asked :meth:`.mmu.MMU.fill`, which refused); a shadow-paging miss is a
+``SHADOW_FILL`` exit the engine dispatches from its TLB-fill hook before asking the MMU again.
+
+**Unicorn quirks** (2.1.4), all in :mod:`.engine`: in the interrupt hook the PC is already past
+the trapping instruction and no trap entry happened; ``emu_stop()`` takes effect only at the end
+of a translation block, and ``count`` does not say how far it got, hence the *sink*; returning
+True from a write-protection hook after ``mem_protect`` drops the store (unicorn #2368), so
+copy-on-write uses TLB permissions; hooks added after translation may not fire (unicorn #2200),
+so all are installed at guest creation; ``emu_start``'s ``until`` would stop a guest running code
+there, so runs end by ``count`` alone; ``rdcycle``/``rdinstret`` run natively in U-mode whatever
+``mcounteren`` says (the leak of :mod:`.nonvirt`).
+
+**Model** (checked against QEMU's riscv64 hart by ``tests/toyvmm/rvtests.py``): an rv64imac hart
+in S-mode with Sv39/Sv48, Sstc (``stimecmp``), supervisor software and timer interrupts, a 16550
+UART at 0x10000000 and hypercalls. The MMU sets the A and D bits in the guest's PTEs itself (as
+QEMU does; no Svade), write-protecting a clean page until its first store. ``sstatus.UXL`` = 2,
+``FS`` = 0 (no F/D). Known difference: ``rdcycle``/``rdinstret`` in U-mode do not trap when
+``scounteren`` forbids them (Unicorn executes them natively; ``rdtime`` is checked).
 
 **Modules, and the concept each teaches.**
 
 =========================  ===========================================================
-:mod:`.machine`            the VMM: hooks turn traps into exits; scheduling loop; virtual time
-:mod:`.exits`              exit reasons, the exit object, the replaceable handler table
+:mod:`.machine`            the VMM: guests, the run loop in virtual time, exit dispatch
+:mod:`.engine`             what exists because the CPU is Unicorn: hooks, fast registers, the sink
+:mod:`.exits`              exit reasons, the exit object, the handler table, the services protocol
 :mod:`.handlers`           trap-and-emulate itself: one default handler per exit reason
-:mod:`.vcpu`               virtual privileged state; trap entry and ``sret`` done in software
+:mod:`.vcpu`               virtual privileged state; trap entry, interrupts and ``sret`` in software
 :mod:`.isa`                decoding the trapping instruction (capstone for display)
 :mod:`.devices`            MMIO device emulation (UART) and paravirtual hypercalls
 :mod:`.memory`             guest-physical memory, isolation check, ballooning, sharing + COW
-:mod:`.mmu`                guest page tables: shadow paging vs nested (2-D) walks
+:mod:`.mmu`                guest page tables: shadow paging vs nested (2-D) walks, A/D bits
 :mod:`.sched`              vCPU scheduling: round-robin, Xen credit, lottery (proportional share)
 :mod:`.trace`              the schedule as data, and its Gantt chart
 :mod:`.nonvirt`            a sensitive-but-unprivileged instruction; paravirt and patching fixes

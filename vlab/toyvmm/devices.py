@@ -73,28 +73,31 @@ def handle_hypercall(exit: Exit) -> None:
     elif number == Hypercall.CONSOLE_WRITE:
         data = guest.memory.read(a0, min(a1, _MAX_WRITE))
         if data is None:
-            guest.machine.record_violation(vcpu, exit.pc, a0, "read", "hypercall buffer outside guest RAM")
+            exit.vmm.record_violation(vcpu, exit.pc, a0, "read", "hypercall buffer outside guest RAM")
             result = -1
         else:
             guest.uart.output += data
             result = len(data)
     elif number == Hypercall.YIELD:
         vcpu.write_reg(_A0, 0)  # before request_stop saves the context, or the guest never sees the result
-        guest.machine.request_stop("yield")
+        exit.vmm.request_stop("yield")
         return
     elif number == Hypercall.SET_TIMER:
         vcpu.csrs[CSR.STIMECMP] = a0
         vcpu.csrs[CSR.SIE] |= SIE_STIE
+        vcpu.write_reg(_A0, 0)
+        vcpu.take_interrupt(exit.vmm.now)  # a deadline in the past fires at once
+        return
     elif number == Hypercall.SHUTDOWN:
         guest.halt(a0)
     elif number == Hypercall.BALLOON_GIVE:
         result = guest.memory.balloon_give(a0, a1)
-        guest.machine.memory_changed(guest)
+        exit.vmm.memory_changed(guest)
     elif number == Hypercall.BALLOON_TAKE:
         result = guest.memory.balloon_take(a0, a1)  # fewer if the host has run out of frames
-        guest.machine.memory_changed(guest)
+        exit.vmm.memory_changed(guest)
     elif number == Hypercall.GET_TIME:
-        result = guest.machine.now
+        result = exit.vmm.now
     else:
         result = -1
     vcpu.write_reg(_A0, result)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from unicorn.riscv_const import UC_RISCV_REG_PC
 
@@ -23,9 +23,11 @@ from vlab.errors import VlabError
 from vlab.toyvmm.isa import Insn, disassemble
 
 if TYPE_CHECKING:
+    from vlab.toyvmm.machine import Guest
+    from vlab.toyvmm.mmu import PagingStats
     from vlab.toyvmm.vcpu import VCPU
 
-__all__ = ["ExitReason", "Exit", "ExitHandler", "ExitRecord", "HandlerTable", "count_names"]
+__all__ = ["ExitReason", "Exit", "ExitHandler", "ExitRecord", "HandlerTable", "Services", "count_names"]
 
 
 class ExitReason(enum.IntEnum):
@@ -45,6 +47,34 @@ class ExitReason(enum.IntEnum):
     ILLEGAL_ACCESS = 11 #: guest-physical address outside the guest's memory: an isolation violation
     ILLEGAL_INSN = 12   #: instruction the guest may not execute: reflected to the guest kernel
     TIMER = 13          #: the VMM injects a virtual timer interrupt
+
+
+class Services(Protocol):
+    """What a handler may ask of the VMM (``exit.vmm``; the :class:`~vlab.toyvmm.machine.Machine`)."""
+
+    @property
+    def now(self) -> int:
+        """Virtual time: instructions executed so far."""
+
+    @property
+    def on_violation(self) -> str:
+        """``"fault"`` or ``"kill"``: what an isolation violation costs the guest."""
+
+    @property
+    def paging_stats(self) -> PagingStats:
+        """The paging counters (shadow walks are counted by the handler that does them)."""
+
+    def request_stop(self, reason: str) -> None:
+        """End the vCPU's chunk and slice now (``yield``, ``blocked``, ``halted``...)."""
+
+    def record_violation(self, vcpu: VCPU, pc: int, addr: int, access: str, what: str) -> None:
+        """Add an entry to the isolation audit trail."""
+
+    def flush_address_space(self, vcpu: VCPU) -> None:
+        """``satp`` write or ``sfence.vma``: drop the shadow table and the TLB."""
+
+    def memory_changed(self, guest: Guest) -> None:
+        """The guest's p2m changed (balloon): no stale translation may stay."""
 
 
 class Exit:
@@ -81,8 +111,15 @@ class Exit:
         """Read on first use (a register read costs as much as the rest of a fast exit)."""
         if self._pc is None:
             past = 0 if self.reason in (ExitReason.MMIO_READ, ExitReason.MMIO_WRITE) else 4
-            self._pc = self.vcpu.regs.read(UC_RISCV_REG_PC) - past  # traps: Unicorn is already past it
+            parked = self.vcpu.parked_pc  # a handler stopped the vCPU: the engine PC is the sink's
+            pc = parked if parked is not None else self.vcpu.regs.read(UC_RISCV_REG_PC)
+            self._pc = pc - past  # traps: Unicorn is already past it
         return self._pc
+
+    @property
+    def vmm(self) -> Services:
+        """The VMM's services for this exit's handler."""
+        return self.vcpu.guest.machine
 
     def __repr__(self) -> str:
         return f"<Exit {self.reason.name} guest={self.vcpu.guest.name} vcpu={self.vcpu.index} pc={self.pc:#x}>"

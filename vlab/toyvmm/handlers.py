@@ -16,9 +16,13 @@ from vlab.toyvmm.vcpu import Cause, VCPUState
 __all__ = ["DEFAULT_HANDLERS", "csr_access", "wfi", "sret", "sfence", "syscall", "mmio_read",
            "mmio_write", "page_fault", "shadow_fill", "illegal_access", "illegal_insn", "timer"]
 
-_SUPERVISOR_CSRS = frozenset({CSR.SSTATUS, CSR.SIE, CSR.STVEC, CSR.SCOUNTEREN, CSR.SSCRATCH,
-                              CSR.SEPC, CSR.SCAUSE, CSR.STVAL, CSR.STIMECMP, CSR.SATP})
+_SUPERVISOR_CSRS = frozenset({CSR.SSTATUS, CSR.SIE, CSR.STVEC, CSR.SCOUNTEREN, CSR.SENVCFG, CSR.SSCRATCH,
+                              CSR.SEPC, CSR.SCAUSE, CSR.STVAL, CSR.STIMECMP, CSR.SATP})  # sip: computed
 _COUNTERS = frozenset({CSR.CYCLE, CSR.TIME, CSR.INSTRET, CSR.PATCHED_COUNTER})
+_SIP, _SATP = CSR.SIP, CSR.SATP
+#: CSRs whose write can make a pending interrupt deliverable at once
+_INTERRUPT_CSRS = frozenset({CSR.SSTATUS, CSR.SIE, CSR.SIP, CSR.STIMECMP})
+_EBREAK, _C_EBREAK = 0x00100073, 0x9002
 #: access -> scause of (a page fault: the guest's own table refused, an access fault: outside guest RAM)
 _FAULT_CAUSE = {"fetch": (Cause.FETCH_PAGE, Cause.FETCH_ACCESS), "read": (Cause.LOAD_PAGE, Cause.LOAD_ACCESS),
                 "write": (Cause.STORE_PAGE, Cause.STORE_ACCESS)}
@@ -28,39 +32,47 @@ def csr_access(exit: Exit) -> None:
     """``csrr*``: read the virtual CSR into ``rd``, apply the write/set/clear to the virtual CSR."""
     vcpu, insn = exit.vcpu, exit.insn
     assert insn is not None
-    if insn.csr in _SUPERVISOR_CSRS:
-        old = vcpu.csrs.get(insn.csr)
-    elif insn.csr in _COUNTERS:
-        old = vcpu.guest.machine.now  # virtual time: instructions, never the host clock
+    csr = insn.csr
+    if csr in _SUPERVISOR_CSRS:
+        old: int | None = vcpu.csrs[csr]
+    elif csr == _SIP:
+        old = vcpu.pending(exit.vmm.now)
+    elif csr in _COUNTERS:
+        old = exit.vmm.now  # virtual time: instructions, never the host clock
     else:
-        old = (1 << 5 if vcpu.timer_due(vcpu.guest.machine.now) else 0) if insn.csr == CSR.SIP else None
-    read_only = insn.csr >> 10 == 3 or insn.csr == CSR.SIP
-    if old is None or (insn.writes and read_only):
+        old = None
+    if old is None or (insn.writes and csr >> 10 == 3):  # unknown, or a write to a read-only CSR
         vcpu.inject_trap(Cause.ILLEGAL, exit.word, exit.pc)
         return
     if insn.writes:
         source = insn.rs1 if insn.immediate else vcpu.read_reg(insn.rs1)
         new = source if insn.op == 1 else old | source if insn.op == 2 else old & ~source
-        vcpu.csr_write(insn.csr, new)
-        if insn.csr == CSR.SATP:
-            vcpu.guest.machine.address_space_changed(vcpu)
+        vcpu.csr_write(csr, new)
+        if csr == _SATP:
+            exit.vmm.flush_address_space(vcpu)
     vcpu.write_reg(insn.rd, old)
+    if insn.writes and csr in _INTERRUPT_CSRS:
+        vcpu.take_interrupt(exit.vmm.now)
 
 
 def wfi(exit: Exit) -> None:
-    """``wfi``: block the vCPU until its virtual timer fires (no-op if it already has)."""
+    """``wfi``: block the vCPU until an interrupt enabled in ``sie`` is pending (no-op if one is)."""
     vcpu = exit.vcpu
-    if not vcpu.timer_due(vcpu.guest.machine.now):
+    now = exit.vmm.now
+    if vcpu.wakeup_pending(now):
+        vcpu.take_interrupt(now)
+    else:
         vcpu.state = VCPUState.BLOCKED
-        vcpu.guest.machine.request_stop("blocked")
+        exit.vmm.request_stop("blocked")
 
 
 def sret(exit: Exit) -> None:
     exit.vcpu.sret()
+    exit.vcpu.take_interrupt(exit.vmm.now)  # sret may set SIE with an interrupt pending
 
 
 def sfence(exit: Exit) -> None:
-    exit.vcpu.guest.machine.address_space_changed(exit.vcpu)
+    exit.vmm.flush_address_space(exit.vcpu)
 
 
 def syscall(exit: Exit) -> None:
@@ -84,20 +96,29 @@ def page_fault(exit: Exit) -> None:
 def illegal_access(exit: Exit) -> None:
     """An isolation violation (already recorded): deliver an access fault, or terminate."""
     guest = exit.vcpu.guest
-    if guest.machine.on_violation == "kill":
+    if exit.vmm.on_violation == "kill":
         guest.kill("isolation violation")
     else:
         exit.vcpu.inject_trap(_FAULT_CAUSE[exit.access][1], exit.addr, exit.pc)
 
 
 def illegal_insn(exit: Exit) -> None:
-    """A privileged instruction from the guest's user mode (or an unknown one): reflect it."""
-    exit.vcpu.inject_trap(Cause.ILLEGAL, exit.word, exit.pc)
+    """An instruction the guest's current mode may not execute (or an unknown one): reflect it --
+    except ``ebreak`` (a breakpoint) and a user-mode counter read that ``scounteren`` allows."""
+    vcpu, word, insn = exit.vcpu, exit.word, exit.insn
+    if word == _EBREAK or word & 0xFFFF == _C_EBREAK:
+        vcpu.inject_trap(Cause.BREAKPOINT, exit.pc, exit.pc)
+        return
+    if (insn is not None and insn.kind == "csr" and not insn.writes and insn.csr in _COUNTERS
+            and vcpu.csrs[CSR.SCOUNTEREN] >> (insn.csr & 31) & 1):
+        vcpu.write_reg(insn.rd, exit.vmm.now)
+        return
+    vcpu.inject_trap(Cause.ILLEGAL, word if word & 3 == 3 else word & 0xFFFF, exit.pc)
 
 
 def timer(exit: Exit) -> None:
-    """Inject the virtual timer interrupt at the current PC."""
-    exit.vcpu.inject_trap(Cause.TIMER, 0, exit.pc)
+    """Inject the pending interrupt (the timer's, or a software one) at the current PC."""
+    exit.vcpu.inject_trap(exit.vcpu.interrupt_cause(exit.vmm.now) or Cause.TIMER, 0, exit.pc)
 
 
 def shadow_fill(exit: Exit) -> None:
@@ -107,11 +128,10 @@ def shadow_fill(exit: Exit) -> None:
     access into a :attr:`ExitReason.PAGE_FAULT` for the guest.
     """
     vcpu = exit.vcpu
-    machine = vcpu.guest.machine
     result = walk(vcpu.guest.memory, vcpu.csrs[CSR.SATP], exit.addr)
-    machine.paging_stats.guest_pte_reads += result.pte_reads
-    if result.gpa is not None:
-        vcpu.shadow[exit.addr >> 12] = (result.gpa >> 12, result.flags)
+    exit.vmm.paging_stats.guest_pte_reads += result.pte_reads
+    if result.gpa is not None and result.pte_gpa is not None:
+        vcpu.shadow[exit.addr >> 12] = (result.gpa >> 12, result.flags, result.pte_gpa)
 
 
 DEFAULT_HANDLERS: dict[ExitReason, ExitHandler] = {

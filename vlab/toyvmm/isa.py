@@ -20,6 +20,7 @@ class CSR:
     SIE = 0x104
     STVEC = 0x105
     SCOUNTEREN = 0x106
+    SENVCFG = 0x10A
     SSCRATCH = 0x140
     SEPC = 0x141
     SCAUSE = 0x142

@@ -34,7 +34,8 @@ class HostMemory:
 
     def __init__(self, frames: int) -> None:
         if frames <= 0:
-            raise VlabError("the host needs at least one frame", field="host_frames", value=frames)
+            raise VlabError("the host needs at least one 4 KiB frame", field="host_memory", value=frames * PAGE,
+                            fix="give the Machine host_memory of at least 4096 bytes")
         self.frames = frames
         self._map = mmap.mmap(-1, frames * PAGE)
         anchor = ctypes.c_char.from_buffer(self._map)
@@ -52,8 +53,8 @@ class HostMemory:
         elif self._next < self.frames:
             frame, self._next = self._next, self._next + 1
         else:
-            raise VlabError("the host frame pool is exhausted", field="host_frames", value=self.frames,
-                            fix="create the Machine with a larger host_frames")
+            raise VlabError("the host frame pool is exhausted", field="host_memory", value=self.frames * PAGE,
+                            fix="create the Machine with more host_memory (bytes), e.g. Machine(host_memory=64 << 20)")
         self.refs[frame] = 1
         return frame
 
@@ -61,7 +62,7 @@ class HostMemory:
         """``count`` fresh consecutive frames; returns the first."""
         if self._next + count > self.frames:
             raise VlabError("not enough host memory for this guest", field="ram", value=count * PAGE,
-                            fix="give the guest less RAM or the Machine more host_frames")
+                            fix="give the guest less RAM or the Machine more host_memory (bytes)")
         first, self._next = self._next, self._next + count
         self.refs[first:first + count] = [1] * count
         return first

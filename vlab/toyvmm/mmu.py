@@ -25,23 +25,32 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from unicorn import UC_MEM_FETCH, UC_MEM_WRITE, UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE
 
 from vlab.toyvmm.devices import UART_BASE
-from vlab.toyvmm.exits import Exit, ExitReason
 from vlab.toyvmm.isa import CSR
 from vlab.toyvmm.memory import PAGE, POOL_BASE, GuestMemory
-from vlab.toyvmm.vcpu import Mode
+from vlab.toyvmm.vcpu import SSTATUS_MXR, SSTATUS_SUM, Mode
 
 if TYPE_CHECKING:
-    from vlab.toyvmm.machine import Machine
     from vlab.toyvmm.vcpu import VCPU
 
-__all__ = ["MMU", "PagingMode", "PagingStats", "Walk", "walk", "nested_walk_refs",
-           "PTE_V", "PTE_R", "PTE_W", "PTE_X", "PTE_U"]
+__all__ = ["MMU", "NEEDS_SHADOW_FILL", "PagingMode", "PagingStats", "Walk", "walk", "nested_walk_refs",
+           "PTE_V", "PTE_R", "PTE_W", "PTE_X", "PTE_U", "PTE_A", "PTE_D"]
 
-PTE_V, PTE_R, PTE_W, PTE_X, PTE_U = 1, 2, 4, 8, 16
+PTE_V, PTE_R, PTE_W, PTE_X, PTE_U, PTE_A, PTE_D = 1, 2, 4, 8, 16, 64, 128
 _PPN_MASK = (1 << 44) - 1
+_RESERVED = ((1 << 10) - 1) << 54  # bits 54-63: no Svpbmt/Svnapot here, so a set bit is a page fault
 _LEVELS = {8: 3, 9: 4}  # satp.MODE -> levels (Sv39, Sv48)
 _ACCESS = {UC_MEM_FETCH: "fetch", UC_MEM_WRITE: "write"}
 _NEED = {"read": PTE_R, "write": PTE_W, "fetch": PTE_X}
+
+
+class _NeedsShadowFill:
+    def __repr__(self) -> str:
+        return "NEEDS_SHADOW_FILL"
+
+
+#: What :meth:`MMU.fill` answers on a shadow-table miss: the engine dispatches a ``SHADOW_FILL``
+#: exit (the VMM walks the guest table) and calls ``fill`` again.
+NEEDS_SHADOW_FILL = _NeedsShadowFill()
 
 
 class PagingMode(enum.Enum):
@@ -58,20 +67,22 @@ class Walk(NamedTuple):
     """Result of walking the guest's page table for one virtual address.
 
     :ivar gpa: guest-physical address, or ``None`` on a fault.
-    :ivar flags: the leaf PTE's permission bits (V/R/W/X/U).
+    :ivar flags: the leaf PTE's bits V/R/W/X/U/G/A/D.
     :ivar pte_reads: how many page-table entries were read (the *n* of the 2-D walk).
     :ivar fault: ``""``, ``"page"`` (the guest's table forbids it) or ``"access"`` (the table
         itself points outside guest RAM).
+    :ivar pte_gpa: guest-physical address of the leaf PTE (where A/D are set), or ``None``.
     """
 
     gpa: int | None
     flags: int
     pte_reads: int
     fault: str
+    pte_gpa: int | None = None
 
 
 def walk(memory: GuestMemory, satp: int, va: int) -> Walk:
-    """Walk the guest's Sv39/Sv48 table rooted at ``satp`` (A/D bits are taken as set)."""
+    """Walk the guest's Sv39/Sv48 table rooted at ``satp`` (the A/D bits are the caller's: :meth:`MMU.fill`)."""
     levels = _LEVELS.get(satp >> 60, 0)
     bits = 12 + 9 * levels
     if levels == 0 or (va >> (bits - 1)) not in (0, (1 << (65 - bits)) - 1):
@@ -79,19 +90,36 @@ def walk(memory: GuestMemory, satp: int, va: int) -> Walk:
     table = (satp & _PPN_MASK) << 12
     for level in range(levels - 1, -1, -1):
         shift = 12 + 9 * level
-        pte = memory.read_u64(table + ((va >> shift) & 511) * 8)
+        pte_gpa = table + ((va >> shift) & 511) * 8
+        pte = memory.read_u64(pte_gpa)
         reads = levels - level
         if pte is None:
             return Walk(None, 0, reads, "access")
-        if not pte & PTE_V or (pte & PTE_W and not pte & PTE_R):
+        if not pte & PTE_V or (pte & PTE_W and not pte & PTE_R) or pte & _RESERVED:
             return Walk(None, 0, reads, "page")
         ppn = (pte >> 10) & _PPN_MASK
         if pte & (PTE_R | PTE_X):
             if ppn & ((1 << (9 * level)) - 1):
                 return Walk(None, 0, reads, "page")  # misaligned superpage
-            return Walk((ppn << 12) | (va & ((1 << shift) - 1)), pte & 0xFF, reads, "")
+            return Walk((ppn << 12) | (va & ((1 << shift) - 1)), pte & 0xFF, reads, "", pte_gpa)
         table = ppn << 12
     return Walk(None, 0, levels, "page")
+
+
+def permitted(flags: int, user: bool, status: int) -> int:
+    """Unicorn permissions a leaf PTE grants the current mode: the U bit against the mode (S-mode
+    reaches U pages only with ``sstatus.SUM``, and never executes them), ``MXR`` (execute-only
+    pages readable), and write only once the page is dirty (so the first store comes back to set D)."""
+    if flags & PTE_U:
+        perms = UC_PROT_ALL if user else (UC_PROT_READ | UC_PROT_WRITE if status & SSTATUS_SUM else 0)
+    else:
+        perms = 0 if user else UC_PROT_ALL
+    readable = flags & PTE_R or (status & SSTATUS_MXR and flags & PTE_X)
+    return perms & ((UC_PROT_READ if readable else 0) | (UC_PROT_WRITE if flags & PTE_W and flags & PTE_D else 0)
+                    | (UC_PROT_EXEC if flags & PTE_X else 0))
+
+
+_KIND_PROT = {"read": UC_PROT_READ, "write": UC_PROT_WRITE, "fetch": UC_PROT_EXEC}
 
 
 @dataclass
@@ -111,25 +139,39 @@ class MMU:
     p2m with its isolation check, then copy-on-write. Returns False to make the access fault
     (the reason waits in ``vcpu.pending_fault`` for the machine to deliver)."""
 
-    def __init__(self, machine: Machine, mode: PagingMode, nested_levels: int = 3) -> None:
-        self.machine, self.mode, self.nested_levels = machine, mode, nested_levels
+    def __init__(self, mode: PagingMode, nested_levels: int = 3) -> None:
+        self.mode, self.nested_levels = mode, nested_levels
         self.stats = PagingStats()
         self.cow_copies = 0
 
-    def fill(self, vcpu: VCPU, va: int, access: int, entry: Any) -> bool:
-        self.stats.tlb_fills += 1
+    @staticmethod
+    def kind(access: int) -> str:
+        """Unicorn's access type as ``"read"``, ``"write"`` or ``"fetch"``."""
+        return _ACCESS.get(access, "read")
+
+    def fill(self, vcpu: VCPU, va: int, access: int, entry: Any, *,
+             after_shadow_fill: bool = False) -> bool | _NeedsShadowFill:
+        """Fill Unicorn's TLB ``entry`` for ``va``: True, False (the fault waits in
+        ``vcpu.pending_fault``), or :data:`NEEDS_SHADOW_FILL`."""
+        if not after_shadow_fill:
+            self.stats.tlb_fills += 1
         kind = _ACCESS.get(access, "read")
         satp = vcpu.csrs[CSR.SATP]
         perms = UC_PROT_ALL
         if satp >> 60:
-            translated = self._translate(vcpu, satp, va, kind)
-            if translated is None:
+            translated = self._translate(vcpu, satp, va, kind, after_shadow_fill)
+            if translated is NEEDS_SHADOW_FILL:
+                return NEEDS_SHADOW_FILL
+            if not isinstance(translated, tuple):
                 return False
-            gpa, flags = translated
-            if (vcpu.mode == Mode.USER and not flags & PTE_U) or not flags & _NEED[kind]:
+            gpa, flags, pte_gpa = translated
+            user, status = vcpu.mode == Mode.USER, vcpu.csrs[CSR.SSTATUS]
+            if not permitted(flags | PTE_D, user, status) & _KIND_PROT[kind]:
                 return self._fault(vcpu, va, kind, violation=False)
-            perms = ((UC_PROT_READ if flags & PTE_R else 0) | (UC_PROT_WRITE if flags & PTE_W else 0)
-                     | (UC_PROT_EXEC if flags & PTE_X else 0))
+            wanted = PTE_A | (PTE_D if kind == "write" else 0)
+            if flags & wanted != wanted:  # hardware A/D update: set them in the guest's PTE
+                flags = self._set_accessed(vcpu, va, pte_gpa, flags | wanted)
+            perms = permitted(flags, user, status)
         else:
             gpa = va & ~(PAGE - 1)
             if self.mode is PagingMode.NESTED:  # guest paging off: only the nested walk
@@ -153,27 +195,41 @@ class MMU:
         entry.paddr, entry.perms = POOL_BASE + frame * PAGE, perms
         return True
 
-    def _translate(self, vcpu: VCPU, satp: int, va: int, kind: str) -> tuple[int, int] | None:
-        """Guest-virtual page -> (guest-physical page address, PTE flags), shadow or nested."""
+    def _set_accessed(self, vcpu: VCPU, va: int, pte_gpa: int, flags: int) -> int:
+        """Write the leaf PTE's new A/D bits into guest memory (and the shadow entry); returns the flags."""
+        memory = vcpu.guest.memory
+        pte = memory.read_u64(pte_gpa)
+        frame = memory.frame_of(pte_gpa)
+        if pte is None or not memory.write(pte_gpa, (pte | flags).to_bytes(8, "little")):
+            return flags
+        if memory.frame_of(pte_gpa) != frame:  # the write broke sharing of the table page
+            vcpu.guest.flush_tlb()
+        hit = vcpu.shadow.get(va >> 12)
+        if hit is not None:
+            vcpu.shadow[va >> 12] = (hit[0], flags, pte_gpa)
+        return flags
+
+    def _translate(self, vcpu: VCPU, satp: int, va: int, kind: str,
+                   after_shadow_fill: bool) -> tuple[int, int, int] | _NeedsShadowFill | None:
+        """Guest-virtual page -> (guest-physical page address, PTE flags, PTE address), shadow or nested."""
         if self.mode is PagingMode.SHADOW:
             hit = vcpu.shadow.get(va >> 12)
-            if hit is None:  # the hidden fault: an exit in which the VMM walks the guest table
+            if hit is None and not after_shadow_fill:  # the hidden fault: an exit walks the guest table
                 self.stats.shadow_fills += 1
-                self.machine._dispatch(Exit(ExitReason.SHADOW_FILL, vcpu, vcpu.pc, addr=va, access=kind))
-                hit = vcpu.shadow.get(va >> 12)
-                if hit is None:
-                    self._fault(vcpu, va, kind, violation=walk(vcpu.guest.memory, satp, va).fault == "access")
-                    return None
-            return hit[0] << 12, hit[1]
+                return NEEDS_SHADOW_FILL
+            if hit is None:  # the guest's own table refuses
+                self._fault(vcpu, va, kind, violation=walk(vcpu.guest.memory, satp, va).fault == "access")
+                return None
+            return hit[0] << 12, hit[1], hit[2]
         result = walk(vcpu.guest.memory, satp, va)  # what nested-paging hardware does, counted
         m = self.nested_levels
         self.stats.nested_walks += 1
         self.stats.guest_pte_reads += result.pte_reads
         self.stats.nested_refs += result.pte_reads * (m + 1) + (m if result.gpa is not None else 0)
-        if result.gpa is None:
+        if result.gpa is None or result.pte_gpa is None:
             self._fault(vcpu, va, kind, violation=result.fault == "access")
             return None
-        return result.gpa & ~(PAGE - 1), result.flags
+        return result.gpa & ~(PAGE - 1), result.flags, result.pte_gpa
 
     @staticmethod
     def _fault(vcpu: VCPU, va: int, kind: str, *, violation: bool) -> bool:

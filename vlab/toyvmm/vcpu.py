@@ -9,9 +9,8 @@ hand, exactly as the privileged spec describes them.
 
 from __future__ import annotations
 
-import ctypes
 import enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from unicorn.riscv_const import UC_RISCV_REG_PC, UC_RISCV_REG_X0
 
@@ -20,23 +19,27 @@ from vlab.toyvmm.isa import CSR
 if TYPE_CHECKING:
     from vlab.toyvmm.machine import Guest
 
-__all__ = ["VCPU", "VCPUState", "Mode", "FastRegs", "SSTATUS_SIE", "SSTATUS_SPIE", "SSTATUS_SPP",
-           "SIE_STIE", "INTERRUPT", "Cause"]
+__all__ = ["VCPU", "VCPUState", "Mode", "Registers", "SSTATUS_SIE", "SSTATUS_SPIE", "SSTATUS_SPP", "SSTATUS_SUM",
+           "SSTATUS_MXR", "SIE_SSIE", "SIE_STIE", "INTERRUPT", "Cause"]
 
 MASK64 = (1 << 64) - 1
-SSTATUS_SIE, SSTATUS_SPIE, SSTATUS_SPP = 1 << 1, 1 << 5, 1 << 8
-_SSTATUS_WRITABLE = SSTATUS_SIE | SSTATUS_SPIE | SSTATUS_SPP | (3 << 13) | (1 << 18) | (1 << 19)
-SIE_STIE = 1 << 5
-_SIE_WRITABLE = (1 << 1) | SIE_STIE | (1 << 9)
+SSTATUS_SIE, SSTATUS_SPIE, SSTATUS_SPP, SSTATUS_SUM, SSTATUS_MXR = 1 << 1, 1 << 5, 1 << 8, 1 << 18, 1 << 19
+#: Writable sstatus bits. FS (13-14) is absent: there is no F/D, so FS reads 0 and stays 0.
+_SSTATUS_WRITABLE = SSTATUS_SIE | SSTATUS_SPIE | SSTATUS_SPP | SSTATUS_SUM | SSTATUS_MXR
+_SSTATUS_RESET = 2 << 32  #: UXL = 2: U-mode is 64-bit (read-only)
+SIE_SSIE, SIE_STIE = 1 << 1, 1 << 5
+_SIE_WRITABLE = SIE_SSIE | SIE_STIE | (1 << 9)
+_SIP_WRITABLE = SIE_SSIE  #: only SSIP; STIP is the timer's (stimecmp), SEIP a device's
+_SENVCFG_WRITABLE = 1  #: FIOM; the fields of absent extensions read 0
 INTERRUPT = 1 << 63
 
 
 class Cause:
     """``scause`` values the VMM injects into the guest."""
 
-    FETCH_ACCESS, ILLEGAL, LOAD_ACCESS, STORE_ACCESS, ECALL_U = 1, 2, 5, 7, 8
+    FETCH_ACCESS, ILLEGAL, BREAKPOINT, LOAD_ACCESS, STORE_ACCESS, ECALL_U = 1, 2, 3, 5, 7, 8
     FETCH_PAGE, LOAD_PAGE, STORE_PAGE = 12, 13, 15
-    TIMER = INTERRUPT | 5
+    SOFTWARE, TIMER = INTERRUPT | 1, INTERRUPT | 5
 
 
 class Mode(enum.IntEnum):
@@ -52,33 +55,12 @@ class VCPUState(enum.Enum):
     HALTED = "halted"
 
 
-class FastRegs:
-    """Register access for the hot trap path: direct C calls instead of the binding's generic path.
+class Registers(Protocol):
+    """The CPU's registers by Unicorn number (:class:`~vlab.toyvmm.engine.FastRegs`)."""
 
-    The binding's ``reg_read``/``reg_write`` measured ~10x slower than this. Here the Unicorn
-    library is opened once more through ctypes with no ``argtypes`` (argument conversion costs as
-    much as the call) and as a ``PyDLL``: the calls are short, so not releasing the GIL is cheaper.
-    """
+    def read(self, reg: int) -> int: ...
 
-    _lib: Any = None
-
-    def __init__(self, uc: Any) -> None:
-        if FastRegs._lib is None:
-            from unicorn.unicorn_py3.unicorn import uclib
-
-            FastRegs._lib = ctypes.PyDLL(uclib._name)
-        self._read, self._write = self._lib.uc_reg_read, self._lib.uc_reg_write
-        self._handle = uc._uch
-        self._buf = ctypes.c_uint64()
-        self._ref = ctypes.byref(self._buf)
-
-    def read(self, reg: int) -> int:
-        self._read(self._handle, reg, self._ref)
-        return self._buf.value
-
-    def write(self, reg: int, value: int) -> None:
-        self._buf.value = value & MASK64
-        self._write(self._handle, reg, self._ref)
+    def write(self, reg: int, value: int) -> None: ...
 
 
 class VCPU:
@@ -86,20 +68,24 @@ class VCPU:
 
     :ivar csrs: the virtual supervisor CSRs (what the guest reads and writes).
     :ivar mode: the virtual privilege (:class:`Mode`).
-    :ivar shadow: shadow page table of this vCPU's address space: virtual page -> (gpa page, PTE bits).
+    :ivar shadow: shadow page table of this vCPU's address space: virtual page -> (gpa page, PTE bits,
+        guest-physical address of the PTE).
     :ivar wake_latencies: virtual instructions from each timer wake-up to being scheduled.
     """
 
-    def __init__(self, guest: Guest, index: int) -> None:
+    def __init__(self, guest: Guest, index: int, regs: Registers) -> None:
         self.guest = guest
         self.index = index
-        self.regs = FastRegs(guest.uc)
-        self.csrs: dict[int, int] = {CSR.SSTATUS: 0, CSR.SIE: 0, CSR.STVEC: 0, CSR.SCOUNTEREN: 0, CSR.SSCRATCH: 0,
-                                     CSR.SEPC: 0, CSR.SCAUSE: 0, CSR.STVAL: 0, CSR.STIMECMP: MASK64, CSR.SATP: 0}
+        self.regs = regs
+        #: the guest PC while the vCPU is parked in the sink (see Machine.request_stop), else None
+        self.parked_pc: int | None = None
+        self.csrs: dict[int, int] = {CSR.SSTATUS: _SSTATUS_RESET, CSR.SIE: 0, CSR.STVEC: 0, CSR.SCOUNTEREN: 0,
+                                     CSR.SENVCFG: 0, CSR.SSCRATCH: 0, CSR.SEPC: 0, CSR.SCAUSE: 0, CSR.STVAL: 0,
+                                     CSR.SIP: 0, CSR.STIMECMP: MASK64, CSR.SATP: 0}
         self.mode = Mode.SUPERVISOR
         self.state = VCPUState.RUNNABLE
         self.context: Any = None
-        self.shadow: dict[int, tuple[int, int]] = {}
+        self.shadow: dict[int, tuple[int, int, int]] = {}
         self.pending_fault: tuple[int, str, bool] | None = None  # (addr, access, violation)
         self.woken_at: int | None = None
         self.wake_latencies: list[int] = []
@@ -140,11 +126,20 @@ class VCPU:
         """Store ``value`` into a virtual CSR, keeping only the bits the spec makes writable."""
         value &= MASK64
         if number == CSR.SSTATUS:
-            value = (self.csrs[CSR.SSTATUS] & ~_SSTATUS_WRITABLE) | (value & _SSTATUS_WRITABLE)
+            old = self.csrs[CSR.SSTATUS]
+            value = (old & ~_SSTATUS_WRITABLE) | (value & _SSTATUS_WRITABLE)
+            if (old ^ value) & (SSTATUS_SUM | SSTATUS_MXR):
+                self.guest.flush_tlb()  # the TLB holds permissions computed with the old SUM/MXR
         elif number == CSR.SIE:
             value &= _SIE_WRITABLE
-        elif number in (CSR.STVEC, CSR.SEPC):
-            value &= ~3
+        elif number == CSR.SIP:
+            value = (self.csrs[CSR.SIP] & ~_SIP_WRITABLE) | (value & _SIP_WRITABLE)
+        elif number == CSR.SENVCFG:
+            value &= _SENVCFG_WRITABLE
+        elif number == CSR.STVEC:
+            value &= ~2  # MODE 0 (direct) or 1 (vectored); 2 and 3 are reserved
+        elif number == CSR.SEPC:
+            value &= ~1  # IALIGN = 16: compressed code is executed
         elif number == CSR.SATP and value >> 60 not in (0, 8, 9):
             return  # WARL: unsupported modes leave satp unchanged
         self.csrs[number] = value
@@ -161,9 +156,11 @@ class VCPU:
         spie = SSTATUS_SPIE if status & SSTATUS_SIE else 0
         spp = SSTATUS_SPP if self.mode == Mode.SUPERVISOR else 0
         csrs[CSR.SSTATUS] = (status & ~(SSTATUS_SIE | SSTATUS_SPIE | SSTATUS_SPP)) | spie | spp
-        csrs[CSR.SEPC], csrs[CSR.SCAUSE], csrs[CSR.STVAL] = epc & ~3 & MASK64, cause, tval & MASK64
+        csrs[CSR.SEPC], csrs[CSR.SCAUSE], csrs[CSR.STVAL] = epc & ~1 & MASK64, cause, tval & MASK64
         self.set_mode(Mode.SUPERVISOR)
-        self.set_pc(csrs[CSR.STVEC])
+        stvec = csrs[CSR.STVEC]
+        vector = 4 * (cause & 0xFFF) if stvec & 1 and cause & INTERRUPT else 0  # vectored mode: interrupts only
+        self.set_pc((stvec & ~3) + vector)
 
     def sret(self) -> None:
         """Virtual ``sret``: back to the mode in SPP, at ``sepc``, restoring SIE from SPIE."""
@@ -174,14 +171,41 @@ class VCPU:
         self.set_mode(mode)
         self.set_pc(self.csrs[CSR.SEPC])
 
+    def pending(self, now: int) -> int:
+        """``sip`` as the guest reads it: its software bit (SSIP) and the timer's (STIP = now >= stimecmp),
+        whatever ``sie`` says."""
+        return self.csrs[CSR.SIP] | (SIE_STIE if now >= self.csrs[CSR.STIMECMP] else 0)
+
     def timer_due(self, now: int) -> bool:
         """The virtual timer has fired and ``sie.STIE`` lets it wake the vCPU."""
         return bool(self.csrs[CSR.SIE] & SIE_STIE) and now >= self.csrs[CSR.STIMECMP]
 
+    def wakeup_pending(self, now: int) -> bool:
+        """An interrupt is pending and enabled in ``sie``: ``wfi`` returns (``sstatus.SIE`` does not matter)."""
+        return bool(self.pending(now) & self.csrs[CSR.SIE])
+
+    def interrupt_cause(self, now: int) -> int | None:
+        """The interrupt the guest takes now (``scause``), or ``None``: pending, enabled in ``sie``, and
+        ``sstatus.SIE`` set or the vCPU in user mode. A software interrupt goes before the timer's."""
+        if self.mode == Mode.SUPERVISOR and not self.csrs[CSR.SSTATUS] & SSTATUS_SIE:
+            return None
+        ready = self.pending(now) & self.csrs[CSR.SIE]
+        if not ready:
+            return None
+        return Cause.SOFTWARE if ready & SIE_SSIE else Cause.TIMER
+
     def interrupt_deliverable(self, now: int) -> bool:
-        """A due timer interrupt that the guest currently accepts (SIE set, or in user mode)."""
-        enabled = self.mode == Mode.USER or self.csrs[CSR.SSTATUS] & SSTATUS_SIE
-        return bool(enabled) and self.timer_due(now)
+        """An interrupt the guest takes now (see :meth:`interrupt_cause`)."""
+        return self.interrupt_cause(now) is not None
+
+    def take_interrupt(self, now: int) -> bool:
+        """Interrupt entry right now if one is deliverable (after the guest enabled one: ``csrs sstatus``,
+        ``sie``, ``sip``, ``stimecmp`` or ``sret``); the interrupted instruction is the one at the PC."""
+        cause = self.interrupt_cause(now)
+        if cause is None:
+            return False
+        self.inject_trap(cause, 0, self.pc)
+        return True
 
     @property
     def timer_deadline(self) -> int | None:
