@@ -65,6 +65,7 @@ DEFAULT_BANDWIDTH = 128 * MIB
 _GUEST_LOG = "/tmp/memdirty.log"
 #: seconds a console command in the guest may take before the guest counts as dead
 _CONSOLE_TIMEOUT = 3.0
+_IN_PROGRESS = ("setup", "active", "device", "pre-switchover")
 _LOST_NOTE = "the guest did not survive on the destination (see the lab's notes on TCG)"
 
 
@@ -337,6 +338,12 @@ class MigrationBench:
         info = _query_or_empty(source)
         if info.get("status") == "completed":  # switched over, then the destination died at once
             return self._completed_but_lost(knobs, info, samples, source, destination)
+        if info.get("status") in _IN_PROGRESS and time.monotonic() - started >= timeout:
+            # at the timeout, vlab.qemu's last poll may get almost no time left and fail before it cancels:
+            # the migration still runs, so cancel it here (the guest stays on the source either way)
+            with contextlib.suppress(VlabError, StateError):
+                source.qmp("migrate_cancel")
+            info = {"status": "cancelling"}
         if info.get("status") in ("cancelled", "cancelling") or _was_cancelled(outcome.get("error")):
             self._wait_cancelled(source)
             last = samples[-1] if samples else None
@@ -388,7 +395,7 @@ class MigrationBench:
 
     def _wait_cancelled(self, source: VM, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
-        while _query_or_empty(source).get("status") == "cancelling" and time.monotonic() < deadline:
+        while _query_or_empty(source).get("status") in ("cancelling", *_IN_PROGRESS) and time.monotonic() < deadline:
             time.sleep(0.02)
 
     def ensure_alive(self) -> bool:
