@@ -82,7 +82,7 @@ def params_for(seed: int) -> dict[str, object]:
 
 
 #: size of the data file the I/O workload reads (all of it, in 4 KiB blocks)
-DATA_MIB = 16
+DATA_MIB = 32
 #: where the data disk appears in the guest (the first virtio disk)
 GUEST_DISK = "/dev/vda"
 
@@ -111,7 +111,7 @@ WORKLOADS: dict[str, Workload] = {
         "syscall", "dd if=/dev/zero of=/dev/null bs=1 count=20000 2>/dev/null",
         "two system calls per byte (read, write): kernel entries and exits"),
     "io": Workload(
-        "io", "dd if={disk} of=/dev/null bs=4k count=4096 2>/dev/null",
+        "io", "dd if={disk} of=/dev/null bs=4k count=8192 2>/dev/null",
         "4 KiB block reads of a cached disk: read system calls and page-cache copies on both sides"),
 }
 
