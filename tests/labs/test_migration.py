@@ -164,3 +164,36 @@ def test_capabilities_include_auto_converge_and_postcopy(bench: lab.MigrationBen
     bench.ensure_alive()
     capabilities = bench.capabilities()
     assert capabilities["auto-converge"] is False and capabilities["postcopy-ram"] is False
+
+
+@pytest.mark.qemu
+@pytest.mark.slow
+def test_a_student_model_that_fails_mid_cell_leaves_no_qemu_behind() -> None:
+    # the measuring cell of lab 07: a bench, one migration, then the student's model raises (not the stub's
+    # NotImplementedError, which predict_then_measure handles): every QEMU of the bench must be gone
+    import vlab.grading
+
+    try:
+        default_kernel(), default_initrd()
+    except VlabError as exc:
+        pytest.skip(f"guest images not built ({exc.value}): run `vlab images build`")
+
+    def broken_model() -> float:
+        raise TypeError("unsupported operand type(s) for *: 'NoneType' and 'int'")
+
+    pids: list[int] = []
+    with pytest.raises(TypeError), lab.MigrationBench(mem_mib=128, accel="tcg") as failing:
+        pids.append(failing.guest.pid)
+        failing.migrate("idle", dirty_rate=0, wws_mib=8)
+        pids.append(failing.guest.pid)
+        vlab.grading.predict_then_measure(broken_model, lambda: 0.0, what="MiB sent", unit="MiB")
+    assert len(set(pids)) == 2
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or _zombie(pid), f"QEMU {pid} was left running"
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, IndexError):
+        return True
