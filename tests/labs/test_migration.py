@@ -77,7 +77,7 @@ def test_params_iterate_below_the_link_and_the_hot_run_dirties_above_it() -> Non
     for seed in range(200):
         params = lab.params_for(seed)
         link_pages = params["bandwidth_mib"] * MIB / lab.PAGE_SIZE
-        assert 0.45 * link_pages <= params["dirty_rate"] <= 0.7 * link_pages
+        assert 0.44 * link_pages <= params["dirty_rate"] <= 0.61 * link_pages
         assert params["hot_rate"] * lab.PAGE_SIZE > 64 * MIB
         assert params["wws_mib"] * MIB > params["bandwidth_mib"] * MIB * params["downtime_ms"] / 1000
     assert lab.params_for(7) == lab.params_for(7) != lab.params_for(8)
