@@ -67,7 +67,7 @@ def test_satp_reloads_make_shadow_paging_exit_and_tlb_misses_make_nested_walk() 
     assert nested_tlb.nested_walks >= shadow_tlb.tlb_fills - 5  # the same misses, each a 2-D walk
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(24))
 def test_seeded_costs_make_each_mode_win_one_workload(seed: int) -> None:
     p = lab.params_for(seed)
 
