@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import select
 import json
 import os
 import shutil
@@ -283,6 +284,25 @@ def test_spawn_kills_the_child_when_the_host_side_step_fails() -> None:
     assert not Path(f"/proc/{seen[0]}").exists()
 
 
+def test_spawn_child_holds_no_descriptor_of_another_thread() -> None:
+    """A pipe another thread has open at the fork (a subprocess's stdout) must not stay open in a container
+    that lives on without exec'ing: that thread's read would hang until the container ends."""
+    read_end, write_end = os.pipe()
+    seen: list[bytes | None] = []
+
+    def before(pid: int) -> None:  # the child is forked and waits at its gate: is the pipe's writer gone?
+        os.close(write_end)
+        ready, _, _ = select.select([read_end], [], [], 2.0)
+        seen.append(os.read(read_end, 1) if ready else None)
+
+    try:
+        done = lab.spawn(lambda: print(sorted(os.listdir("/proc/self/fd"), key=int)), before=before)
+    finally:
+        os.close(read_end)
+    assert seen == [b""]  # end of file at once: nobody else holds the write end
+    assert done.output.split() == ["['0',", "'1',", "'2',", "'3']"]  # 3: listdir's own descriptor
+
+
 def test_syscall_wrappers_reject_bad_arguments_with_the_field_named() -> None:
     with pytest.raises(VlabError, match="NUL"):
         syscalls.mount(None, "/tmp/a\0b")
@@ -349,8 +369,9 @@ def test_two_containers_on_a_bridge_ping_each_other_and_leave_no_interface(run_c
 
     before = host_links()
     with lab.Bridge() as net:
-        server = threading.Thread(target=run_container, args=(rootfs, ["sleep", "60"], {
-            "network": net.pid, "ip": "10.88.0.2/24", "timeout": 30}))
+        served: list[Any] = []
+        server = threading.Thread(target=lambda: served.append(run_container(rootfs, ["sleep", "60"], {
+            "network": net.pid, "ip": "10.88.0.2/24", "timeout": 30})))
         server.start()
         try:
             deadline = time.monotonic() + 10
@@ -363,7 +384,7 @@ def test_two_containers_on_a_bridge_ping_each_other_and_leave_no_interface(run_c
             for victim in lab.leftovers()["processes"]:  # the server's sleep: end it now
                 os.kill(int(victim.split()[0]), signal.SIGKILL)
             server.join()
-        assert len([link for link in attached if link.startswith("veth")]) == 1  # the server's
+        assert len([link for link in attached if link.startswith("veth")]) == 1, (attached, served)  # the server's
         assert "2 packets received" in client.output, client.output
     assert host_links() <= before, "a veth, eth0 or br0 was left on the host"
     with pytest.raises(ProcessLookupError):

@@ -111,6 +111,24 @@ def test_an_unpacker_without_the_data_filter_writes_outside_dest(checks: Any) ->
     assert not passed and "outside dest" in message, message
 
 
+@needs_ns
+@pytest.mark.skipif(os.geteuid() != 0, reason="the grader's jail (throw-away uid) needs root")
+def test_in_the_grader_too_the_naive_unpacker_is_caught_and_a_sound_one_unpacks(tmp_path: Path) -> None:
+    """In the real sandbox the checks' files live in the grader's shared directory: the student's process must
+    be able to unpack into the directories a check opens up, and an escape from them must be seen."""
+    from vlab.grading.testing import grade_notebook, solution_notebook_text
+
+    text = solution_notebook_text(SOURCE)
+    assert ', filter=\\"data\\")' in text
+    submission = tmp_path / "naive.ipynb"
+    submission.write_text(text.replace(', filter=\\"data\\")', ")"))
+    result = grade_notebook(submission, build(SOURCE).bundle, "naive")
+    verdicts = {c["name"]: (c["passed"], c["message"]) for c in result["checks"]}
+    assert verdicts["your_image"] == (True, ""), verdicts["your_image"]
+    passed, message = verdicts["hostile_layers_write_nothing_outside"]
+    assert not passed and "outside dest" in message, message
+
+
 def test_no_line_of_a_solution_is_visible_in_the_student_notebook() -> None:
     """Each solution region's lines (other than trivial ones) appear nowhere in what the student gets."""
     student = build(SOURCE).student_text
@@ -162,8 +180,9 @@ raise RuntimeError("escape: " + result.output.replace(chr(10), " | ")[-1500:])
 @pytest.mark.skipif(os.geteuid() != 0, reason="the grader's jail (throw-away uid, hidden paths) needs root")
 def test_the_labs_tools_do_not_lift_the_grader_jail(tmp_path: Path) -> None:
     """A submission that becomes root in its own user and mount namespace (what the lab teaches) can neither
-    unmount what the grader hides (the bundle, a secret, the submissions) nor read it through /proc/PID/root."""
-    from vlab.grading.sandbox import Job, grade_submission
+    unmount nor read what the grader's allow-list root leaves out (the bundle, a secret, the submissions: all
+    world-readable on the host), not even through /proc/PID/root."""
+    from vlab.grading.testing import grade_notebook
 
     tmp_path.chmod(0o711)
     assignment = build(SOURCE)
@@ -182,8 +201,7 @@ def test_the_labs_tools_do_not_lift_the_grader_jail(tmp_path: Path) -> None:
     submission = tmp_path / "submissions" / "mallory.ipynb"
     submission.parent.mkdir()
     submission.write_text(json.dumps(notebook))
-    result = grade_submission(Job(str(submission), "mallory", assignment.bundle,
-                                  hide=(str(submission.parent), str(hidden), str(secret_file))))
+    result = grade_notebook(submission, assignment.bundle, "mallory")
     (error,) = [e for e in result["cell_errors"] if e["ename"] == "RuntimeError"]
     assert "refused=3 read=0 done" in error["evalue"], error["evalue"]
     assert "READ" not in error["evalue"] and "UNMOUNTED" not in error["evalue"], error["evalue"]

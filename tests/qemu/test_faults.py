@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -207,6 +209,32 @@ def test_a_guest_io_error_pauses_the_vm_and_says_why(config: VMConfig, tiny_fs: 
         assert vm.status() == "io-error"
         with pytest.raises(VlabError, match="paused"):
             vm.console.run("echo hi")  # fails at once, not after its timeout
+
+
+def test_another_qmp_clients_stop_and_cont_leave_the_console_usable_at_once(config: VMConfig,
+                                                                           tmp_path: Path) -> None:
+    """A second monitor's ``cont`` is answered before vlab's monitor sees the RESUME event: a console command
+    sent right after it must run, not fail as "paused" (lab 05's intruder does exactly this)."""
+    sock = tmp_path / "qmp.sock"
+    with VM(config.replace(extra_args=("-qmp", f"unix:{sock},server=on,wait=off"))) as vm:
+        with socket.socket(socket.AF_UNIX) as peer:
+            peer.connect(str(sock))
+            stream = peer.makefile("rw", encoding="utf-8", newline="\n")
+
+            def execute(command: str) -> Any:
+                stream.write(json.dumps({"execute": command}) + "\n")
+                stream.flush()
+                while "return" not in (reply := json.loads(stream.readline())):  # skip events
+                    assert "error" not in reply, reply
+                return reply["return"]
+
+            json.loads(stream.readline())  # the greeting
+            execute("qmp_capabilities")
+            for round_ in range(20):  # the window is a few microseconds wide: go through it many times
+                execute("stop")
+                execute("cont")
+                assert vm.console.run(f"echo round{round_}", timeout=10).output.strip() == f"round{round_}"
+        assert vm.state is VMState.RUNNING and vm.pause_reason is None
 
 
 def test_two_vms_never_share_a_mac(guest_images: tuple[Path, Path]) -> None:

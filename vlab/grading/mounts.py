@@ -8,6 +8,8 @@ submissions or home directories -- whatever the host's directory modes are:
 * read-only: the system (``/usr``, ``/etc`` and the ``/bin``, ``/lib`` links), the Python
   environment, the vlab package, the guest images and their sources (:func:`student_readonly`);
 * read-write: the submission's working directory (and the kernel's connection directory);
+* the submission's shared directory (:func:`shared_dir`): the grader's files for the student's code
+  (lab 08's root filesystems), owned by the grader, so writable only where a check made a directory so;
 * fresh and private: ``/tmp``, ``/var/tmp``, ``/dev/shm`` and ``/run`` (tmpfs, gone with the
   namespace), a ``/proc`` of the new pid namespace, a minimal ``/dev``.
 """
@@ -21,7 +23,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["SYSTEM_READONLY", "build_root", "libc_call", "student_readonly"]
+__all__ = ["SYSTEM_READONLY", "build_root", "libc_call", "share_with_students", "shared_dir", "student_readonly"]
 
 #: Host system directories every student process may read.
 SYSTEM_READONLY = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32", "/sys")
@@ -32,6 +34,25 @@ _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT = 1, 2, 4, 32
 _MS_BIND, _MS_REC, _MS_PRIVATE = 4096, 16384, 1 << 18
 _MNT_DETACH = 2
 _PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41}  # syscall numbers: glibc has no wrapper
+
+
+_shared: Path | None = None
+
+
+def share_with_students(path: Path | None) -> None:
+    """The supervisor's call: ``path`` (its own, mode 0755) is bound into every student process of the
+    submission it grades (the student owns nothing in it); None when it is done."""
+    global _shared
+    _shared = path
+
+
+def shared_dir() -> Path:
+    """Where a check puts files for the student's code (a root filesystem to run, a directory to unpack into):
+    while a submission is graded, the directory every student process of it sees at the same path; else the
+    temporary directory."""
+    import tempfile
+
+    return _shared if _shared is not None else Path(tempfile.gettempdir())
 
 
 def libc_call(name: str, *args: object) -> int:

@@ -60,7 +60,7 @@ from vlab.grading.jail import (
     sweep,
     userns_available,
 )
-from vlab.grading.mounts import student_readonly
+from vlab.grading.mounts import share_with_students, student_readonly
 from vlab.grading.results import CellError, QuestionScore, SubmissionResult
 from vlab.paths import images_dir
 
@@ -441,13 +441,16 @@ def _tail(fd: int, size: int = 1500) -> str:
 
 
 def _make_private_dirs(uid: int | None) -> tuple[Path, int, int]:
-    """``base/`` (ours, 0700) with ``work/`` and ``conn/`` handed to the student uid, and ``root/`` (the stage).
+    """``base/`` (ours, 0700) with ``work/`` and ``conn/`` handed to the student uid, ``root/`` (the stage) and
+    ``shared/`` (ours, 0755: the checks' files for the student's processes, :func:`shared_dir`).
 
     :returns: base and open descriptors of ``work/`` and ``conn/``: every later access goes through those.
     """
     base = Path(tempfile.mkdtemp(prefix="vlab-grade-"))
     os.environ["TMPDIR"] = tempfile.tempdir = str(base)  # what libraries make for themselves goes with base
     fds = []
+    os.mkdir(base / "shared")
+    os.chmod(base / "shared", 0o755)
     for name in ("work", "conn", "root"):
         os.mkdir(base / name, 0o700)
         if name != "root":
@@ -498,7 +501,7 @@ def _supervise(job: Job) -> SubmissionResult:
             processes=limits.processes,
             cgroup_procs=cgroup.procs_files if cgroup else (),
             workdir=str(work),
-            writable=(str(base / "conn"),),
+            writable=(str(base / "conn"), str(base / "shared")),  # shared: writable only where a check opens it up
             readonly=student_readonly(),
             stage=str(base / "root"),
         )
@@ -520,8 +523,10 @@ def _supervise(job: Job) -> SubmissionResult:
         }
         if exports["unexportable"] or (run.exported and "error" in exports):
             result.flag("export-failed")
+        share_with_students(base / "shared")
         _score(result, _run_checks(job, exports, spec, env, helpers))
     finally:
+        share_with_students(None)
         sweep(cgroup)
         if cgroup is not None:
             cgroup.remove()

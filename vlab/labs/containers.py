@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from vlab.errors import VlabError
 from vlab.host import Cgroup, detect_cgroups, procfs
+from vlab.grading.mounts import shared_dir
 from vlab.host.syscalls import die_with_parent
 from vlab.labs.oci import layer_tar, rootfs_layer, tree_digest, write_oci_layout
 from vlab.paths import runtime_dir
@@ -211,10 +212,11 @@ def scratch() -> Iterator[Path]:
 
 def workspace(shared: bool = False) -> Path:
     """A directory for the lab's files (root filesystems, images), removed when Python exits or by
-    :func:`sweep`. ``shared``: readable by other users (mode 0755, under the system's temporary directory) —
-    for a grader that builds a root filesystem for the student's unprivileged process to use."""
+    :func:`sweep`. ``shared``: readable by other users (mode 0755, in the grader's shared directory while it
+    grades, :func:`vlab.grading.mounts.shared_dir`) — for a check that builds a root filesystem for the
+    student's unprivileged, jailed process to use."""
     if shared:
-        path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-{os.getpid()}-shared"))
+        path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-{os.getpid()}-shared", dir=shared_dir()))
         path.chmod(0o755)
     else:
         path = runtime_dir() / unique_name("box")
@@ -238,8 +240,8 @@ def spawn(child: Callable[[], None], *, before: Callable[[int], None] | None = N
           max_output: int = 1 << 20) -> Completed:
     """Fork a process that runs ``child()`` (which should end by exec'ing the container's command), and wait.
 
-    The child gets its own session (so it has no terminal), dies if this process dies, has stdout and stderr
-    captured (at most ``max_output`` bytes are kept), and waits at a gate until ``before(pid)`` has run here
+    The child gets its own session (so it has no terminal), dies if this process dies, inherits no other
+    descriptor of this process, has stdout and stderr captured (at most ``max_output`` bytes are kept), and waits at a gate until ``before(pid)`` has run here
     — put the host-side steps there, e.g. ``cgroup.add(pid)``, so that the container is limited from its
     first instruction. An exception in ``child()`` is printed into the output (status 125).
 
@@ -264,7 +266,10 @@ def spawn(child: Callable[[], None], *, before: Callable[[int], None] | None = N
             os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
             os.dup2(out_w, 1)
             os.dup2(out_w, 2)
-            os.close(out_w)
+            # a pipe another thread had open at the fork (its subprocess's stdout) would stay open for the
+            # container's whole life, and that thread's read would hang: keep only the gate
+            os.closerange(3, gate_r)
+            os.closerange(gate_r + 1, os.sysconf("SC_OPEN_MAX"))
             # a Jupyter kernel's sys.stdout talks to a thread that does not exist in this copy of it
             sys.stdout = sys.stderr = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
             if os.read(gate_r, 1) != b"g":

@@ -76,9 +76,11 @@ def script(config: VMConfig, macs: Sequence[str], now: float, seed: bytes) -> st
                f"_vw() {{ local n=0; while ! \"$@\" 2>/dev/null; do n=$((n+1)); [ $n -lt {_WAIT_STEPS} ] || "
                "{ echo \"vlab: never ready: $*\"; return 7; }; usleep 2000; done; }; ")
     body = " && ".join(steps)
+    # what the console shows afterwards (vlab's framing of this line is hidden): a restored guest printed no boot
+    banner = shlex.quote(f"vlab: {wanted['hostname']} restored from a snapshot template, ready")
     # printf is a builtin and its redirect does not fork: the seed is in the pool before the first fork
     return (f"printf '{octal}' >/dev/urandom; {helpers}_vi() {{ {body}; }}; _vi; _vs=$?; "
-            f"unset -f _vi _vw _vm; [ $_vs = 0 ]")
+            f"unset -f _vi _vw _vm; [ $_vs = 0 ] && echo {banner}")
 
 
 def individualize(console: Console, config: VMConfig, macs: Sequence[str], timeout: float) -> None:

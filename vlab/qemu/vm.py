@@ -205,8 +205,15 @@ class VM:
         return self._stop_reason if self.state is VMState.PAUSED else None
 
     def _console_blocked(self) -> str | None:
-        """For the console: why the guest cannot run commands now (lock-free: read from the event flags)."""
-        return (self._stop_reason or "paused") if self._qemu_stopped else None
+        """For the console: why the guest cannot run commands now (None: it can)."""
+        if not self._qemu_stopped:
+            return None
+        # Another QMP client's "cont" is answered to that client before its RESUME event reaches us. QEMU
+        # sends a monitor's events and replies in order, so a query-status settles it.
+        with contextlib.suppress(VlabError, OSError):
+            if self._qmp.execute("query-status", None, 5.0)["running"]:
+                return None
+        return self._stop_reason or "paused"
 
     def _require(self, operation: str, *allowed: VMState) -> None:
         state = self.state
