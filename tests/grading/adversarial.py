@@ -178,9 +178,10 @@ os.kill(os.getpid(), signal.SIGKILL)"""
 PRINTS_A_LOT = """import sys
 for _ in range(6):
     display({{"text/plain": "y" * (64 * 2**20)}}, raw=True)
-chunk = "x" * 2**20
+chunk = "x" * 2**16  # small: ZeroMQ queues up to 1000 messages unread
 while True:  # until the notebook's time is up, however fast this machine moves output
-    sys.stdout.write(chunk)"""
+    sys.stdout.write(chunk)
+    sys.stdout.flush()  # else the kernel's own buffer outgrows its memory limit first (status "memory")"""
 
 # class 8: exports that fail
 ALWAYS_EQUAL = """class AlwaysEqual:

@@ -81,6 +81,15 @@ def test_exit_in_the_console_shell_is_reported_and_the_console_recovers(shared_v
     assert shared_vm.console.run("echo fine").output == "fine\n"
 
 
+def test_a_shell_that_dies_while_the_console_resyncs_is_replaced_and_answers(shared_vm: VM) -> None:
+    # CI once saw the guest's ash crash ("double free") right after a timed-out command: init started a new
+    # shell, which dropped the one question the console asked while it started
+    with pytest.raises(VlabError):
+        shared_vm.console.run("trap '' INT; sleep 1.5; kill -9 $$", timeout=0.3)
+    assert shared_vm.console.run("echo fine").output == "fine\n"
+    assert "fine" not in shared_vm.console.run("true").output  # the new shell does not echo input
+
+
 def test_vcpus_report_host_threads_of_the_qemu_process(shared_vm: VM) -> None:
     cpus = shared_vm.vcpus()
     assert [cpu.index for cpu in cpus] == [0]

@@ -314,13 +314,23 @@ class Console:
         if interrupt:
             self.send("\x03", timeout=budget)
             time.sleep(0.05)
-        self.send(f"printf '%s%s\\n' =VLAB {tag}\n", timeout=budget)
-        try:
-            self.wait_for(re.compile(re.escape(f"=VLAB{tag}")), budget, since=cursor)
-        except VlabError:
-            raise VlabError("the guest shell did not answer after the command was interrupted", field="command",
-                            value=shown(command), fix="the guest command ignores Ctrl-C; stop the VM "
-                            "(vm.stop()) or retry: the next run() tries again", detail=self._details()) from None
+        marker = re.compile(re.escape(f"=VLAB{tag}"))
+        deadline = time.monotonic() + budget
+        while True:
+            # asked again each second: a shell that crashed and was respawned meanwhile drops input sent
+            # while it starts, and answers only a later question
+            self.send(f"printf '%s%s\\n' =VLAB {tag}\n", timeout=max(0.05, deadline - time.monotonic()))
+            try:
+                self.wait_for(marker, max(0.05, min(1.0, deadline - time.monotonic())), since=cursor)
+                break
+            except VlabError:
+                if time.monotonic() >= deadline:
+                    raise VlabError("the guest shell did not answer after the command was interrupted",
+                                    field="command", value=shown(command), fix="the guest command ignores "
+                                    "Ctrl-C; stop the VM (vm.stop()) or retry: the next run() tries again",
+                                    detail=self._details()) from None
+        if _SHELL_BANNER.search(self.text(cursor).encode(errors="replace")):  # a new shell echoes again
+            self._restore_shell(max(0.5, deadline - time.monotonic()))
         self._desynced = False
 
     def _restore_shell(self, timeout: float) -> None:
