@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from vlab.toyvmm.mmu import PagingStats
     from vlab.toyvmm.vcpu import VCPU
 
-__all__ = ["ExitReason", "Exit", "ExitHandler", "ExitRecord", "HandlerTable", "Services", "count_names"]
+__all__ = ["ExitReason", "Exit", "ExitHandler", "ExitRecord", "HandlerTable", "Services", "count_names",
+           "refuse_withheld"]
 
 
 class ExitReason(enum.IntEnum):
@@ -165,6 +166,9 @@ class HandlerTable(dict[ExitReason, ExitHandler]):
                             value=sorted(r.name for r in missing))
         super().__init__(defaults)
         self.defaults = dict(defaults)
+        #: reasons whose emulation a lab gave to the student: their default handlers refuse to do
+        #: the student's part (:func:`refuse_withheld`), so a handler that only delegates is no answer
+        self.withheld: set[ExitReason] = set()
         #: handlers indexed by reason number: the trap path's lookup (enum hashing is slow)
         self.by_number: list[ExitHandler] = [defaults[r] for r in ExitReason]
 
@@ -189,7 +193,25 @@ class HandlerTable(dict[ExitReason, ExitHandler]):
         self[reason] = handler
         return previous
 
+    def withhold(self, reason: ExitReason, handler: ExitHandler) -> None:
+        """Install a student's ``handler`` for ``reason``; the default no longer does that part."""
+        self[reason] = handler
+        self.withheld.add(reason)
+
     def reset(self, reason: ExitReason | None = None) -> None:
         """Put the default handler back for ``reason`` (all reasons when ``None``)."""
         for key in [reason] if reason is not None else list(ExitReason):
             self[key] = self.defaults[key]
+            self.withheld.discard(key)
+
+
+def refuse_withheld(exit: Exit, what: str) -> None:
+    """Raise if a lab gave ``what`` (the part of ``exit``'s emulation the student writes) to the student.
+
+    Called by the default handlers before they do that part: delegating to them is not an answer.
+    """
+    if exit.reason in exit.vcpu.guest.machine.handlers.withheld:
+        raise VlabError(f"{what} is the part you write in this lab: the VMM's default handler does not do it "
+                        "for you", field=exit.reason.name, value=what,
+                        fix="emulate it in your handler (see the question's steps); delegate only what the "
+                            "question says the default still handles")

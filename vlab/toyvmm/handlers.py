@@ -7,8 +7,8 @@ past the trapping instruction, as Unicorn leaves it). A lab swaps any of these f
 
 from __future__ import annotations
 
-from vlab.toyvmm.devices import handle_hypercall
-from vlab.toyvmm.exits import Exit, ExitHandler, ExitReason
+from vlab.toyvmm.devices import UART_LSR, UART_LSR_IDLE, UART_THR, handle_hypercall
+from vlab.toyvmm.exits import Exit, ExitHandler, ExitReason, refuse_withheld
 from vlab.toyvmm.isa import CSR
 from vlab.toyvmm.mmu import walk
 from vlab.toyvmm.vcpu import Cause, VCPUState
@@ -33,6 +33,8 @@ def csr_access(exit: Exit) -> None:
     vcpu, insn = exit.vcpu, exit.insn
     assert insn is not None
     csr = insn.csr
+    if csr in vcpu.csrs:
+        refuse_withheld(exit, "a virtual CSR access")
     if csr in _SUPERVISOR_CSRS:
         old: int | None = vcpu.csrs[csr]
     elif csr == _SIP:
@@ -57,6 +59,7 @@ def csr_access(exit: Exit) -> None:
 
 def wfi(exit: Exit) -> None:
     """``wfi``: block the vCPU until an interrupt enabled in ``sie`` is pending (no-op if one is)."""
+    refuse_withheld(exit, "wfi")
     vcpu = exit.vcpu
     now = exit.vmm.now
     if vcpu.wakeup_pending(now):
@@ -81,11 +84,16 @@ def syscall(exit: Exit) -> None:
 
 
 def mmio_read(exit: Exit) -> None:
-    exit.value = exit.vcpu.guest.uart.read(exit.addr, exit.size)
+    """A load from the UART: the line status register says "transmitter idle", the rest read 0."""
+    refuse_withheld(exit, "the UART's registers")
+    exit.value = UART_LSR_IDLE if exit.addr == UART_LSR else 0
 
 
 def mmio_write(exit: Exit) -> None:
-    exit.vcpu.guest.uart.write(exit.addr, exit.size, exit.value)
+    """A store to the UART: a byte written to the transmit register is output."""
+    refuse_withheld(exit, "the UART's registers")
+    if exit.addr == UART_THR:
+        exit.vcpu.guest.uart.output.append(exit.value & 0xFF)
 
 
 def page_fault(exit: Exit) -> None:

@@ -9,7 +9,10 @@ hooks, the exact accounting when a handler stops it early -- is :mod:`vlab.toyvm
 
 from __future__ import annotations
 
+import contextlib
 import enum
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any, NamedTuple
 
 from unicorn import riscv_const as rv
@@ -29,7 +32,21 @@ from vlab.toyvmm.sched import ms as to_insns
 from vlab.toyvmm.trace import Slice, Trace
 from vlab.toyvmm.vcpu import VCPU, VCPUState
 
-__all__ = ["Machine", "Guest", "GuestState", "Violation", "MAILBOX"]
+__all__ = ["Machine", "Guest", "GuestState", "Violation", "MAILBOX", "boots_refused"]
+
+#: Why booting a guest is refused in this context (a lab's model must predict, not measure), or None.
+_boot_refusal: ContextVar[str | None] = ContextVar("vlab_toyvmm_boot_refusal", default=None)
+
+
+@contextlib.contextmanager
+def boots_refused(why: str) -> Iterator[None]:
+    """While inside, :meth:`Machine.add_guest` raises a :class:`VlabError` saying ``why``."""
+    token = _boot_refusal.set(why)
+    try:
+        yield
+    finally:
+        _boot_refusal.reset(token)
+
 
 #: Guest-physical address of the guest programs' progress counters (8 bytes per hart).
 MAILBOX = 0x8000_F000
@@ -205,6 +222,10 @@ class Machine:
         """
         if self._closed:
             raise StateError("add a guest", "closed", ["open"])
+        refusal = _boot_refusal.get()
+        if refusal is not None:
+            raise VlabError("no guest may boot here", field="program", value=program if isinstance(program, str)
+                            else f"{len(program)} bytes", fix=refusal)
         if isinstance(program, str):
             from vlab.toyvmm.programs import load_program
 
