@@ -78,10 +78,23 @@ def test_the_solution_passes_every_check(checks: tuple[dict[str, Any], dict[str,
      'mount("/proc", root / "proc", None, MS_BIND | MS_REC)', "mount a fresh proc"),
     ("unshare(CLONE_NEWPID)", "pass", "is not PID 1"),
     ('sethostname(limits.get("hostname", "container"))', "pass", "hostname"),
+    ("CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET", "CLONE_NEWUTS | CLONE_NEWIPC", "CLONE_NEWNET"),
+    ("CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET", "CLONE_NEWUTS | CLONE_NEWNET", "CLONE_NEWIPC"),
 ])
 def test_a_runtime_that_skips_a_step_loses_q1_with_that_steps_hint(checks: Any, old: str, new: str, hint: str) -> None:
     passed, message = verdict(checks, "your_container_is_isolated", q1=(old, new))
     assert not passed and hint in message, message
+
+
+def test_without_namespaces_the_container_checks_fail_and_say_why(checks: Any, monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    """A grading host that cannot create namespaces (unshare(1) not found, as the probe sees Binder) must not
+    hand out the container questions' points to whoever submits: the checks fail, naming the host."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    for name in ("your_container_is_isolated", "your_runtime_contains_and_cleans_up", "escape_with_a_fresh_secret",
+                 "practice_failure_leaves_nothing"):
+        passed, message = verdict(checks, name)
+        assert not passed and "not checked on this host" in message, (name, message)
 
 
 @needs_ns

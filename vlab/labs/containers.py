@@ -67,6 +67,7 @@ __all__ = [
     "layer_tar",
     "leaky_container",
     "leftovers",
+    "namespace_ids",
     "params_for",
     "parse_view",
     "rootfs_layer",
@@ -343,8 +344,10 @@ def _places() -> list[Path]:
     return [runtime_dir(), Path(tempfile.gettempdir())]
 
 
-def _own_pid_ns() -> str:
-    return os.readlink("/proc/self/ns/pid")
+def namespace_ids() -> dict[str, str]:
+    """This process's namespaces as the kernel names them (``"net:[4026531840]"``), by kind: a container's
+    differ from its creator's exactly where it has a namespace of its own."""
+    return {kind: os.readlink(f"/proc/self/ns/{kind}") for kind in ("ipc", "mnt", "net", "pid", "uts")}
 
 
 def leftovers() -> dict[str, list[str]]:
@@ -362,7 +365,7 @@ def leftovers() -> dict[str, list[str]]:
     groups = detect_cgroups()
     cgroups = [str(p) for c in ("memory", "pids", "cpu") if (place := groups.where(c))
                for p in place[1].glob(mine + "*")]
-    ns = _own_pid_ns()
+    ns = namespace_ids()["pid"]
     processes = []
     for pid in sorted(procfs.descendants(os.getpid())):
         with contextlib.suppress(OSError):
@@ -563,7 +566,7 @@ def idle_footprint_kib(run: Runtime, rootfs: Any, timeout: float = 10.0) -> list
 
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
-    ns, deadline = _own_pid_ns(), time.monotonic() + timeout
+    ns, deadline = namespace_ids()["pid"], time.monotonic() + timeout
     sizes: list[int] = []
     try:
         while time.monotonic() < deadline and thread.is_alive() and not sizes:
