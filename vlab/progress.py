@@ -61,7 +61,7 @@ def in_jupyter_kernel() -> bool:
     if "ipykernel.zmqshell" not in sys.modules:
         return False
     ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None else None  # type: ignore[attr-defined]
+    shell = ipython.get_ipython() if ipython is not None else None
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 

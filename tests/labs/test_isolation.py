@@ -199,7 +199,7 @@ def test_vms_isolation_control_plane_and_data() -> None:
             if bridged:
                 for other in ("beta", "gamma"):
                     same = PARAMS["bridges"][other] == PARAMS["bridges"]["alpha"]
-                    assert lab.ping(alpha, PARAMS["addresses"][other]) is same
+                    assert lab.ping(alpha, PARAMS["addresses"][other], count=1, wait_s=1).answered is same
             assert lab.socket_access(sock).who == "its owner"
             secret = PARAMS["disk_secret"]
             alpha.console.run(f"echo {secret} | dd of=/dev/vda conv=fsync 2>/dev/null")

@@ -12,7 +12,8 @@ import pytest
 
 from vlab.errors import VlabError
 from vlab.grading.assign import build
-from vlab.grading.testing import grade_notebook, lab_checks, run_check, solution_notebook_text, student_params
+from vlab.grading.testing import (grade_notebook, lab_checks, locked_helpers, run_check, solution_notebook_text,
+                                 student_params)
 from vlab.labs import trap_emulate as lab
 from vlab.toyvmm import handlers as vmm_default
 from vlab.toyvmm.devices import handle_hypercall
@@ -27,12 +28,7 @@ def _params(student: str) -> dict[str, Any]:
 
 
 def _locked_helpers(**answers: Any) -> dict[str, Any]:
-    """The lab's locked helper cell (``drive``, ``predicted``) run on ``answers``, as the grader runs it."""
-    cells = json.loads(SOURCE.read_text())["cells"]
-    source = next("".join(c["source"]) for c in cells if "def predicted(" in "".join(c["source"]))
-    namespace: dict[str, Any] = {"lab": lab, **answers}
-    exec(source, namespace)
-    return namespace
+    return locked_helpers(SOURCE, "predicted", lab=lab, **answers)
 
 
 def test_the_property_letter_is_per_student() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlab.grading.testing import lab_checks, run_check
+from vlab.grading.testing import lab_checks, locked_helpers, run_check
 
 SOURCE = Path(__file__).resolve().parents[2] / "labs" / "source" / "03-memory.ipynb"
 
@@ -42,3 +42,28 @@ def test_q5_still_names_the_misconceptions() -> None:
         check, params, balloon_rows=STALLED, predicted_total=lambda before, configured, target: before
     )
     assert not unchanged.passed and "does shrink" in unchanged.message
+
+
+def test_q2_the_formula_passes_and_a_model_that_measures_is_refused() -> None:
+    """A model that runs the VMM and reads its counters would answer any (n, m): the checks call it where no
+    guest may boot."""
+    from vlab.labs import memory as lab
+
+    namespace, checks = lab_checks(SOURCE)
+    params = namespace["params_for"](1)
+
+    def formula(n: int, m: int) -> int:
+        return (n + 1) * (m + 1) - 1
+
+    def measures(n: int, m: int) -> int:
+        run = lab.measure_paging(lab.paging_program(16, 4, update=False, levels=n), "nested",
+                                 guest_levels=n, nested_levels=m)
+        return int(run.nested_refs // run.nested_walks)
+
+    assert measures(3, 3) == formula(3, 3)  # outside the checks it measures right
+    for name in ("matches_the_vmm_counters", "other_depths"):
+        for model, passes in ((formula, True), (measures, False)):
+            helper = locked_helpers(SOURCE, "predicted_refs", lab=lab, two_d_refs=model)["predicted_refs"]
+            result = run_check(checks[name], params, predicted_refs=helper)
+            assert result.passed is passes, (name, model.__name__, result.message)
+            assert passes or "is a model" in result.message, result.message

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.labs.test_labs import LABS, LABS_DIR, NOT_CONVERTED
+from tests.labs.test_labs import LABS, LABS_DIR
 
 MAGIC = re.compile(r"^\s*(%|!(?!=))")  # an IPython magic or shell escape, not a line that starts with !=
 RUFF_RULES = ["--select", "E4,E7,E9,E501,F,B,SIM,UP", "--ignore", "F811,F401,F841,B905,E402", "--line-length", "120"]
 
 
 def _param(lab: str) -> object:
-    marks = [pytest.mark.xfail(strict=False, reason=f"lab {lab} not converted")] if lab in NOT_CONVERTED else []
+    marks: list[pytest.MarkDecorator] = []
     return pytest.param(lab, marks=marks, id=f"lab{lab}")
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from vlab.errors import VlabError
 from vlab.qemu import VM, Nic, VMConfig
-from vlab.qemu.network import bridge_supported, namespace_for
+from vlab.qemu.network import bridge_supported, namespace_for, ping
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
@@ -52,3 +53,19 @@ def test_same_bridge_pings_other_bridge_does_not_and_all_is_removed(guest_images
         assert not c.console.run("ping -c 1 -W 1 10.77.0.1").ok
     assert _our_namespaces() == set()
     assert _our_taps() == []
+
+
+@pytest.mark.parametrize(("target", "count", "wait_s", "field"), [
+    ("10.0.2.2; poweroff -f", 1, 1, "target"),       # a shell command after the address
+    ("$(reboot)", 1, 1, "target"),
+    ("-f", 1, 1, "target"),                          # an option, not an address
+    ("10.0.2.2", 10**6, 1, "count"),                 # hours of pinging
+    ("10.0.2.2", 1, "1; reboot", "wait_s"),
+    ("10.0.2.2", True, 1, "count"),
+])
+def test_ping_refuses_what_is_not_an_address_or_a_small_count(shared_vm: VM, target: str, count: int, wait_s: int,
+                                                               field: str) -> None:
+    with pytest.raises(VlabError) as caught:
+        ping(shared_vm, target, count=count, wait_s=wait_s)
+    assert caught.value.field == field
+    assert shared_vm.console.run("echo still-here").output == "still-here\n"  # nothing ran in the guest

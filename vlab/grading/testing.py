@@ -25,6 +25,7 @@ __all__ = [
     "assert_not_stale",
     "grade_notebook",
     "lab_checks",
+    "locked_helpers",
     "run_check",
     "solution_notebook_text",
     "student_params",
@@ -99,6 +100,19 @@ def lab_checks(source: Path | str, student: str = "test-student") -> tuple[dict[
             exec(entry["source"], namespace)
         found.update({check.name: check for check in registry.checks})
     return namespace, found
+
+
+def locked_helpers(source: Path | str, defines: str, **namespace: Any) -> dict[str, Any]:
+    """Run the read-only cell of ``source`` that defines function ``defines`` (a helper checks call, like
+    lab 02's ``drive``) in ``namespace`` (the lab module as ``lab``, the student's answers); its namespace after.
+
+    Checks call such helpers as ``sub.NAME``: pass them to :func:`run_check` to test a check on chosen answers."""
+    for index, cell in enumerate(load_notebook(Path(source))["cells"]):
+        text = "".join(cell["source"])
+        if cell_spec(cell, index).role == "readonly" and f"def {defines}(" in text:
+            exec(text, namespace)
+            return namespace
+    raise KeyError(f"no read-only cell of {source} defines {defines}()")
 
 
 def student_params(source: Path | str, student: str, course: str = DEFAULT_COURSE) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlab.images.build import INITRD_NAME, KERNEL_NAME, TOYVMM_DIR, BuildResult, build_images, require_image
+from vlab.images.build import INITRD_NAME, KERNEL_NAME, BuildResult, build_images, require_image
 from vlab.images.manifest import Manifest
 
 __all__ = [
@@ -16,7 +16,6 @@ __all__ = [
     "build_images",
     "default_initrd",
     "default_kernel",
-    "toyvmm_program",
 ]
 
 
@@ -29,7 +28,3 @@ def default_initrd() -> Path:
     """The built busybox initramfs; VlabError if ``vlab images build`` has not run."""
     return require_image(INITRD_NAME)
 
-
-def toyvmm_program(name: str) -> Path:
-    """A built toy-VMM guest program (flat RISC-V binary) by file name."""
-    return require_image(f"{TOYVMM_DIR}/{name}")

@@ -31,12 +31,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from vlab.errors import VlabError
+from vlab.labs.notebook import attempt
 from vlab.qemu import VM, Nic, VMConfig
 from vlab.qemu.metrics import thread_cpu_seconds
-from vlab.qemu.network import bridge_supported
+from vlab.qemu.network import PingResult, bridge_supported, ping
 
 __all__ = [
     "FLAG_MEANINGS",
@@ -311,31 +312,6 @@ def free_total_mib(free_output: str) -> int:
     return int(match.group(1))
 
 
-@dataclass(frozen=True)
-class PingResult:
-    """What ``ping -c N`` in the guest reported."""
-
-    target: str
-    sent: int
-    received: int
-    rtt_ms: tuple[float, ...]
-    output: str
-
-    def __str__(self) -> str:
-        rtts = ", ".join(f"{r:.1f}" for r in self.rtt_ms)
-        return f"ping {self.target}: {self.received}/{self.sent} answered, RTT ms: {rtts or '-'}"
-
-
-def ping(vm: VM, target: str, count: int = 3, wait_s: int = 2) -> PingResult:
-    """Ping ``target`` from inside ``vm`` (busybox ping) and parse the replies."""
-    result = vm.console.run(f"ping -c {count} -W {wait_s} {target}", timeout=count * wait_s + 15)
-    text = result.output
-    rtts = tuple(float(ms) for ms in re.findall(r"time=([\d.]+) ms", text))
-    summary = re.search(r"(\d+) packets transmitted, (\d+) packets received", text)
-    sent, received = (int(summary.group(1)), int(summary.group(2))) if summary else (count, len(rtts))
-    return PingResult(target, sent, received, rtts, text)
-
-
 # ---------------------------------------------------------------- step 5: QMP and control
 
 
@@ -410,22 +386,6 @@ def vm_panel(vm: VM) -> Any:
 
 
 # ---------------------------------------------------------------- running student code safely
-
-T = TypeVar("T")
-
-
-def attempt(function: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
-    """Call a student's function; if it is still the unanswered stub, say so and return None.
-
-    Lets an untouched notebook run top to bottom: a measurement that needs the student's code is skipped
-    with a message instead of raising.
-    """
-    try:
-        return function(*args, **kwargs)
-    except NotImplementedError as exc:
-        print(f"not answered yet ({exc}): skipped")
-        return None
-
 
 def median_or_none(samples: Sequence[float] | None) -> float | None:
     """The median of ``samples``, or None for no samples (a helper for summaries)."""

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 from vlab.errors import VlabError
 from vlab.host import Cgroup, detect_cgroups, detect_namespaces
 from vlab.paths import images_dir, runtime_dir
+from vlab.qemu.network import ping
 
 if TYPE_CHECKING:
     from vlab.qemu import VM, VMConfig
@@ -617,11 +618,6 @@ def host_view(host_file: Path) -> GuestView:
     """The same questions answered by the host itself."""
     done = subprocess.run(["sh", "-c", _view_command(host_file)], capture_output=True, text=True, timeout=30)
     return _parse_view(done.stdout)
-
-
-def ping(vm: VM, address: str) -> bool:
-    """One ping from the guest; True if it was answered within a second."""
-    return vm.console.run(f"ping -c 1 -W 1 {address}", timeout=10).status == 0
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from types import TracebackType
 from typing import Any
 
 from vlab.errors import StateError, VlabError
-from vlab.labs.create_vm import attempt
+from vlab.labs.notebook import attempt
 from vlab.qemu import VM, MigrationResult, MigrationTimeout, VMConfig, VMState
 
 __all__ = [

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 
 from vlab import plots
 from vlab.errors import VlabError
-from vlab.labs.create_vm import attempt
+from vlab.labs.notebook import attempt
 from vlab.measure import Sample, repeat
 
 if TYPE_CHECKING:

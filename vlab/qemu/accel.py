@@ -32,10 +32,8 @@ class AccelChoice:
 @functools.lru_cache(maxsize=1)
 def _probe() -> tuple[bool, str, str]:
     """(usable_kvm, kind, reason) from the host probe, cached: the host does not change under us."""
-    try:
-        from vlab.host.accel import detect_accelerator
-    except ImportError:
-        return False, "unknown", "the host accelerator probe (vlab.host.accel) is not available"
+    from vlab.host.accel import detect_accelerator
+
     info = detect_accelerator()
     kind = getattr(info.kind, "value", info.kind)  # AccelKind enum: "hardware-kvm", "software-kvm", "none"
     return bool(info.usable_kvm), str(kind), str(info.reason)

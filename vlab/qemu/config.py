@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from vlab.errors import VlabError
 from vlab.host import procfs
+from vlab.images import default_initrd, default_kernel  # re-exported: what VMConfig() boots
 from vlab.qemu.fields import (
     MAX_PATH_BYTES,
     check_bool,
@@ -103,33 +104,6 @@ def parse_size_mib(value: str | int, *, field_name: str = "mem") -> int:
     if mib != int(mib):
         raise VlabError("must be a whole number of MiB", field=field_name, value=value, fix="round it, e.g. 512M")
     return int(mib)
-
-
-def _default_image(name: str, function: str) -> Path:
-    """Ask :mod:`vlab.images` for a built guest file; fall back to the cache path if it has no answer."""
-    try:
-        import vlab.images as images
-    except ModuleNotFoundError:  # pragma: no cover - the images sub-package is part of vlab
-        images = None  # type: ignore[assignment]
-    getter = getattr(images, function, None)
-    if getter is not None:
-        return Path(getter())
-    from vlab.paths import images_dir
-
-    path = images_dir() / name
-    if not path.is_file():
-        raise VlabError("the default guest image is not built", field=name, value=str(path), fix=_IMAGES_FIX)
-    return path
-
-
-def default_kernel() -> Path:
-    """The built guest kernel (``vmlinuz`` in :func:`vlab.paths.images_dir`)."""
-    return _default_image("vmlinuz", "default_kernel")
-
-
-def default_initrd() -> Path:
-    """The built busybox initramfs (``initramfs.cpio.gz`` in :func:`vlab.paths.images_dir`)."""
-    return _default_image("initramfs.cpio.gz", "default_initrd")
 
 
 def _host_cpus() -> int:

@@ -24,19 +24,24 @@ import fcntl
 import itertools
 import os
 import re
+import shlex
 import struct
 import subprocess
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vlab.errors import VlabError
 from vlab.host import procfs
 from vlab.qemu.config import VMConfig
 
+if TYPE_CHECKING:
+    from vlab.qemu.vm import VM
+
 __all__ = ["TapHandle", "open_tap", "release_bridge", "bridge_supported", "sweep_orphan_namespaces",
-           "namespace_for", "claim_macs", "release_macs"]
+           "namespace_for", "claim_macs", "release_macs", "PingResult", "ping"]
 
 _TUNSETIFF = 0x400454CA
 _IFF_TAP = 0x0002
@@ -191,3 +196,43 @@ def sweep_orphan_namespaces() -> list[str]:
             subprocess.run(["ip", "netns", "del", entry.name], capture_output=True, timeout=15)
             removed.append(entry.name)
     return removed
+
+
+@dataclass(frozen=True)
+class PingResult:
+    """What ``ping -c N`` in a guest reported."""
+
+    target: str
+    sent: int
+    received: int
+    rtt_ms: tuple[float, ...]
+    output: str
+
+    @property
+    def answered(self) -> bool:
+        """At least one reply came back."""
+        return self.received > 0
+
+    def __str__(self) -> str:
+        rtts = ", ".join(f"{r:.1f}" for r in self.rtt_ms)
+        return f"ping {self.target}: {self.received}/{self.sent} answered, RTT ms: {rtts or '-'}"
+
+
+def ping(vm: VM, target: str, count: int = 3, wait_s: int = 2) -> PingResult:
+    """Ping ``target`` from inside ``vm`` (the guest's busybox ping) and parse the replies.
+
+    :raises VlabError: for a count or wait outside 1..100, or a target that is not a host name or address.
+    """
+    for name, value in (("count", count), ("wait_s", wait_s)):
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 100:
+            raise VlabError(f"{name} must be a whole number from 1 to 100", field=name, value=value,
+                            fix=f"e.g. ping(vm, target, {name}=3)")
+    if not isinstance(target, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.:-]{0,252}", target):
+        raise VlabError("the target is not a host name or an IP address", field="target", value=target,
+                        fix='e.g. "10.0.2.2" or "gateway"')
+    result = vm.console.run(f"ping -c {count} -W {wait_s} {shlex.quote(target)}", timeout=count * wait_s + 15)
+    text = result.output
+    rtts = tuple(float(ms) for ms in re.findall(r"time=([\d.]+) ms", text))
+    summary = re.search(r"(\d+) packets transmitted, (\d+) packets received", text)
+    sent, received = (int(summary.group(1)), int(summary.group(2))) if summary else (count, len(rtts))
+    return PingResult(target, sent, received, rtts, text)

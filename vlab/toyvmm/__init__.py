@@ -81,7 +81,7 @@ from vlab.toyvmm.asm import RAM_BASE, assemble
 from vlab.toyvmm.exits import Exit, ExitHandler, ExitReason, ExitRecord, HandlerTable
 from vlab.toyvmm.machine import MAILBOX, Guest, GuestState, Machine, Violation
 from vlab.toyvmm.memory import MemoryReport
-from vlab.toyvmm.mmu import PagingMode, PagingStats, nested_walk_refs
+from vlab.toyvmm.mmu import PagingMode, PagingStats
 from vlab.toyvmm.nonvirt import patch_counter_reads, x86_popf_at_cpl3
 from vlab.toyvmm.programs import PROGRAMS, build_all, load_program
 from vlab.toyvmm.sched import INSNS_PER_MS, Credit, Lottery, RoundRobin, Scheduler, ms
@@ -92,6 +92,6 @@ __all__ = [
     "INSNS_PER_MS", "MAILBOX", "PROGRAMS", "RAM_BASE", "VCPU", "Credit", "Exit", "ExitHandler",
     "ExitReason", "ExitRecord", "Guest", "GuestState", "HandlerTable", "Lottery", "Machine",
     "MemoryReport", "Mode", "PagingMode", "PagingStats", "RoundRobin", "Scheduler", "Slice", "Trace",
-    "VCPUState", "Violation", "assemble", "build_all", "load_program", "ms", "nested_walk_refs",
+    "VCPUState", "Violation", "assemble", "build_all", "load_program", "ms",
     "patch_counter_reads", "x86_popf_at_cpl3",
 ]

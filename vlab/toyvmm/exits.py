@@ -182,7 +182,7 @@ class HandlerTable(dict[ExitReason, ExitHandler]):
         super().__setitem__(reason, handler)
         self.by_number[reason] = handler
 
-    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, *args: Any, **kwargs: Any) -> None:
         """``dict.update`` would bypass :meth:`__setitem__` (and leave :attr:`by_number` stale)."""
         for reason, handler in dict(*args, **kwargs).items():
             self[reason] = handler

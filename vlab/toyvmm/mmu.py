@@ -32,7 +32,7 @@ from vlab.toyvmm.vcpu import SSTATUS_MXR, SSTATUS_SUM, Mode
 if TYPE_CHECKING:
     from vlab.toyvmm.vcpu import VCPU
 
-__all__ = ["MMU", "NEEDS_SHADOW_FILL", "PagingMode", "PagingStats", "Walk", "walk", "nested_walk_refs",
+__all__ = ["MMU", "NEEDS_SHADOW_FILL", "PagingMode", "PagingStats", "Walk", "walk",
            "PTE_V", "PTE_R", "PTE_W", "PTE_X", "PTE_U", "PTE_A", "PTE_D"]
 
 PTE_V, PTE_R, PTE_W, PTE_X, PTE_U, PTE_A, PTE_D = 1, 2, 4, 8, 16, 64, 128
@@ -56,11 +56,6 @@ NEEDS_SHADOW_FILL = _NeedsShadowFill()
 class PagingMode(enum.Enum):
     SHADOW = "shadow"
     NESTED = "nested"
-
-
-def nested_walk_refs(guest_levels: int, host_levels: int) -> int:
-    """Memory references of one full 2-D walk: ``(n + 1)(m + 1) - 1``."""
-    return (guest_levels + 1) * (host_levels + 1) - 1
 
 
 class Walk(NamedTuple):
