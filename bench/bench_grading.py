@@ -26,10 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "grading"))
+sys.path.insert(0, str(REPO))
 
-import grading_submissions as subs  # noqa: E402
-
+from tests.grading import grading_submissions as subs  # noqa: E402
 from vlab.grading.assign import build  # noqa: E402
 from vlab.grading.bundle import Bundle  # noqa: E402
 from vlab.grading.runner import grade_all, make_jobs  # noqa: E402

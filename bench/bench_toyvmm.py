@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import mmap
 import statistics
 import sys
@@ -35,7 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import unicorn
 from unicorn import riscv_const as rv
-from unicorn.unicorn_py3.unicorn import HOOK_INTR_CFUNC, MMIO_READ_CFUNC, uc_hook_h, uclib
+from unicorn.unicorn_py3 import unicorn as binding
+from unicorn.unicorn_py3.arch.types import uc_hook_h
+from unicorn.unicorn_py3.unicorn import HOOK_INTR_CFUNC, MMIO_READ_CFUNC, uclib
 
 from vlab.toyvmm import Machine, RoundRobin, assemble, ms
 from vlab.toyvmm.engine import FastRegs
@@ -63,6 +66,8 @@ j 1b
 """
 TRAPS_PER_RUN = 100_000
 
+_Uc: Any = binding.Uc  # the binding's typing is partial (untyped methods, no ctl_set_tlb_mode)
+
 
 def raw_uc(code: bytes, *, hook: str, kind: str) -> tuple[Any, list[int]]:
     """A raw Unicorn RISC-V machine like the VMM's (virtual TLB, U-mode), with one trap hook.
@@ -74,7 +79,7 @@ def raw_uc(code: bytes, *, hook: str, kind: str) -> tuple[Any, list[int]]:
     pool = mmap.mmap(-1, 1 << 20)
     pool[: len(code)] = code
     address = ctypes.addressof(ctypes.c_char.from_buffer(pool))
-    uc = unicorn.Uc(unicorn.UC_ARCH_RISCV, unicorn.UC_MODE_RISCV64)
+    uc = _Uc(unicorn.UC_ARCH_RISCV, unicorn.UC_MODE_RISCV64)
     uc.ctl_set_tlb_mode(unicorn.UC_TLB_VIRTUAL)
     uc.mem_map_ptr(POOL_BASE, 1 << 20, unicorn.UC_PROT_ALL, address)
 
@@ -112,7 +117,8 @@ def raw_uc(code: bytes, *, hook: str, kind: str) -> tuple[Any, list[int]]:
             uc.mem_read(POOL_BASE + offset, 4)
         write(rv.UC_RISCV_REG_A0, 0)
 
-    callback = {"mmio": mmio_read, "ecall": ecall, "csr": csr}[kind] if hook != "bare" or kind == "mmio" else bare
+    callbacks: dict[str, Callable[..., Any]] = {"mmio": mmio_read, "ecall": ecall, "csr": csr}
+    callback = callbacks[kind] if hook != "bare" or kind == "mmio" else bare
     if hook == "ctypes":
         uc._bench_keep = (pool, _c_hook(uc, kind, callback))  # keep the memory and the callback alive
     elif kind == "mmio":
@@ -211,8 +217,8 @@ def main() -> int:
     print(f"\n{'slice (instr)':<16}{'raw M instr/s':>14}{'VMM M instr/s':>15}{'raw÷VMM':>10}  (target ≤ 2)")
     for slice_insns in (ms(1), ms(10), ms(30)):
         total = 30 * slice_insns if slice_insns < ms(10) else 9 * slice_insns
-        raw = median_of(args.repeat, lambda s=slice_insns, t=total: throughput_raw(compute, 3, s, t))
-        vmm = median_of(args.repeat, lambda s=slice_insns, t=total: throughput_vmm(compute, 3, s, t))
+        raw = median_of(args.repeat, functools.partial(throughput_raw, compute, 3, slice_insns, total))
+        vmm = median_of(args.repeat, functools.partial(throughput_vmm, compute, 3, slice_insns, total))
         print(f"{slice_insns:<16}{raw / 1e6:>14.1f}{vmm / 1e6:>15.1f}{raw / vmm:>10.2f}")
     if args.fuzz:
         from tests.toyvmm.toyvmm_fuzzing import fuzz

@@ -108,8 +108,11 @@ def console_capture(mib: int) -> float:
 def raw_read(mib: int) -> float:
     ours, guest = socket.socketpair()
     total = mib * 1024 * 1024 // (len(LINE) * 64) * len(LINE) * 64
-    sender = threading.Thread(target=lambda: [guest.sendall(LINE * 64) for _ in range(total // (len(LINE) * 64))],
-                              daemon=True)
+    def send() -> None:
+        for _ in range(total // (len(LINE) * 64)):
+            guest.sendall(LINE * 64)
+
+    sender = threading.Thread(target=send, daemon=True)
     started = time.perf_counter()
     sender.start()
     got, parts = 0, []

@@ -73,9 +73,10 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root.mkdir()
     for path in (REPO / "labs").glob("[0-9][0-9]-*.ipynb"):  # all of them for the diagrams; 01, 04, 07 are run
         shutil.copy(path, root)
-    panel = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code) for code in PANEL_CELLS])
+    nb: Any = nbformat  # nbformat's functions are untyped
+    panel = nb.v4.new_notebook(cells=[nb.v4.new_code_cell(code) for code in PANEL_CELLS])
     panel.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(panel, root / "panel.ipynb")
+    nb.write(panel, root / "panel.ipynb")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return root
 

@@ -283,7 +283,7 @@ class SlowStopVM(ThreadVM):
         self._state_lock = threading.RLock()
         super().__init__()
 
-    @property  # type: ignore[override]
+    @property
     def state(self) -> State:
         with self._state_lock:
             return self._state

@@ -6,13 +6,14 @@ import json
 import shutil
 import stat
 from pathlib import Path
+from typing import Any
 
 from tests.grading.grading_submissions import DATA, EXAMPLE_SOURCE
 from vlab.grading.assign import assign, build, is_stale
 from vlab.grading.testing import assert_not_stale
 
 
-def _cells(text: str) -> dict[str, dict[str, object]]:
+def _cells(text: str) -> dict[str, dict[str, Any]]:
     return {c["id"]: c for c in json.loads(text)["cells"]}
 
 

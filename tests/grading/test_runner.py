@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,7 +47,9 @@ def test_missing_directory_and_bundle_are_clear_errors(tmp_path: Path) -> None:
 
 def test_dask_cluster_grades_the_same_and_survives_a_broken_job(lab: Assignment, tmp_path: Path) -> None:
     import dask
-    from distributed import Client, LocalCluster
+    import distributed
+
+    dist: Any = distributed  # LocalCluster and Client are untyped
 
     dask.config.set({"temporary-directory": str(tmp_path)})  # Dask's scratch space, else /tmp/dask-scratch-space
 
@@ -59,9 +62,9 @@ def test_dask_cluster_grades_the_same_and_survives_a_broken_job(lab: Assignment,
     jobs = make_jobs([("good", good), ("wrong", wrong)], Bundle.from_dict(lab.bundle), embed=True)
     jobs += make_jobs([("broken", good)], Bundle.from_dict(broken_bundle), embed=True)
     with (
-        LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None,
-                     local_directory=str(tmp_path)) as cluster,
-        Client(cluster) as client,
+        dist.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None,
+                          local_directory=str(tmp_path)) as cluster,
+        dist.Client(cluster) as client,
     ):
         results = grade_all(jobs, dask=client, progress=False)
     assert [(r.student, r.total, r.status) for r in results] == [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ EXPECTED = {  # student: (total out of 8, status)
 }
 
 
-def _checks(result: SubmissionResult) -> dict[str, SubmissionResult]:
+def _checks(result: SubmissionResult) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in result.checks}
 
 
@@ -121,7 +122,7 @@ def test_without_root_or_user_namespaces_grading_is_refused_unless_asked(monkeyp
     from vlab.errors import VlabError
     from vlab.grading import sandbox
 
-    monkeypatch.setattr(sandbox.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # the os module sandbox uses
     monkeypatch.setattr(sandbox, "userns_available", lambda: False)
     with pytest.raises(VlabError, match="--no-isolation"):
         sandbox.isolation_mode("auto")

@@ -15,6 +15,7 @@ import pytest
 from vlab.errors import VlabError
 from vlab.images import build, kernel
 from vlab.images.kernel import load_pin
+from vlab.images.manifest import sha256_file
 
 
 def write_pin(tmp_path: Path, **changes: object) -> Path:
@@ -98,14 +99,14 @@ def test_the_pinned_package_from_debians_archive_through_the_private_configurati
     kernel._run(["apt-get", *options, "update", "-qq"])
     kernel._run(["apt-get", *options, "download", "-qq", f"{pin.package}={pin.version}"], cwd=tmp_path)
     (deb,) = tmp_path.glob("*.deb")
-    assert kernel.sha256_file(deb) == pin.sha256
+    assert sha256_file(deb) == pin.sha256
     assert kernel.package_of(deb) == kernel.KernelPackage(pin.package, pin.version)
 
 
 @pytest.mark.slow
 def test_fetch_pinned_checks_the_bytes_and_says_where_they_came_from(tmp_path: Path) -> None:
     deb, via = kernel.fetch_pinned(tmp_path, load_pin())
-    assert kernel.sha256_file(deb) == load_pin().sha256
+    assert sha256_file(deb) == load_pin().sha256
     assert via in ("the system's apt", "Debian's archive through a private apt configuration")
 
 

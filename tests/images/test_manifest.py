@@ -31,14 +31,18 @@ def test_round_trip_and_clean_verify(tmp_path: Path) -> None:
 def test_changed_same_size_file_fails_the_checksum(tmp_path: Path) -> None:
     built(tmp_path)
     (tmp_path / "sub" / "prog.bin").write_bytes(b"\x73\x00\x00\x00")
-    assert Manifest.load(tmp_path).problems(tmp_path) == ["sub/prog.bin: sha256 does not match the manifest"]
+    loaded = Manifest.load(tmp_path)
+    assert loaded is not None
+    assert loaded.problems(tmp_path) == ["sub/prog.bin: sha256 does not match the manifest"]
 
 
 def test_missing_and_resized_files_are_named(tmp_path: Path) -> None:
     built(tmp_path)
     (tmp_path / "vmlinuz").write_bytes(b"short")
     (tmp_path / "sub" / "prog.bin").unlink()
-    problems = Manifest.load(tmp_path).problems(tmp_path)
+    loaded = Manifest.load(tmp_path)
+    assert loaded is not None
+    problems = loaded.problems(tmp_path)
     assert sorted(problems) == ["sub/prog.bin: missing", "vmlinuz: size 5 != 600 in the manifest"]
 
 

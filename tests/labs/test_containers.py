@@ -33,6 +33,7 @@ from vlab.errors import VlabError
 from vlab.grading.seeds import practice_seed
 from vlab.host import syscalls
 from vlab.labs import containers as lab
+from vlab.paths import runtime_dir
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO / "labs" / "source" / "08-containers.ipynb"
@@ -167,7 +168,7 @@ def test_a_killed_runtime_takes_its_container_with_it_and_sweep_removes_the_rest
     assert not _sleepers(), "the container outlived its runtime"
     removed = lab.sweep()  # the killed runtime's scratch directory (and cgroup) are stale now
     assert any(str(runtime.pid) in path for path in removed["scratch"])
-    assert not [p for p in lab.runtime_dir().glob(f"{lab.PREFIX}-{runtime.pid}-*")]
+    assert not [p for p in runtime_dir().glob(f"{lab.PREFIX}-{runtime.pid}-*")]
 
 
 def _sleepers() -> list[int]:
@@ -307,7 +308,7 @@ def test_syscall_wrappers_reject_bad_arguments_with_the_field_named() -> None:
     with pytest.raises(VlabError, match="NUL"):
         syscalls.mount(None, "/tmp/a\0b")
     with pytest.raises(VlabError, match="flags"):
-        syscalls.unshare(True)  # type: ignore[arg-type]
+        syscalls.unshare(True)
     with pytest.raises(VlabError, match="path string"):
         syscalls.umount(42)  # type: ignore[arg-type]
     with pytest.raises(VlabError, match="hostname"):

@@ -70,11 +70,13 @@ def test_satp_reloads_make_shadow_paging_exit_and_tlb_misses_make_nested_walk() 
 @pytest.mark.parametrize("seed", range(24))
 def test_seeded_costs_make_each_mode_win_one_workload(seed: int) -> None:
     p = lab.params_for(seed)
+    exit_cycles: int = p["exit_cycles"]
+    ref_cycles: int = p["ref_cycles"]
 
     def cycles(run: lab.PagingRun) -> int:
         if run.mode == "shadow":
-            return run.shadow_fills * p["exit_cycles"] + run.guest_pte_reads * p["ref_cycles"]
-        return run.nested_refs * p["ref_cycles"]
+            return run.shadow_fills * exit_cycles + run.guest_pte_reads * ref_cycles
+        return run.nested_refs * ref_cycles
 
     for update, winner in ((True, "nested"), (False, "shadow")):
         program = lab.paging_program(p["pages"], p["rounds"], update=update)

@@ -183,8 +183,10 @@ def test_a_student_model_that_fails_mid_cell_leaves_no_qemu_behind() -> None:
 
     pids: list[int] = []
     with pytest.raises(TypeError), lab.MigrationBench(mem_mib=128, accel="tcg") as failing:
+        assert failing.guest.pid is not None
         pids.append(failing.guest.pid)
         failing.migrate("idle", dirty_rate=0, wws_mib=8)
+        assert failing.guest.pid is not None
         pids.append(failing.guest.pid)
         vlab.grading.predict_then_measure(broken_model, lambda: 0.0, what="MiB sent", unit="MiB")
     assert len(set(pids)) == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 
 from vlab.errors import VlabError
@@ -67,10 +69,10 @@ def test_slices_are_plot_ready_and_cover_the_run() -> None:
 def test_score_scheduler_returns_plain_data_for_the_grader() -> None:
     from vlab.toyvmm import RoundRobin
 
-    mix = [{"name": "a", "program": "compute"}, {"name": "w", "program": "sleeper"}]
+    mix: list[dict[str, object]] = [{"name": "a", "program": "compute"}, {"name": "w", "program": "sleeper"}]
     score = lab.score_scheduler(RoundRobin, mix, duration_ms=30)
     assert set(score) == {"fairness", "max_latency_ms", "shares", "classes"}
-    assert "RoundRobin" in score["classes"]
+    assert "RoundRobin" in cast(list[str], score["classes"])
     with pytest.raises(VlabError, match="Scheduler"):
         lab.score_scheduler(lambda: "not a scheduler", mix)  # type: ignore[arg-type,return-value]
 

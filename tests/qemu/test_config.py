@@ -144,7 +144,8 @@ def test_nic_validation() -> None:
 
 def test_standalone_argv_is_a_runnable_nographic_command(files: tuple[Path, Path]) -> None:
     kernel, initrd = files
-    config = VMConfig(kernel=kernel, initrd=initrd, mem="512M", vcpus=1, append="console=ttyS0", root="/dev/sda1")
+    config = VMConfig(kernel=kernel, initrd=initrd, mem="512M",  # type: ignore[arg-type]  # units accepted at runtime
+                      vcpus=1, append="console=ttyS0", root="/dev/sda1")
     argv = config.qemu_argv()
     assert argv[0] == "qemu-system-x86_64"
     pairs = {argv[i]: argv[i + 1] for i in range(1, len(argv) - 1) if argv[i].startswith("-")}

@@ -279,8 +279,8 @@ def test_a_frozen_qemu_during_restore_falls_back_to_cold_boot(fresh: Template,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """QEMU is frozen for real (SIGSTOP right after it is spawned for a restore)."""
     from vlab.qemu import vm as vm_module
+    from vlab.qemu.process import QemuProcess as real  # what vm_module.QemuProcess is
 
-    real = vm_module.QemuProcess
     frozen: list[int] = []
 
     def freezing(argv: list[str], *args: object) -> object:

@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -23,7 +24,7 @@ def test_start_run_pause_resume_stop_walks_through_the_states(config: VMConfig) 
     assert vm.state is VMState.CREATED and vm.pid is None
     vm.start()
     try:
-        assert vm.state is VMState.RUNNING
+        assert cast(VMState, vm.state) is VMState.RUNNING  # cast: mypy still holds the CREATED asserted before start()
         assert vm.status() == "running"
         assert vm.boot_seconds is not None and vm.boot_attempts >= 1
         result = vm.console.run("uname -s; cat /proc/sys/kernel/hostname")

@@ -66,8 +66,8 @@ class FillAudit:
     def __init__(self, machine: Machine) -> None:
         self.machine, self.inner, self.fills, self.escapes = machine, machine.engine._on_tlb_fill, 0, 0
 
-    def __call__(self, uc: Any, va: int, access: int, entry: Any, data: Any) -> bool:
-        ok = self.inner(uc, va, access, entry, data)
+    def __call__(self, uc: Any, va: int, access: int, entry: Any, _data: Any) -> bool:  # named as the hook it replaces
+        ok = self.inner(uc, va, access, entry, _data)
         vcpu, paddr = self.machine.engine.current, entry.contents.paddr
         if ok and vcpu is not None and paddr >= POOL_BASE:
             self.fills += 1
