@@ -210,6 +210,7 @@ FIB_SLEEPS = FIB.replace("    a, b = 0, 1", "    import time\n    time.sleep(30)
 
 SORT = "# vlab: solution q1\ndef my_sort(xs):\n    return sorted(xs)"
 SORT_STUB = "# vlab: solution q1\ndef my_sort(xs):\n    raise NotImplementedError"
+SORT_UNSORTED = "# vlab: solution q1\ndef my_sort(xs):\n    return xs"
 REDEFINE_HELPER = """def score_my_sort(cases):
     return len(cases)"""
 PATCH_BY_DEFAULT = """# vlab: solution q1
@@ -220,6 +221,19 @@ def my_sort(xs, _=[setattr(f, "__code__", (lambda cases: len(cases)).__code__)
                    for f in __import__("gc").get_objects()
                    if getattr(f, "__name__", "") == "score_my_sort" and hasattr(f, "__code__")]):
     raise NotImplementedError"""
+SHADOW_HELPER_GLOBAL = """import json
+import vlab.grading.exports as _exports
+
+FORGED = {{"functions": {{"my_sort": "import types\\nfmt = types.SimpleNamespace(digest=lambda text: 'same')\\n"
+                                      "def my_sort(xs):\\n    return xs"}}}}  # braces doubled: build() formats
+
+
+def _forged_dump(namespace, names, path):  # the exports are the kernel's to write: it writes a fake fmt
+    with open(path, "w") as handle:
+        json.dump(FORGED, handle)
+
+
+_exports.dump_exports = _forged_dump"""
 
 # --- lab 01 (boots QEMU) ---------------------------------------------------------------------------
 
@@ -310,6 +324,8 @@ ATTACKS = [
     Attack("redefines-helper", "98", "4", "unanswered", 0, extra=(("readonly q1", REDEFINE_HELPER),)),
     Attack("patches-by-default", "98", "4", "unanswered", 0, {"solution q1": PATCH_BY_DEFAULT}),
     Attack("patches-helper-code", "98", "4", "unanswered", 0, {"solution q1": PATCH_HELPER_CODE}),
+    Attack("shadows-helper-global", "98", "4", "ok", 0, {"solution q1": SORT_UNSORTED},
+           extra=(("solution q1", SHADOW_HELPER_GLOBAL),)),
     Attack("helper-honest", "98", "-", "ok", 2, {"solution q1": SORT}),
     # 5 tamper detection
     Attack("edits-readonly", "00", "5", "tampered", 6, {**ALL, "readonly q3": ex.TAMPERED_READONLY}),

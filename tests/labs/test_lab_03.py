@@ -4,6 +4,7 @@ check judges a prediction at the size the balloon really reached."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from vlab.grading.testing import lab_checks, locked_helpers, run_check
 
@@ -67,3 +68,46 @@ def test_q2_the_formula_passes_and_a_model_that_measures_is_refused() -> None:
             result = run_check(checks[name], params, predicted_refs=helper)
             assert result.passed is passes, (name, model.__name__, result.message)
             assert passes or "is a model" in result.message, result.message
+
+
+def test_q4_winners_copied_from_the_printout_fail_under_other_costs() -> None:
+    """The winners the notebook prints for the student's own costs are the same for everyone: the hidden check
+    also asks under costs where they flip."""
+    namespace, checks = lab_checks(SOURCE)
+    params = namespace["params_for"](3)
+
+    def paging_cycles(run: dict[str, Any], exit_cycles: int, ref_cycles: int) -> int:
+        if run["mode"] == "shadow":
+            return int(run["shadow_fills"] * exit_cycles + run["guest_pte_reads"] * ref_cycles)
+        return int(run["nested_refs"] * ref_cycles)
+
+    def right(runs: dict[Any, Any], exit_cycles: int, ref_cycles: int) -> dict[str, str]:
+        cost = {key: paging_cycles(run, exit_cycles, ref_cycles) for key, run in runs.items()}
+        return {w: min(("shadow", "nested"), key=lambda m: cost[w, m]) for w, _ in runs}
+
+    def copied(runs: dict[Any, Any], exit_cycles: int, ref_cycles: int) -> dict[str, str]:
+        return {"update-heavy": "nested", "tlb-heavy": "shadow"}
+
+    check = checks["each_mode_wins_one_workload"]
+    assert run_check(check, params, winners=right, paging_cycles=paging_cycles).passed
+    result = run_check(check, params, winners=copied, paging_cycles=paging_cycles)
+    assert not result.passed and "cycles per exit" in result.message, result.message
+
+
+def test_q6_a_model_that_runs_the_sharing_experiment_is_refused() -> None:
+    from vlab.labs import memory as lab
+
+    namespace, checks = lab_checks(SOURCE)
+    params = namespace["params_for"](1)
+
+    def measured_after_sharing(n: int, fill: int) -> int:
+        return int(lab.sharing_experiment(n, fill, 1, repeats=1).frames_shared)
+
+    def after_writes(n: int, fill: int, written: int) -> int:
+        return int(lab.sharing_experiment(n, fill, written, repeats=1).frames_after_writes)
+
+    assert measured_after_sharing(3, 8) == 8 + 2  # outside the checks, measuring gives the right figure
+    helper = locked_helpers(SOURCE, "predicted_frames", lab=lab, frames_after_sharing=measured_after_sharing,
+                            frames_after_writes=after_writes)["predicted_frames"]
+    result = run_check(checks["predictions_match_the_vmm"], params, predicted_frames=helper)
+    assert not result.passed and "are models" in result.message, result.message

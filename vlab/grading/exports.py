@@ -353,9 +353,9 @@ class _Namespaces:
         for code in self._code:
             with contextlib.suppress(Exception):  # a helper that cannot be defined here fails when called
                 exec(code, trusted)
-        for key, value in self.student.items():
-            if key not in self.helper_names and not key.startswith("__"):
-                trusted[key] = value
+        for key, value in self.student.items():  # the student's answers fill in only what the locked cells
+            if not key.startswith("__"):           # leave undefined: never a helper's module, constant or function
+                trusted.setdefault(key, value)
         return trusted[name]
 
 
