@@ -67,3 +67,12 @@ def test_summary_counts_statuses_and_killed_processes(batch: dict[str, Submissio
     text = format_summary(summary)
     assert f"{len(batch)} submissions" in text and "graded in 12.5 s" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["feedback", "gb-summary.json", "gb.csv"]
+
+
+def test_gradebook_and_feedback_files_are_private_and_no_temp_file_is_left(
+    batch: dict[str, SubmissionResult], tmp_path: Path
+) -> None:
+    write_gradebook(list(batch.values()), tmp_path / "gb.csv")
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert written and all(p.stat().st_mode & 0o777 == 0o600 for p in written), written
+    assert not [p for p in written if p.name.startswith(".")]  # write_atomic's temp files are gone

@@ -11,29 +11,16 @@ import csv
 import html
 import io
 import json
-import os
 import statistics
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vlab.files import write_atomic
 from vlab.grading.results import SubmissionResult
 
 __all__ = ["feedback", "feedback_html", "format_summary", "summarize", "write_gradebook"]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def feedback(result: SubmissionResult) -> dict[str, Any]:
@@ -153,10 +140,11 @@ def write_gradebook(
         row = [r.student, r.lab, *scores, f"{r.total:g}", f"{r.max:g}", r.status, r.isolation]
         writer.writerow(row)
     feedback_dir = csv_path.parent / "feedback"
-    for r in ordered:
-        _write_atomic(feedback_dir / f"{r.student}.json", json.dumps(feedback(r), indent=1) + "\n")
-        _write_atomic(feedback_dir / f"{r.student}.html", feedback_html(r))
+    feedback_dir.mkdir(parents=True, exist_ok=True)
+    for r in ordered:  # grades are private: 0600 like the gradebook
+        write_atomic(feedback_dir / f"{r.student}.json", json.dumps(feedback(r), indent=1) + "\n", 0o600)
+        write_atomic(feedback_dir / f"{r.student}.html", feedback_html(r), 0o600)
     summary = summarize(ordered, seconds)
-    _write_atomic(csv_path.parent / f"{csv_path.stem}-summary.json", json.dumps(summary, indent=1) + "\n")
-    _write_atomic(csv_path, buffer.getvalue())
+    write_atomic(csv_path.parent / f"{csv_path.stem}-summary.json", json.dumps(summary, indent=1) + "\n", 0o600)
+    write_atomic(csv_path, buffer.getvalue(), 0o600)
     return summary

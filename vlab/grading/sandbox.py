@@ -541,10 +541,9 @@ def _classify(result: SubmissionResult, run: _Run, errors: list[dict[str, Any]],
     names = {e["ename"] for e in errors}
     if run.notebook_timeout or "CellTimeout" in names:
         result.flag("timeout")
-    oom = cgroup.counter("memory", "memory.oom_control", "oom_kill") if cgroup else 0
-    if "MemoryError" in names or oom:
+    if "MemoryError" in names or (cgroup and cgroup.oom_kills()):  # cgroup v1 or v2 alike
         result.flag("memory")
-    if "BlockingIOError" in names or (cgroup and cgroup.counter("pids", "pids.events", "max")):
+    if "BlockingIOError" in names or (cgroup and cgroup.pids_refused()):
         result.flag("processes")
     if run.died:
         result.flag("kernel-died")
