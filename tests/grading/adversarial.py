@@ -225,7 +225,7 @@ SHADOW_HELPER_GLOBAL = """import json
 import vlab.grading.exports as _exports
 
 FORGED = {{"functions": {{"my_sort": "import types\\nfmt = types.SimpleNamespace(digest=lambda text: 'same')\\n"
-                                      "def my_sort(xs):\\n    return xs"}}}}  # braces doubled: build() formats
+                                      "def my_sort(xs):\\n    return xs"}}}}  # doubled: build() turns {{ into {
 
 
 def _forged_dump(namespace, names, path):  # the exports are the kernel's to write: it writes a fake fmt
@@ -383,8 +383,9 @@ ATTACKS = [
         "leftovers",  # q4 and q5 are answered: not a blank submission
         3,
         {
-            "solution q4": "# vlab: solution q4\ndef answer_q4():\n    return 'B'",
-            "solution q5": "# vlab: solution q5\ndef answer_q5():\n    return {'c', 'd'}",
+            "solution q4": "# vlab: solution q4\ntcg_answer = TCG_VS_KVM.letter(0, PARAMS)",
+            "solution q5": "# vlab: solution q5\n"
+                           "textbook_true = {{TEXTBOOK.letter(2, PARAMS), TEXTBOOK.letter(3, PARAMS)}}",
         },
         extra=(("solution q5", LAB01_LEAVES_VM), ("solution q5", READS_COURSE.replace("raise RuntimeError", "print"))),
         mangle=keep_only_graded_code,

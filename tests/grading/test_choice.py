@@ -63,7 +63,7 @@ def test_bad_choices_are_refused(question: str, options: list[str], problem: str
 
 def test_the_object_holds_no_answer() -> None:
     choice = Choice("q3", OPTIONS)
-    assert set(vars(choice)) == {"question", "options"}
+    assert set(vars(choice)) == {"question", "options", "prompt"}
     assert b"answer" not in pickle.dumps(choice) and "answer" not in repr(choice)
 
 
@@ -73,3 +73,10 @@ def test_text_lists_the_options_in_the_instances_order(capsys: pytest.CaptureFix
     shown = capsys.readouterr().out
     for letter, index in zip("abcd", choice.order({"seed": 1}), strict=True):
         assert f"{letter}) {OPTIONS[index]}" in shown
+
+
+def test_a_choice_of_several_true_statements_says_so_above_its_options() -> None:
+    options = ["one statement here", "another statement", "a third statement"]
+    several = Choice("q5", options, prompt="give the set of letters of the true statements")
+    assert several.text({"seed": 1}).splitlines()[0] == "q5: give the set of letters of the true statements"
+    assert Choice("q4", options).text({"seed": 1}).splitlines()[0] == "q4: pick one letter"

@@ -42,10 +42,12 @@ class Choice:
     :param question: the question id (``"q3"``).
     :param options: 3 to 8 distinct statements, each a plausible misconception but one.
     :param max_ratio: the longest option may be at most this many times the shortest.
+    :param prompt: how to answer, shown above the options (e.g. for a set of letters).
     :raises VlabError: for too few/many options, duplicates, or options of very different length.
     """
 
-    def __init__(self, question: str, options: Sequence[str], *, max_ratio: float = MAX_LENGTH_RATIO) -> None:
+    def __init__(self, question: str, options: Sequence[str], *, max_ratio: float = MAX_LENGTH_RATIO,
+                 prompt: str = "pick one letter") -> None:
         if not isinstance(question, str) or not _QUESTION_RE.fullmatch(question):
             raise VlabError("not a question id", field="question", value=question, fix='use e.g. "q3"')
         if isinstance(options, str) or not isinstance(options, Sequence) or not 3 <= len(options) <= 8:
@@ -69,7 +71,7 @@ class Choice:
                 value=shortest,
                 fix="give every option the same amount of detail (shorten the longest, or detail the shortest)",
             )
-        self.question = question
+        self.question, self.prompt = question, str(prompt)
         self.options: tuple[str, ...] = tuple(texts)
 
     def order(self, params: Mapping[str, Any]) -> list[int]:
@@ -104,7 +106,7 @@ class Choice:
         return str(answer).strip().lower().rstrip(")")
 
     def text(self, params: Mapping[str, Any]) -> str:
-        lines = [f"{self.question}: answer with one letter"]
+        lines = [f"{self.question}: {self.prompt}"]
         for letter, index in zip(self.letters, self.order(params), strict=True):
             lines.append(f"  {letter}) {self.options[index]}")
         return "\n".join(lines)
@@ -124,7 +126,7 @@ class Choice:
             f"<li><b>{letter}</b>) {html.escape(self.options[index])}</li>"
             for letter, index in zip(self.letters, self.order(params), strict=True)
         )
-        head = f"<b>{html.escape(self.question)}</b>: answer with one letter"
+        head = f"<b>{html.escape(self.question)}</b>: {html.escape(self.prompt)}"
         display(HTML(f"<div>{head}<ul>{items}</ul></div>"))  # type: ignore[no-untyped-call]
 
     def __repr__(self) -> str:
