@@ -39,6 +39,17 @@ def test_expect_equal_shows_both_values() -> None:
         expect_equal(8, 24, "walk:")
 
 
+def test_expect_equal_shows_addresses_in_the_base_of_the_question() -> None:
+    with pytest.raises(CheckFailed, match=r"walk: \(expected 0x80001000, got None\)"):
+        expect_equal(None, 0x8000_1000, "walk:", base=16)
+    with pytest.raises(CheckFailed, match=r"expected 0x10, got 'x'"):  # a wrong type is shown as it is
+        expect_equal("x", 16, base=16)
+    with pytest.raises(CheckFailed, match=r"expected True, got False"):  # a bool is no address
+        expect_equal(False, True, base=16)
+    with pytest.raises(ValueError, match="base must be 10 or 16"):
+        expect_equal(1, 1, base=8)
+
+
 def test_registry_collects_with_points_and_hidden_flag() -> None:
     with Registry(hidden=True) as registry:
 

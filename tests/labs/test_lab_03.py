@@ -111,3 +111,12 @@ def test_q6_a_model_that_runs_the_sharing_experiment_is_refused() -> None:
                             frames_after_writes=after_writes)["predicted_frames"]
     result = run_check(checks["predictions_match_the_vmm"], params, predicted_frames=helper)
     assert not result.passed and "are models" in result.message, result.message
+
+
+def test_q1_feedback_shows_addresses_in_hex_like_the_question() -> None:
+    namespace, checks = lab_checks(SOURCE)
+    params = namespace["params_for"](1)
+    result = run_check(checks["walks_your_tables"], params, walk_sv39=lambda memory, satp, va: None)
+    assert not result.passed
+    shown = result.message.split("(expected ", 1)[1]
+    assert shown.startswith("0x") or shown.startswith("None, got 0x"), result.message

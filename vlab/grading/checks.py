@@ -60,10 +60,19 @@ def expect(condition: object, message: str) -> None:
         raise CheckFailed(message)
 
 
-def expect_equal(actual: object, expected: object, message: str = "") -> None:
-    """Fail unless ``actual == expected``; the message shows both values."""
+def _shown(value: object, base: int) -> str:
+    if base == 16 and isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:#x}"
+    return repr(value)
+
+
+def expect_equal(actual: object, expected: object, message: str = "", *, base: int = 10) -> None:
+    """Fail unless ``actual == expected``; the message shows both values (whole numbers in ``base``: 10 or 16,
+    the base the question uses, e.g. 16 for addresses)."""
+    if base not in (10, 16):
+        raise ValueError(f"expect_equal: base must be 10 or 16, not {base!r}")
     if actual != expected:
-        detail = f"expected {expected!r}, got {actual!r}"
+        detail = f"expected {_shown(expected, base)}, got {_shown(actual, base)}"
         raise CheckFailed(f"{message} ({detail})" if message else detail)
 
 
