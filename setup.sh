@@ -75,7 +75,7 @@ case "$job" in
         exec vlab tour ;;
     test)
         step "tests: ruff, mypy, pytest (unit, QEMU and Unicorn integration, grading, browser) and nbval (labs)"
-        ruff check vlab tests bench
+        ruff check vlab tests bench binder
         mypy
         exec pytest -q --durations=15 tests labs --nbval-lax --nbval-sanitize-with labs/nbval-sanitize.cfg ;;
     *)

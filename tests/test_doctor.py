@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from vlab import doctor
 from vlab.doctor import Finding, failed, run_checks
+from vlab.host import packages
 
 
 def run_doctor(*args: str, env_images: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -60,3 +64,28 @@ def test_text_output_names_the_accelerator_and_why() -> None:
     done = run_doctor()
     line = next(line for line in done.stdout.splitlines() if "accelerator" in line)
     assert ("tcg" in line or "kvm" in line) and ":" in line
+
+
+def qemu_finding_without_qemu(monkeypatch: pytest.MonkeyPatch) -> Finding:
+    monkeypatch.setattr("vlab.doctor.shutil.which", lambda name: None)
+    return doctor._qemu()
+
+
+def test_the_missing_qemu_fix_installs_binder_apt_txt_read_at_run_time(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    finding = qemu_finding_without_qemu(monkeypatch)
+    assert finding.status == "missing" and finding.fix == packages.apt_install_command()
+    listing = tmp_path / "apt.txt"
+    listing.write_text("qemu-system-x86  # the one list\nzstd\n")
+    monkeypatch.setattr(packages, "APT_TXT", listing)
+    assert qemu_finding_without_qemu(monkeypatch).fix == "sudo apt-get install --no-install-recommends " \
+        "qemu-system-x86 zstd"
+
+
+def test_without_the_checkout_the_fix_says_where_the_list_lives(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(packages, "APT_TXT", tmp_path / "no-such-apt.txt")  # as from a wheel: no binder/
+    finding = qemu_finding_without_qemu(monkeypatch)
+    assert finding.status == "missing" and finding.fix is not None and "binder/apt.txt" in finding.fix

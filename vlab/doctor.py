@@ -16,9 +16,11 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from vlab.errors import VlabError
 from vlab.host.accel import detect_accelerator
 from vlab.host.cgroups import detect_cgroups
 from vlab.host.namespaces import detect_namespaces
+from vlab.host.packages import apt_install_command
 from vlab.images.manifest import Manifest
 from vlab.paths import images_dir
 
@@ -37,10 +39,6 @@ PYTHON_DEPENDENCIES = (
     "dask",
     "distributed",
 )
-APT_FIX = (
-    "sudo apt-get install --no-install-recommends qemu-system-x86 qemu-utils busybox-static cpio kmod "
-    "gcc libc6-dev binutils-riscv64-unknown-elf"
-)
 
 
 @dataclass(frozen=True)
@@ -54,10 +52,19 @@ class Finding:
     fix: str | None = None
 
 
+def _apt_fix() -> str:
+    """The install command for ``binder/apt.txt``, read now (the one package list); without the checkout, the
+    VlabError's fix, which says where the list lives: the doctor reports, it does not stop."""
+    try:
+        return apt_install_command()
+    except VlabError as exc:
+        return exc.fix or exc.problem
+
+
 def _qemu() -> Finding:
     binary = shutil.which("qemu-system-x86_64")
     if binary is None:
-        return Finding("qemu", "missing", "qemu-system-x86_64 not found", True, APT_FIX)
+        return Finding("qemu", "missing", "qemu-system-x86_64 not found", True, _apt_fix())
     out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False).stdout
     return Finding("qemu", "ok", f"{out.splitlines()[0] if out else 'unknown version'} ({binary})", True)
 

@@ -1,15 +1,14 @@
-"""binder/: what repo2docker reads agrees with the project, and ``binder/check`` replays the Binder build.
+"""binder/: what repo2docker reads agrees with the project, and ``binder/check.py`` replays the Binder build.
 
 The cheap tests read the files repo2docker reads (``apt.txt``, ``requirements.txt``, ``runtime.txt``,
-``postBuild``, ``start``) against their sources of truth (``setup.sh``, ``pyproject.toml``, ``vlab doctor``'s
-fix line) and run ``binder/start`` for real. The slow one runs ``binder/check`` end to end as root: an
+``postBuild``, ``start``) against their sources of truth (``setup.sh``, ``pyproject.toml``) and run
+``binder/start`` for real. The slow one runs ``binder/check.py`` end to end as root: an
 unprivileged user, no ``/dev/kvm``, emptied apt lists, a 2 GiB memory group, postBuild, doctor, tour, lab 01.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.machinery
 import importlib.util
 import json
 import os
@@ -25,6 +24,9 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
+from vlab.host.cgroups import Cgroup, CgroupSupport
+from vlab.host.packages import read_apt_txt
+
 REPO = Path(__file__).resolve().parents[2]
 BINDER = REPO / "binder"
 
@@ -34,13 +36,12 @@ HOST_ONLY_PACKAGES = {"python3-venv", "chromium"}
 
 @functools.cache
 def load_check() -> ModuleType:
-    """``binder/check`` as a module (it has no ``.py`` suffix, being a command)."""
-    loader = importlib.machinery.SourceFileLoader("binder_check", str(BINDER / "check"))
-    spec = importlib.util.spec_from_loader("binder_check", loader)
-    assert spec is not None
+    """``binder/check.py`` as a module (``binder/`` is no package: repo2docker's directory, not Python's)."""
+    spec = importlib.util.spec_from_file_location("binder_check", BINDER / "check.py")
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there
-    loader.exec_module(module)
+    spec.loader.exec_module(module)
     return module
 
 
@@ -52,7 +53,7 @@ def setup_sh_packages() -> list[str]:
 
 
 def apt_txt() -> set[str]:
-    return set(load_check().read_apt_txt(BINDER / "apt.txt"))
+    return set(read_apt_txt(BINDER / "apt.txt"))
 
 
 def requirements(lines: list[str]) -> dict[str, SpecifierSet]:
@@ -61,7 +62,7 @@ def requirements(lines: list[str]) -> dict[str, SpecifierSet]:
 
 
 def test_setup_sh_installs_exactly_apt_txt_plus_the_host_only_packages() -> None:
-    assert setup_sh_packages() == [*load_check().read_apt_txt(BINDER / "apt.txt"), "python3-venv"]
+    assert setup_sh_packages() == [*read_apt_txt(BINDER / "apt.txt"), "python3-venv"]
 
 
 def test_the_package_list_has_one_copy_binder_apt_txt() -> None:
@@ -72,28 +73,10 @@ def test_the_package_list_has_one_copy_binder_apt_txt() -> None:
     assert not (HOST_ONLY_PACKAGES & apt_txt())
 
 
-def test_apt_txt_covers_the_packages_vlab_doctor_tells_students_to_install() -> None:
-    from vlab.doctor import APT_FIX
-
-    named = {word for word in APT_FIX.split() if re.fullmatch(r"[a-z0-9][a-z0-9.+-]+", word)}
-    named -= {"sudo", "apt-get", "install"}
-    assert named <= apt_txt(), f"doctor's fix names {sorted(named - apt_txt())}, absent from apt.txt"
-
-
 def test_apt_txt_has_debian_keys_for_the_pinned_kernel_and_zstd_for_compressed_modules() -> None:
     # kernel.py fetches Debian's pinned kernel on Ubuntu through apt trusting Debian's keyring (same path on both);
     # it decompresses .ko.zst with the zstd command (an Ubuntu kernel chosen with VLAB_KERNEL_PACKAGE).
     assert {"debian-archive-keyring", "zstd"} <= apt_txt()
-
-
-def test_apt_txt_is_parsed_like_repo2docker_does(tmp_path: Path) -> None:
-    check = load_check()
-    listing = tmp_path / "apt.txt"
-    listing.write_text("# comment\n\nqemu-utils  # trailing comment\n  cpio\nlibc6-dev\n")
-    assert check.read_apt_txt(listing) == ["qemu-utils", "cpio", "libc6-dev"]
-    listing.write_text("qemu-utils; rm -rf /\n")
-    with pytest.raises(ValueError, match="not a Debian package name"):
-        check.read_apt_txt(listing)
 
 
 def test_requirements_txt_matches_pyproject_dependencies() -> None:
@@ -133,11 +116,29 @@ def test_start_runs_its_arguments_with_the_image_directory_pinned(tmp_path: Path
     assert done.stdout.strip() == str(tmp_path / ".cache" / "vlab" / "images")
 
 
+def test_check_reads_apt_txt_as_vlab_does() -> None:
+    assert load_check().read_apt_txt is read_apt_txt
+
+
+def test_memory_group_reads_its_cgroup_through_vlab_host_cgroups(tmp_path: Path) -> None:
+    check = load_check()
+    group = Cgroup(check.CGROUP_NAME, ("memory",), CgroupSupport(v1={"memory": tmp_path}))
+    path = tmp_path / check.CGROUP_NAME
+    (path / "memory.max_usage_in_bytes").write_text(str(300 * 1024 * 1024))
+    (path / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")
+    (path / "cgroup.procs").write_text("123\n45\n")
+    memory = check.MemoryGroup(1, group)
+    assert (memory.peak_mib(), memory.oom_kills(), memory.leftovers()) == (300, 2, [45, 123])
+    memory.reset_peak()
+    assert memory.oom_kills_before == 2 and (path / "memory.max_usage_in_bytes").read_text() == "0"
+    assert check.MemoryGroup(1).peak_mib() is None  # no group (not created): nothing measured
+
+
 def test_check_refuses_to_run_without_root() -> None:
-    argv = [sys.executable, str(BINDER / "check")]
+    argv = [sys.executable, str(BINDER / "check.py")]
     if os.geteuid() == 0:  # drop to nobody for real rather than pretend; the system Python is one nobody may run
         python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
-        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", python, str(BINDER / "check")]
+        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", python, str(BINDER / "check.py")]
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     assert done.returncode == 2
     assert "must run as root" in done.stderr
@@ -174,16 +175,17 @@ def test_kernel_parity_step_compares_the_kernels_byte_for_byte(tmp_path: Path) -
 @pytest.mark.slow
 def test_binder_check_replays_the_build_then_doctor_says_tcg_and_the_tour_runs_uptime() -> None:
     if os.geteuid() != 0:
-        pytest.skip("binder/check needs root: it installs apt.txt, creates a user and hides /dev/kvm with mounts")
-    done = subprocess.run([str(BINDER / "check")], capture_output=True, text=True, timeout=1800, check=False, cwd=REPO)
+        pytest.skip("binder/check.py needs root: it installs apt.txt, creates a user and hides /dev/kvm with mounts")
+    done = subprocess.run([str(BINDER / "check.py")], capture_output=True, text=True, timeout=1800, check=False,
+                          cwd=REPO)
     output = done.stdout + done.stderr
     tail = "\n".join(output.splitlines()[-60:])
-    assert done.returncode == 0, f"binder/check failed (exit {done.returncode}):\n{tail}"
+    assert done.returncode == 0, f"binder/check.py failed (exit {done.returncode}):\n{tail}"
     assert re.search(r"accelerator\s+tcg \[none\]: no /dev/kvm", output), tail
     assert re.search(r"load average", output), tail
-    assert "binder/check: PASSED" in output
+    assert "binder/check.py: PASSED" in output
     # with the apt lists gone, as on Binder, the pinned kernel came from Debian's archive through vlab's own apt
-    assert re.search(r"binder/check: ok: the guest kernel is byte-identical to ./setup.sh's in .*"
+    assert re.search(r"binder/check\.py: ok: the guest kernel is byte-identical to ./setup.sh's in .*"
                      r"\(from Debian's archive through a private apt configuration\)", output), tail
     if sorted(REPO.glob("labs/01-*.ipynb")):
-        assert re.search(r"binder/check: ok: lab 01 headless", output), tail
+        assert re.search(r"binder/check\.py: ok: lab 01 headless", output), tail

@@ -30,7 +30,7 @@ pinned package on both, fetched through a private apt configuration when the sys
 seccomp profile (unprivileged user namespaces may still work here), conda's Python (a ``venv`` of the host's
 Python stands in) and the network limits of mybinder.org.
 
-Usage: ``binder/check [--keep] [--purge] [--memory-mib N] [--no-lab] [--step-timeout S] [--reference-images DIR]``
+Usage: ``binder/check.py [--keep] [--purge] [--memory-mib N] [--no-lab] [--step-timeout S] [--reference-images DIR]``
 as root. Exit status 0
 when every step passed. The pip cache (``/var/cache/vlab-binder/pip``) is kept between runs so a second run is
 faster; ``pip install`` skips byte-compiling (``--no-compile``) for the same reason.
@@ -57,7 +57,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+# Run as a command, this file's directory (binder/) heads sys.path: the checkout's vlab must be importable too
+# (root's python3 runs it, without the venv's editable install).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vlab.errors import VlabError
+from vlab.host import procfs
+from vlab.host.cgroups import Cgroup, detect_cgroups
+from vlab.host.packages import read_apt_txt
+from vlab.paths import repo_root
+
+PROG = "binder/check.py"
+REPO = repo_root()
 USER = "vlabbinder"
 WORKSPACE = Path("/var/tmp/vlab-binder")  # $HOME (the repository copy) and the notebook environment
 # The workspace is a file system of its own in this sparse image: this host's root file system is mounted with
@@ -97,7 +108,7 @@ exec setpriv --reuid="$VLAB_CHECK_UID" --regid="$VLAB_CHECK_GID" --init-groups -
 
 
 def say(line: str) -> None:
-    print(f"binder/check: {line}", flush=True)
+    print(f"{PROG}: {line}", flush=True)
 
 
 @dataclass
@@ -156,21 +167,21 @@ def network_settings() -> dict[str, str]:
 
 @dataclass
 class MemoryGroup:
-    """The cgroup-v1 memory group every user step runs in (absent when the host offers none)."""
+    """The cgroup-v1 memory group every user step runs in (absent when the host offers none).
+
+    vlab.host.cgroups creates, joins, reads and removes it; only the v1 knobs that reset a measurement are
+    written here (nothing in vlab needs them).
+    """
 
     limit_bytes: int
-    path: Path | None = None
+    group: Cgroup | None = None
     problems: list[str] = field(default_factory=list)
     oom_kills_before: int = 0
 
     def create(self) -> None:
-        sys.path.insert(0, str(REPO))
-        from vlab.errors import VlabError
-        from vlab.host.cgroups import Cgroup, detect_cgroups
-
         support = detect_cgroups()
         place = support.where("memory")
-        if place is None or place[0] != 1:
+        if place is None or place[0] != 1:  # max_usage_in_bytes, the peak each step reports, is v1's
             self.problems.append(f"no cgroup-v1 memory controller ({support.describe()}): no memory limit")
             return
         try:
@@ -179,50 +190,43 @@ class MemoryGroup:
         except (VlabError, OSError) as exc:
             self.problems.append(f"memory limit not applied: {exc}")
             return
-        self.path = group.dirs["memory"][1]
+        self.group = group
 
     def enter(self) -> None:
         """Called in the child before exec: join the group so everything the step starts is counted."""
-        if self.path is not None:
-            (self.path / "tasks").write_text(str(os.getpid()))
+        if self.group is not None:
+            self.group.add(os.getpid())
 
     def reset_peak(self) -> None:
         """Start a step's measurement from zero: drop the page cache earlier steps left charged, then the peak."""
-        if self.path is None:
+        if self.group is None:
             return
+        path = self.group.paths["memory"]
         with contextlib.suppress(OSError):  # force_empty works only while the group has no task, as between steps
-            (self.path / "memory.force_empty").write_text("0")
+            (path / "memory.force_empty").write_text("0")
         with contextlib.suppress(OSError):
-            (self.path / "memory.max_usage_in_bytes").write_text("0")
+            (path / "memory.max_usage_in_bytes").write_text("0")
         self.oom_kills_before = self.oom_kills()
 
     def peak_mib(self) -> float | None:
-        if self.path is None:
+        if self.group is None:
             return None
-        return int((self.path / "memory.max_usage_in_bytes").read_text()) / MIB
+        return self.group.counter("memory", "memory.max_usage_in_bytes") / MIB
 
     def oom_kills(self) -> int:
         """How many processes the kernel killed in the group for want of memory, since it was created."""
-        if self.path is None:
-            return 0
-        for line in (self.path / "memory.oom_control").read_text().splitlines():
-            key, _, value = line.partition(" ")
-            if key == "oom_kill":
-                return int(value)
-        return 0
+        return 0 if self.group is None else self.group.oom_kills()
 
     def leftovers(self) -> list[int]:
-        if self.path is None or not self.path.exists():
-            return []
-        return [int(pid) for pid in (self.path / "cgroup.procs").read_text().split()]
+        return [] if self.group is None else sorted(self.group.members())
 
     def kill_leftovers(self) -> list[str]:
         """SIGKILL every process still in the group (all started by this script); describe each one."""
         described = []
         for pid in self.leftovers():
-            with contextlib.suppress(OSError):
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                described.append(f"{pid} {cmdline.strip()[:120]}")
+            argv = procfs.cmdline(pid)
+            if argv is not None:
+                described.append(f"{pid} {' '.join(argv)[:120]}")
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 5
@@ -231,30 +235,10 @@ class MemoryGroup:
         return described
 
     def remove(self) -> None:
-        if self.path is None:
+        if self.group is None:
             return
         self.kill_leftovers()
-        deadline = time.monotonic() + 5
-        while self.path.exists():
-            try:
-                self.path.rmdir()
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-
-def read_apt_txt(path: Path) -> list[str]:
-    """Package names in ``apt.txt``, parsed as repo2docker does (``#`` starts a comment, blank lines skipped)."""
-    packages = []
-    for line in path.read_text().splitlines():
-        name = line.partition("#")[0].strip()
-        if not name:
-            continue
-        if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", name):
-            raise ValueError(f"{path}: {name!r} is not a Debian package name")
-        packages.append(name)
-    return packages
+        self.group.remove(timeout=5)
 
 
 def read_manifest(directory: Path) -> dict[str, Any] | None:
@@ -371,7 +355,7 @@ class Check:
     @contextlib.contextmanager
     def step(self, name: str, user: bool = False) -> Iterator[StepResult]:
         number = len(self.results) + 1
-        print(f"\n==> binder/check [{number}] {name}", flush=True)
+        print(f"\n==> {PROG} [{number}] {name}", flush=True)
         result = StepResult(name, ok=False, seconds=0.0)
         if user:
             self.memory.reset_peak()
@@ -379,7 +363,7 @@ class Check:
         try:
             yield result
             result.ok = True
-        except (subprocess.SubprocessError, OSError, ValueError, AssertionError) as exc:
+        except (subprocess.SubprocessError, OSError, ValueError, AssertionError, VlabError) as exc:
             result.note = str(exc) or type(exc).__name__
             say(f"FAILED: {result.note}")
         finally:
@@ -461,7 +445,7 @@ class Check:
         chown_tree(prefix, uid, gid)
         chown_tree(PIP_CACHE, uid, gid)
         self.layout = Layout(home, prefix, uid, gid)
-        limit = f"{self.args.memory_mib} MiB memory limit" if self.memory.path else "no memory limit"
+        limit = f"{self.args.memory_mib} MiB memory limit" if self.memory.group else "no memory limit"
         return f"{count} files copied to {home} (uid {uid}); workspace: {kind}; {limit}"
 
     def _user_steps(self) -> None:
@@ -586,7 +570,7 @@ class Check:
         )
 
     def _summary(self, seconds: float) -> None:
-        print("\n==> binder/check summary", flush=True)
+        print(f"\n==> {PROG} summary", flush=True)
         for result in self.results:
             peak = f"{result.peak_mib:6.0f} MiB" if result.peak_mib is not None else " " * 10
             print(f"  {'ok    ' if result.ok else 'FAILED'} {result.seconds:6.1f} s {peak}  {result.name}")
@@ -595,7 +579,7 @@ class Check:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="binder/check", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", action="store_true", help=f"keep {WORKSPACE} and the user afterwards")
     parser.add_argument("--purge", action="store_true", help=f"also remove the pip cache {PIP_CACHE}")
     parser.add_argument("--memory-mib", type=int, default=2048, help="memory limit of the user steps (Binder: 2048)")
@@ -611,7 +595,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if os.geteuid() != 0:
-        print("binder/check: must run as root (it installs apt.txt and creates an unprivileged user)", file=sys.stderr)
+        print(f"{PROG}: must run as root (it installs apt.txt and creates an unprivileged user)", file=sys.stderr)
         return 2
     # A SIGTERM (a CI time-out) unwinds like Ctrl-C, so the clean-up step still runs.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -620,7 +604,7 @@ def main(argv: list[str]) -> int:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"binder/check: another binder/check is running (lock {LOCK})", file=sys.stderr)
+            print(f"{PROG}: another {PROG} is running (lock {LOCK})", file=sys.stderr)
             return 2
         return Check(args).run()
 
