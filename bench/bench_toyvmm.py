@@ -40,9 +40,10 @@ from unicorn.unicorn_py3 import unicorn as binding
 from unicorn.unicorn_py3.arch.types import uc_hook_h
 from unicorn.unicorn_py3.unicorn import HOOK_INTR_CFUNC, MMIO_READ_CFUNC, uclib
 
-from vlab.toyvmm import Machine, RoundRobin, assemble, ms
+from vlab.toyvmm import MAILBOX, Machine, RoundRobin, assemble, ms
 from vlab.toyvmm.engine import FastRegs
 from vlab.toyvmm.memory import POOL_BASE
+from vlab.toyvmm.programs import program_source
 
 #: Machine-facts baselines (Unicorn 2.1.4, Python hooks, medians, measured before the project).
 FACT_RISCV_ECALL_PER_S = 581_000
@@ -53,17 +54,20 @@ FACT_RISCV_NO_HOOKS_INSN_PER_S = 456_000_000
 ECALL = "li a7, 0\n1: ecall\n j 1b\n"
 CSR = "1: csrr a0, sscratch\n j 1b\n"
 MMIO = "li t0, 0x10000000\n1: lbu a0, 5(t0)\n j 1b\n"
-#: compute.S's loop without the kernel around it (no traps at all, like compute after boot)
-COMPUTE = """li s1, 0x8000f000
-li s2, 6364136223846793005
-li s3, 1442695040888963407
-1: mul s4, s4, s2
-add s4, s4, s3
-ld t0, 0(s1)
-addi t0, t0, 1
-sd t0, 0(s1)
-j 1b
-"""
+
+
+def compute_loop() -> str:
+    """compute.S's loop without the kernel around it (no traps at all, like compute after boot).
+
+    Cut from compute.S itself, from its counter set-up to ``j 1b``, so the two cannot drift apart;
+    with no kernel, ``tp`` (the hart id) is 0 and the counter is MAILBOX[0].
+    """
+    source = program_source("compute")
+    start, end = source.index("li s1, MAILBOX"), source.index("j 1b") + len("j 1b")
+    return f".equ MAILBOX, {MAILBOX:#x}\n{source[start:end]}\n"
+
+
+COMPUTE = compute_loop()
 TRAPS_PER_RUN = 100_000
 
 _Uc: Any = binding.Uc  # the binding's typing is partial (untyped methods, no ctl_set_tlb_mode)

@@ -63,11 +63,13 @@ SUMMARY_ITEMS = 8
 class SliceLike(Protocol):
     """One slice of a scheduler trace: *guest* ran on *lane* from *start* to *end*.
 
-    Any object with these attributes fits (a dataclass, a namedtuple), so the
-    toy VMM's scheduler can record its own type.
+    Any object with these attributes fits (a dataclass, a namedtuple, a student's
+    own record); :class:`Slice` is the one vlab records (:class:`vlab.toyvmm.Trace`).
 
-    * ``lane`` — where it ran: a vCPU or pCPU index or name (``0``, ``"pCPU1"``).
-    * ``guest`` — the guest's name (or its vCPU, e.g. ``"web/vcpu0"``).
+    * ``lane`` — where it ran: a vCPU as ``"<guest>/<vcpu>"`` (``"web/0"``), or a pCPU index or name
+      (``0``, ``"pCPU1"``).
+    * ``guest`` — what the bar's colour stands for: the guest's name (or a vCPU's, ``"web/0"``, to tell a
+      guest's vCPUs apart).
     * ``start``, ``end`` — times in one unit for the whole trace (seconds or ticks), ``end >= start``.
     * ``reason`` — why the slice ended: ``"preempt"``, ``"yield"``, ``"block"``, ``"exit:wfi"``, ….
     """
@@ -90,7 +92,7 @@ class SliceLike(Protocol):
 
 @dataclass(frozen=True)
 class Slice:
-    """A ready-made :class:`SliceLike` record."""
+    """A ready-made :class:`SliceLike` record: the slice type of every vlab scheduler trace."""
 
     lane: int | str
     guest: str

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from vlab.errors import VlabError
-from vlab.images.manifest import MANIFEST_NAME, FileEntry, Manifest, sha256_file, write_atomic
+from vlab.images.manifest import MANIFEST_NAME, FileEntry, Manifest, sha256_file
 
 
 def built(tmp_path: Path) -> Manifest:
@@ -51,8 +51,3 @@ def test_no_manifest_is_none_and_garbage_is_a_vlab_error(tmp_path: Path) -> None
     (tmp_path / MANIFEST_NAME).write_text("{not json")
     with pytest.raises(VlabError, match="vlab images build --force"):
         Manifest.load(tmp_path)
-
-
-def test_atomic_write_leaves_no_temp_file(tmp_path: Path) -> None:
-    write_atomic(tmp_path / "out.json", b"{}")
-    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]

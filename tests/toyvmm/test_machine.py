@@ -39,7 +39,8 @@ def test_two_vcpus_of_one_guest_each_run_with_their_own_registers() -> None:
         guest = machine.add_guest(code, vcpus=2)
         trace = machine.run(ms=10)
         assert guest.uart.text == "01"
-        assert {(s.vcpu, s.reason) for s in trace} >= {(0, "yield"), (1, "yield"), (0, "halted")}
+        first, second = f"{guest.name}/0", f"{guest.name}/1"  # the lane of each vCPU
+        assert {(s.lane, s.reason) for s in trace} >= {(first, "yield"), (second, "yield"), (first, "halted")}
 
 
 def test_run_without_guests_or_after_close_is_clear() -> None:

@@ -14,7 +14,8 @@ The classification, from the cheapest evidence to the most expensive:
 3. ``vmx``/``svm`` and ``kvm_intel``/``kvm_amd`` loaded → ``HARDWARE``; it is
    *usable* only if ``/dev/kvm`` opens and, when asked, a probe guest boots.
 
-:func:`vlab.qemu.accel.choose_accel` turns this verdict into a VM's ``-accel``.
+:func:`vlab.qemu.accel.choose_accel` derives a VM's ``-accel`` (:class:`vlab.qemu.AccelChoice`) from this
+verdict; :func:`detect_accelerator` is the only place it is cached.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 __all__ = ["AccelKind", "AccelInfo", "classify", "detect_accelerator", "probe_guest"]
 
@@ -49,7 +51,7 @@ class AccelInfo:
     probe_seconds: float | None = None
 
     @property
-    def accel(self) -> str:
+    def accel(self) -> Literal["kvm", "tcg"]:
         return "kvm" if self.usable_kvm else "tcg"
 
 

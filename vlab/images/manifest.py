@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from vlab.errors import VlabError
-from vlab.files import write_atomic  # re-exported: vlab.toyvmm.programs imports it from here
+from vlab.files import write_atomic
 
-__all__ = ["MANIFEST_NAME", "FileEntry", "Manifest", "sha256_file", "write_atomic"]
+__all__ = ["MANIFEST_NAME", "FileEntry", "Manifest", "sha256_file"]
 
 MANIFEST_NAME = "manifest.json"
 

@@ -167,8 +167,8 @@ BoundsCheck = Callable[[int, int, list[int | None]], int | None]
 
 #: The spy: reads ``LENGTH`` bytes at ``TARGET`` (past its own RAM) twice — through the VMM (hypercall
 #: ``CONSOLE_WRITE``, the VMM as a confused deputy) and with its own load — and prints what it got.
+#: Its ``main`` goes after the guest kernel (:func:`vlab.toyvmm.programs.kernel_program`).
 SPY_SOURCE = """\
-        .include "kernel.inc"
         .equ TARGET, {target:#x}
         .equ LENGTH, {length}
 main:
@@ -262,12 +262,11 @@ def install_bounds_check(machine: Machine, check: BoundsCheck) -> None:
 
 
 def _spy_program(params: dict[str, Any]) -> bytes:
-    from vlab.toyvmm import assemble
-    from vlab.toyvmm.programs import source_dir
+    from vlab.toyvmm.programs import kernel_program
 
     target = _secret_gpa(params) + TOY_RAM
     source = SPY_SOURCE.format(target=target, length=len(params["victim_secret"]))
-    return assemble(source, include_dirs=[source_dir()], name="spy.S")
+    return kernel_program(source, name="spy.S")
 
 
 def _secret_gpa(params: dict[str, Any]) -> int:

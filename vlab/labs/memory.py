@@ -31,11 +31,11 @@ from typing import Any
 
 from vlab import plots
 from vlab.errors import VlabError
-from vlab.toyvmm.asm import RAM_BASE, assemble
+from vlab.toyvmm.asm import RAM_BASE
 from vlab.toyvmm.isa import CSR
 from vlab.toyvmm.machine import Guest, Machine
 from vlab.toyvmm.mmu import PTE_R, PTE_V, PTE_W, PTE_X
-from vlab.toyvmm.programs import source_dir
+from vlab.toyvmm.programs import build_program, kernel_program
 
 __all__ = [
     "show_figure",
@@ -219,14 +219,13 @@ def _run_until_paging(machine: Machine, guest: Guest, max_ms: float) -> int:
 
 # ---------------------------------------------------------------- shadow vs nested paging
 
-_PT_L3 = 0x8001_5000
-
 
 def paging_program(pages: int, rounds: int, *, update: bool, levels: int = 3) -> bytes:
     """A guest that maps its RAM with Sv39 (``levels=3``) or Sv48 (``levels=4``) page tables, then
     from U-mode touches ``pages`` pages per round for ``rounds`` rounds, entering its kernel after
     each round: with ``update=True`` the kernel reloads ``satp`` (a page-table update, like a
-    process switch), otherwise it only prints a dot."""
+    process switch), otherwise it only prints a dot. It is ``memdirty.S`` without its banner and
+    progress counter, so the paged phase touches only the pages counted."""
     if levels not in (3, 4):
         raise VlabError("the toy VMM's guests use Sv39 or Sv48", field="levels", value=levels, fix="3 or 4")
     if update and levels == 4:
@@ -234,39 +233,7 @@ def paging_program(pages: int, rounds: int, *, update: bool, levels: int = 3) ->
                         fix="use levels=3 with update=True")
     if not 1 <= pages <= 128 or rounds < 1:
         raise VlabError("pages must be 1..128 and rounds >= 1", field="pages/rounds", value=(pages, rounds))
-    sv48 = f"""        li t0, {_PT_L3}
-        li t1, PT_L2
-        srli t1, t1, 2
-        ori t1, t1, 1
-        sd t1, 0(t0)                    # L3[0] -> the Sv39 root, now one level down
-        li t0, (9 << 60) | ({_PT_L3} >> 12)
-        csrw satp, t0
-        sfence.vma
-""" if levels == 4 else ""
-    syscall = "li a7, SYS_YIELD" if update else "li a0, '.'\n        li a7, SYS_PUTC"
-    main = f"""main:
-        li a0, 0x100000
-        call enable_paging
-{sv48}        la a0, user_main
-        j enter_user
-user_main:
-        li s5, {rounds}
-1:      li s2, 0x80040000
-        li s3, {pages}
-2:      sd s5, 0(s2)
-        li t1, 4096
-        add s2, s2, t1
-        addi s3, s3, -1
-        bnez s3, 2b
-        {syscall}
-        ecall
-        addi s5, s5, -1
-        bnez s5, 1b
-        li a0, 0
-        li a7, SYS_EXIT
-        ecall
-"""
-    return assemble('        .include "kernel.inc"\n' + main, include_dirs=[source_dir()], name="paging.S")
+    return build_program("memdirty", PAGES=pages, ROUNDS=rounds, LEVELS=levels, RELOAD=int(update), PROGRESS=0)
 
 
 @dataclass(frozen=True)
@@ -387,7 +354,7 @@ def sharing_program(fill_pages: int, written_pages: int) -> bytes:
         bnez s2, 3b
         ret
 """
-    return assemble('        .include "kernel.inc"\n' + main, include_dirs=[source_dir()], name="sharing.S")
+    return kernel_program(main, name="sharing.S")
 
 
 @dataclass(frozen=True)

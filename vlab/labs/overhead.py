@@ -243,7 +243,6 @@ ARTICLE_MODEL = {
 # ================================================================ the toy VMM: a cost model from counters
 
 _COST_GUEST = """
-        .include "kernel.inc"
 main:
         li s1, MAILBOX
         li s2, {iterations}
@@ -290,11 +289,10 @@ def cost_program(work: int, iterations: int, exit_kind: str = "hypercall") -> by
         raise VlabError("unknown kind of exit", field="exit_kind", value=exit_kind, fix=f"one of {list(EXIT_KINDS)}")
     if work < 0 or iterations < 1:
         raise VlabError("work must be ≥ 0 and iterations ≥ 1", field="work/iterations", value=(work, iterations))
-    from vlab.toyvmm import assemble
-    from vlab.toyvmm.programs import source_dir
+    from vlab.toyvmm.programs import kernel_program
 
     source = _COST_GUEST.format(work=work, iterations=iterations, exit_insns=EXIT_KINDS[exit_kind])
-    return assemble(source, include_dirs=[source_dir()], name="cost.S")
+    return kernel_program(source, name="cost.S")
 
 
 def run_cost_workload(program: bytes, work: int = 0, iterations: int = 0) -> CostRun:

@@ -28,7 +28,7 @@ import contextlib
 import math
 import random
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -221,8 +221,7 @@ def run_mix(mix: Sequence[GuestSpec], scheduler: Scheduler | str, duration_ms: f
         busy = {g: t / INSNS_PER_MS for g, t in trace.busy_time().items()}
         waits = {g.name: [x / INSNS_PER_MS for v in g.vcpus for x in v.wake_latencies]
                  for g in machine.guests if any(v.wake_latencies for v in g.vcpus)}
-        slices = tuple(Slice(f"{s.guest}/{s.vcpu}" if s.guest != "idle" else "idle", s.guest,
-                             s.start / INSNS_PER_MS, s.end / INSNS_PER_MS, s.reason) for s in trace)
+        slices = tuple(trace.in_ms())
         return MixResult(str(name), machine.now / INSNS_PER_MS, tuple(mix), busy, waits, slices,
                          {g.name: g.exits for g in machine.guests})
 
@@ -248,7 +247,6 @@ def score_scheduler(make_scheduler: Callable[[], Scheduler], mix: Sequence[dict[
 # ---------------------------------------------------------------- lock-holder preemption
 
 _SPINLOCK_GUEST = """
-        .include "kernel.inc"
         .equ LOCK, 0x8000f200
         .equ SPINS, 0x8000f300
 main:                                   # a0 = hart id; both vCPUs run this
@@ -309,11 +307,11 @@ def lock_holder_preemption(yield_after: int = 0, *, duration_ms: float = 100, in
     :param yield_after: spins before the guest yields (0 = never: plain spinning).
     :param inside: loop rounds inside the critical section (2 instructions each); ``outside`` likewise.
     """
-    from vlab.toyvmm import INSNS_PER_MS, Machine, assemble
-    from vlab.toyvmm.programs import source_dir
+    from vlab.toyvmm import INSNS_PER_MS, Machine
+    from vlab.toyvmm.programs import kernel_program
 
     source = _SPINLOCK_GUEST.format(yield_after=yield_after, inside=inside, outside=outside)
-    program = assemble(source, include_dirs=[source_dir()], name="spinlock.S")
+    program = kernel_program(source, name="spinlock.S")
     with Machine(scheduler=scheduler) as machine:
         guest = machine.add_guest(program, name="locky", vcpus=2)
         machine.add_guest("compute", name="neighbour")
@@ -323,8 +321,8 @@ def lock_holder_preemption(yield_after: int = 0, *, duration_ms: float = 100, in
         busy = trace.busy_time().get("locky", 0)
         # instructions per completed section: the two loops plus ~10 of bookkeeping
         useful = min(1.0, sections * (2 * (inside + outside) + 10) / busy) if busy else 0.0
-        slices = tuple(Slice(f"{s.guest}/{s.vcpu}", s.guest if s.guest != "locky" else f"locky/{s.vcpu}",
-                             s.start / INSNS_PER_MS, s.end / INSNS_PER_MS, s.reason) for s in trace)
+        # one colour per vCPU of the lock guest, to see which one holds the pCPU while the other spins
+        slices = tuple(replace(s, guest=str(s.lane)) if s.guest == "locky" else s for s in trace.in_ms())
         return LockResult(yield_after, sections, spins, busy / INSNS_PER_MS, useful, slices)
 
 

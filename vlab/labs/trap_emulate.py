@@ -58,10 +58,9 @@ from unicorn.x86_const import (
 from vlab import plots
 from vlab.errors import VlabError
 from vlab.measure import Sample
-from vlab.toyvmm.asm import assemble
 from vlab.toyvmm.exits import ExitHandler, ExitReason
 from vlab.toyvmm.machine import MAILBOX, Machine
-from vlab.toyvmm.programs import load_program, source_dir
+from vlab.toyvmm.programs import kernel_program, load_program
 
 __all__ = [
     "show_figure",
@@ -70,7 +69,6 @@ __all__ = [
     "csr_test_program",
     "console_test_program",
     "print_program",
-    "guest_program",
     "measure_trap_cost",
     "params_for",
     "run_guest",
@@ -113,17 +111,6 @@ def params_for(seed: int) -> dict[str, Any]:
 # ---------------------------------------------------------------- RISC-V guests on the toy VMM
 
 
-def guest_program(main: str) -> bytes:
-    """Assemble a guest program: the toy guest kernel (``kernel.inc``) followed by ``main``.
-
-    ``main`` runs in the guest's (virtual) S-mode with ``a0`` = hart id; returning from it shuts
-    the guest down. The kernel's constants (``MAILBOX``, ``HC_*``) and routines (``uart_puts`` …)
-    are available.
-    """
-    source = '        .include "kernel.inc"\n' + main
-    return assemble(source, include_dirs=[source_dir()], name="lab02.S")
-
-
 def csr_test_program(values: Sequence[int], bits: int) -> bytes:
     """A guest that runs ``csrrw``, ``csrrs``, ``csrrc`` and their immediate forms on seeded values
     and stores what it reads back in its mailbox (word *i* at ``MAILBOX + 8*i``)."""
@@ -149,7 +136,7 @@ def csr_test_program(values: Sequence[int], bits: int) -> bytes:
     store("t2")
     store("t3")
     lines.append("        ret")
-    return guest_program("\n".join(lines) + "\n")
+    return kernel_program("\n".join(lines) + "\n", name="lab02.S")
 
 
 def console_test_program(message: str, char: str) -> bytes:
@@ -172,7 +159,7 @@ def console_test_program(message: str, char: str) -> bytes:
 text:
         .ascii "{text}"
 """
-    return guest_program(main)
+    return kernel_program(main, name="lab02.S")
 
 
 def print_program(message: str, how: str) -> bytes:
@@ -185,9 +172,9 @@ def print_program(message: str, how: str) -> bytes:
     length = len(message.encode())
     body = ("" if not message else "        la a0, text\n        call uart_puts\n" if how == "uart" else
             f"        la a0, text\n        li a1, {length}\n        HYPERCALL HC_CONSOLE_WRITE\n")
-    return guest_program(f"main:\n        addi sp, sp, -16\n        sd ra, 0(sp)\n{body}"
-                         f"        ld ra, 0(sp)\n        addi sp, sp, 16\n        ret\ntext:\n"
-                         f'        .asciz "{text}"\n')
+    return kernel_program(f"main:\n        addi sp, sp, -16\n        sd ra, 0(sp)\n{body}"
+                          f"        ld ra, 0(sp)\n        addi sp, sp, 16\n        ret\ntext:\n"
+                          f'        .asciz "{text}"\n', name="lab02.S")
 
 
 @dataclass

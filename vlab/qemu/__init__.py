@@ -50,7 +50,7 @@ from vlab.qemu.console import CommandResult, Console
 from vlab.qemu.metrics import HostSample
 from vlab.qemu.migration import MigrationResult, MigrationTimeout
 from vlab.qemu.qmp import Event
-from vlab.qemu.vm import VM, BootTimeout, MemoryInfo, VCpu, VMState
+from vlab.qemu.vm import VM, BootTimeout, MemoryInfo, VCpuThread, VMState
 
 __all__ = [
     "READY_MARKER",
@@ -66,7 +66,7 @@ __all__ = [
     "MigrationResult",
     "MigrationTimeout",
     "Nic",
-    "VCpu",
+    "VCpuThread",
     "VMConfig",
     "VMState",
     "default_initrd",

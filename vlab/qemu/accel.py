@@ -2,41 +2,36 @@
 
 ``-accel kvm -accel tcg`` falls back only when KVM fails to *start*; on a
 software hypervisor behind ``/dev/kvm`` (e.g. ``kvm_pvm``) KVM starts and the
-guest then never boots. So the choice is made up front from the host probe in
-:func:`vlab.host.accel.detect_accelerator`, and recorded with its reason in
-:class:`AccelChoice` (``vm.accel``). Nothing here assumes KVM is faster.
+guest then never boots. So the choice is made up front: an :class:`AccelChoice`
+(``vm.accel``) is derived from the host's verdict, :class:`vlab.host.AccelInfo`
+(:func:`vlab.host.accel.detect_accelerator`, which holds the one cache), and the
+accelerator the VM's config asks for. Nothing here assumes KVM is faster.
 """
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from vlab.errors import VlabError
+from vlab.host.accel import AccelInfo, detect_accelerator
 
 __all__ = ["AccelChoice", "choose_accel"]
 
 
 @dataclass(frozen=True)
 class AccelChoice:
-    """The accelerator a VM uses (``"tcg"`` or ``"kvm"``) and why."""
+    """The accelerator a VM uses (``"tcg"`` or ``"kvm"``) and why.
+
+    :ivar host: the host verdict it was derived from (None for ``accel="tcg"``, which needs no probe).
+    """
 
     kind: Literal["tcg", "kvm"]
     reason: str
+    host: AccelInfo | None = field(default=None, repr=False, compare=False)
 
     def __str__(self) -> str:
         return f"{self.kind} ({self.reason})"
-
-
-@functools.lru_cache(maxsize=1)
-def _probe() -> tuple[bool, str, str]:
-    """(usable_kvm, kind, reason) from the host probe, cached: the host does not change under us."""
-    from vlab.host.accel import detect_accelerator
-
-    info = detect_accelerator()
-    kind = getattr(info.kind, "value", info.kind)  # AccelKind enum: "hardware-kvm", "software-kvm", "none"
-    return bool(info.usable_kvm), str(kind), str(info.reason)
 
 
 def choose_accel(requested: str) -> AccelChoice:
@@ -46,12 +41,10 @@ def choose_accel(requested: str) -> AccelChoice:
     """
     if requested == "tcg":
         return AccelChoice("tcg", "requested accel='tcg'")
-    usable, kind, reason = _probe()
+    host = detect_accelerator()
     if requested == "kvm":
-        if not usable:
-            raise VlabError(f"KVM is not usable here ({kind}: {reason})", field="accel", value="kvm",
-                            fix='use accel="auto" or accel="tcg" (run `vlab doctor` for details)')
-        return AccelChoice("kvm", f"requested accel='kvm'; host probe: {reason}")
-    if usable:
-        return AccelChoice("kvm", f"hardware KVM works here ({reason})")
-    return AccelChoice("tcg", reason)  # the probe's reason already says what it found and that TCG is used
+        if not host.usable_kvm:
+            raise VlabError(f"KVM is not usable here ({host.kind.value}: {host.reason})", field="accel",
+                            value="kvm", fix='use accel="auto" or accel="tcg" (run `vlab doctor` for details)')
+        return AccelChoice("kvm", f"requested accel='kvm'; host probe: {host.reason}", host)
+    return AccelChoice(host.accel, host.reason, host)  # the verdict's reason already says which one and why

@@ -55,7 +55,7 @@ from vlab.qemu.process import QemuProcess, make_workdir, sweep_orphans
 from vlab.qemu.qmp import DEFAULT_QMP_TIMEOUT, Event, QMPChannel
 from vlab.qemu.template import Template, TemplateError
 
-__all__ = ["VM", "VMState", "VCpu", "MemoryInfo", "BootTimeout", "GuestPanicked"]
+__all__ = ["VM", "VMState", "VCpuThread", "MemoryInfo", "BootTimeout", "GuestPanicked"]
 
 _MIB = 1024 * 1024
 log = logging.getLogger(__name__)
@@ -89,8 +89,11 @@ class GuestPanicked(BootTimeout):
 
 
 @dataclass(frozen=True)
-class VCpu:
-    """A virtual CPU as QMP ``query-cpus-fast`` reports it, with its host thread id."""
+class VCpuThread:
+    """A QEMU vCPU as QMP ``query-cpus-fast`` reports it: the host thread that runs it.
+
+    Not to be confused with :class:`vlab.toyvmm.VCPU`, the toy VMM's emulated vCPU (its privileged state).
+    """
 
     index: int
     thread_id: int
@@ -602,12 +605,12 @@ class VM:
         self._qemu_stopped, self._stop_reason = False, None
         self._state = VMState.RUNNING
 
-    def vcpus(self, *, timeout: float = DEFAULT_QMP_TIMEOUT) -> list[VCpu]:
+    def vcpus(self, *, timeout: float = DEFAULT_QMP_TIMEOUT) -> list[VCpuThread]:
         """The vCPUs with the host thread that runs each (``query-cpus-fast``)."""
         check_seconds("timeout", timeout)
         self._require("vcpus", *_ACTIVE)
-        return [VCpu(int(c["cpu-index"]), int(c["thread-id"]), str(c["qom-path"]), str(c.get("target", "")))
-                for c in self._qmp.execute("query-cpus-fast", None, timeout)]
+        return [VCpuThread(int(c["cpu-index"]), int(c["thread-id"]), str(c["qom-path"]),
+                           str(c.get("target", ""))) for c in self._qmp.execute("query-cpus-fast", None, timeout)]
 
     def memory(self, *, timeout: float = DEFAULT_QMP_TIMEOUT) -> MemoryInfo:
         """Configured RAM, the balloon's current size and QEMU's RSS on the host."""

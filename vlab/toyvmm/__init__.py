@@ -61,7 +61,7 @@ QEMU does; no Svade), write-protecting a clean page until its first store. ``sst
 :mod:`.memory`             guest-physical memory, isolation check, ballooning, sharing + COW
 :mod:`.mmu`                guest page tables: shadow paging vs nested (2-D) walks, A/D bits
 :mod:`.sched`              vCPU scheduling: round-robin, Xen credit, lottery (proportional share)
-:mod:`.trace`              the schedule as data, and its Gantt chart
+:mod:`.trace`              the schedule as data (:func:`vlab.plots.gantt_chart` draws it)
 :mod:`.nonvirt`            a sensitive-but-unprivileged instruction; paravirt and patching fixes
 :mod:`.asm`, :mod:`.programs`  guest code: Debian's RISC-V binutils, the programs in vm-images/
 =========================  ===========================================================
@@ -85,13 +85,13 @@ from vlab.toyvmm.mmu import PagingMode, PagingStats
 from vlab.toyvmm.nonvirt import patch_counter_reads, x86_popf_at_cpl3
 from vlab.toyvmm.programs import PROGRAMS, build_all, load_program
 from vlab.toyvmm.sched import INSNS_PER_MS, Credit, Lottery, RoundRobin, Scheduler, ms
-from vlab.toyvmm.trace import Slice, Trace
+from vlab.toyvmm.trace import Trace
 from vlab.toyvmm.vcpu import VCPU, Mode, VCPUState
 
 __all__ = [
     "INSNS_PER_MS", "MAILBOX", "PROGRAMS", "RAM_BASE", "VCPU", "Credit", "Exit", "ExitHandler",
     "ExitReason", "ExitRecord", "Guest", "GuestState", "HandlerTable", "Lottery", "Machine",
-    "MemoryReport", "Mode", "PagingMode", "PagingStats", "RoundRobin", "Scheduler", "Slice", "Trace",
+    "MemoryReport", "Mode", "PagingMode", "PagingStats", "RoundRobin", "Scheduler", "Trace",
     "VCPUState", "Violation", "assemble", "build_all", "load_program", "ms",
     "patch_counter_reads", "x86_popf_at_cpl3",
 ]

@@ -29,7 +29,7 @@ from vlab.toyvmm.memory import PAGE, GuestMemory, HostMemory, MemoryReport, shar
 from vlab.toyvmm.mmu import MMU, PagingMode, PagingStats
 from vlab.toyvmm.sched import Scheduler, make_scheduler
 from vlab.toyvmm.sched import ms as to_insns
-from vlab.toyvmm.trace import Slice, Trace
+from vlab.toyvmm.trace import Trace
 from vlab.toyvmm.vcpu import VCPU, VCPUState
 
 __all__ = ["Machine", "Guest", "GuestState", "Violation", "MAILBOX", "boots_refused"]
@@ -306,7 +306,7 @@ class Machine:
         if not events:
             return False
         target = max(min(*events, end), self.now + 1)
-        self.trace.append(Slice(self.now, target, "idle", 0, "idle"))
+        self.trace.add_idle(self.now, target)
         self.now = target
         return True
 
@@ -341,7 +341,7 @@ class Machine:
                 break
         vcpu.run_time += ran
         self.scheduler.charge(vcpu, ran, self.now, reason)
-        self.trace.append(Slice(start, self.now, guest.name, vcpu.index, reason))
+        self.trace.add_run(guest.name, vcpu.index, start, self.now, reason)
         self.engine.current = None
 
     def request_stop(self, reason: str) -> None:

@@ -3,18 +3,32 @@
 The image build (``vlab images build``) calls :func:`build_all` to write flat binaries into the
 image cache; :func:`load_program` uses a cached binary when it is at least as new as its
 sources and otherwise assembles from source, so tests never depend on the cache.
+
+The labs' own guests are assembled here too, so every guest is built one way:
+:func:`kernel_program` puts the shared guest kernel (``kernel.inc``) before a lab's ``main``, and
+:func:`build_program` builds a variant of a ``.S`` program by setting the knobs it leaves open.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from vlab.errors import VlabError
-from vlab.images.manifest import write_atomic
+from vlab.files import write_atomic  # not via vlab.images: its build imports this module, one way only
 from vlab.paths import images_dir, vm_images_src
 from vlab.toyvmm.asm import assemble
 
-__all__ = ["PROGRAMS", "source_dir", "cache_dir", "build_all", "load_program"]
+__all__ = [
+    "PROGRAMS",
+    "build_all",
+    "build_program",
+    "cache_dir",
+    "kernel_program",
+    "load_program",
+    "program_source",
+    "source_dir",
+]
 
 #: Program name -> what it demonstrates.
 PROGRAMS: dict[str, str] = {
@@ -45,9 +59,39 @@ def _source(name: str) -> Path:
     return source_dir() / f"{name}.S"
 
 
-def _build(name: str) -> bytes:
+def program_source(name: str) -> str:
+    """The assembly source of guest program ``name`` (``vm-images/toyvmm/<name>.S``)."""
+    return _source(name).read_text()
+
+
+def build_program(name: str, **knobs: int) -> bytes:
+    """Assemble guest program ``name``, with some of the knobs its source leaves open set.
+
+    A knob is a symbol the ``.S`` file defines only ``.ifndef`` (memdirty.S: ``PAGES``, ``ROUNDS``
+    ...); each one given here is defined first, so one source serves the image and the labs.
+
+    :raises VlabError: ``name`` is not a program, or it has no such knob.
+    """
     path = _source(name)
-    return assemble(path.read_text(), include_dirs=[source_dir()], name=path.name)
+    source = path.read_text()
+    for knob in knobs:
+        if not re.search(rf"^\s*\.ifndef\s+{re.escape(knob)}\s*$", source, re.MULTILINE):
+            raise VlabError(f"{path.name} has no knob {knob}", field="knob", value=knob,
+                            fix=f"use a symbol that {path.name} defines under .ifndef")
+    defines = "".join(f"        .equ {knob}, {value}\n" for knob, value in knobs.items())
+    return assemble(defines + source, include_dirs=[source_dir()], name=path.name)
+
+
+def kernel_program(main: str, name: str = "guest.S") -> bytes:
+    """Assemble a guest program: the toy guest kernel (``kernel.inc``) followed by ``main``.
+
+    ``main`` defines the label ``main``, which runs in the guest's (virtual) S-mode with ``a0`` =
+    hart id; returning from it shuts the guest down. The kernel's constants (``MAILBOX``, ``HC_*``,
+    ``SYS_*``), macro ``HYPERCALL`` and routines (``uart_puts``, ``enable_paging`` ...) are available.
+
+    :param name: the file name the assembler's error messages give.
+    """
+    return assemble(f'        .include "{_KERNEL}"\n' + main, include_dirs=[source_dir()], name=name)
 
 
 def build_all(out_dir: Path) -> dict[str, Path]:
@@ -59,7 +103,7 @@ def build_all(out_dir: Path) -> dict[str, Path]:
     built: dict[str, Path] = {}
     for name in PROGRAMS:
         built[name] = out_dir / f"{name}.bin"
-        write_atomic(built[name], _build(name))
+        write_atomic(built[name], build_program(name))
     return built
 
 
@@ -70,4 +114,4 @@ def load_program(name: str, *, cache: Path | None = None) -> bytes:
     newest_source = max(source.stat().st_mtime, (source_dir() / _KERNEL).stat().st_mtime)
     if cached.is_file() and cached.stat().st_mtime >= newest_source:
         return cached.read_bytes()
-    return _build(name)
+    return build_program(name)

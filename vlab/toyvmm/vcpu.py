@@ -64,7 +64,7 @@ class Registers(Protocol):
 
 
 class VCPU:
-    """One virtual CPU of a guest.
+    """One virtual CPU of a guest, emulated in Python (a real QEMU vCPU is a :class:`vlab.qemu.VCpuThread`).
 
     :ivar csrs: the virtual supervisor CSRs (what the guest reads and writes).
     :ivar mode: the virtual privilege (:class:`Mode`).
