@@ -6,6 +6,7 @@ import threading
 import time
 from collections import Counter
 
+from tests.dashboards.waiting import wait_until
 from vlab.dashboards import ExitCounter, ExitMonitor
 
 
@@ -68,9 +69,7 @@ def test_live_updates_follow_a_machine_running_in_another_thread() -> None:
     worker = threading.Thread(target=guest)
     worker.start()
     worker.join()
-    deadline = time.monotonic() + 5
-    while monitor.total < 400 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert wait_until(lambda: monitor.total >= 400)
     monitor.close()
     assert monitor.counts == {"csr": 200, "wfi": 200}
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
+from tests.dashboards.waiting import wait_until
 from vlab.dashboards import MigrationView
 from vlab.errors import VlabError
 
@@ -33,9 +32,7 @@ def test_polling_from_live_updates_records_the_migration_as_it_goes() -> None:
                    {**poll_record(3, 1 * MIB, 0.5), "status": "completed"}])
     with MigrationView(poll=lambda: next(script, None), threshold=4 * MIB, interval=0.01) as view:
         view.start_updates()
-        deadline = time.monotonic() + 5
-        while len(view.rounds) < 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert wait_until(lambda: len(view.rounds) >= 3)
     assert [r["round"] for r in view.rounds] == [1, 2, 3]
     text = view.text()
     assert text.splitlines()[0].endswith("round 3 (completed): 1.00 MiB remaining, 255 MiB sent, 0.50 s")

@@ -6,6 +6,7 @@ import gc
 import textwrap
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
@@ -14,6 +15,8 @@ import pytest
 from tests.dashboards.waiting import wait_until
 from vlab.dashboards.panel import Panel
 from vlab.errors import StateError
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 class CountingPanel(Panel):
@@ -119,8 +122,10 @@ def test_panels_display_and_update_live_inside_a_real_jupyter_kernel() -> None:
     # A Label-based panel keeps the kernel's imports small; the threading and display path under test is the same
     # as for the chart panels (their charts are Output widgets, see test_closing_a_displayed_panel_…).
     code = textwrap.dedent("""
-        import time
+        import sys
         import ipywidgets as widgets
+        sys.path.insert(0, REPO)  # the kernel may start elsewhere: the tests' own polling helper
+        from tests.dashboards.waiting import wait_until
         from vlab.dashboards.panel import Panel
         class Ticker(Panel):
             def __init__(self):
@@ -136,10 +141,10 @@ def test_panels_display_and_update_live_inside_a_real_jupyter_kernel() -> None:
         panel = Ticker()
         display(panel)
         panel.start_updates()
-        time.sleep(0.3)
+        wait_until(lambda: panel.ticks >= 5, 30)
         panel.close()
         print("ticks", panel.ticks, "error", panel.error, "updating", panel.updating)
-    """)
+    """).replace("REPO", repr(str(REPO)))
     outputs = run_in_kernel(code)
     errors = [m["content"] for m in outputs if m["msg_type"] == "error"]
     assert not errors, errors

@@ -1,5 +1,5 @@
-"""Lab 03 notebook: the committed student version is current, grading gives 100 % / 0 %, and the balloon
-check judges a prediction at the size the balloon really reached."""
+"""Lab 03's checks: the balloon check judges a prediction at the size the balloon really reached, models that
+measure are refused, and each misconception is named (the points and the 100 % / 0 % are in test_labs.py)."""
 
 from __future__ import annotations
 

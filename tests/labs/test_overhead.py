@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -73,15 +73,72 @@ def test_cost_program_rejects_bad_input() -> None:
         lab.cost_program(4, 0)
 
 
-def test_cost_model_fits_the_measured_runs() -> None:
+#: a known cost model (seconds per instruction, per exit): the deterministic test synthesises each run's time from it
+C_INSN, C_EXIT = 2e-8, 3e-6
+#: each workload's successive runs are slowed by these factors in turn (a slow spell, a fast one): the median is 1
+SPELLS = (1.0, 4.0, 0.25)
+
+
+def test_cost_model_fits_the_measured_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline from the VMM's counters to the fitted model, with no wall clock in the verdict.
+
+    Every run really executes on the toy VMM and keeps its real, deterministic counters; only its ``seconds`` is
+    replaced by ``C_INSN × instructions + C_EXIT × exits``, times the next factor of :data:`SPELLS` for that
+    workload. :func:`lab.measure_cost_runs` must run the workloads interleaved and keep each one's median run (the
+    factor-1 one), and the fit on the kept runs must give back (C_INSN, C_EXIT): a run kept from the wrong round,
+    counters swapped or mislabelled, or a wrong fit moves a coefficient by a factor of 4 or more. Cannot flake.
+    Whether an exit really costs more than an instruction on this host is a timing question:
+    :func:`test_an_exit_costs_more_than_an_instruction_on_this_host`.
+    """
     plan = ((0, 8000), (64, 3000), (2048, 400))  # exit-heavy, mixed, instruction-heavy
+    real, calls, order = lab.run_cost_workload, dict[bytes, int](), list[int]()
+
+    def timed_by_the_model(program: bytes, work: int = 0, iterations: int = 0) -> lab.CostRun:
+        run = real(program, work, iterations)
+        calls[program] = calls.get(program, 0) + 1
+        order.append(work)
+        spell = SPELLS[(calls[program] - 1) % len(SPELLS)]
+        return replace(run, seconds=spell * (C_INSN * run.instructions + C_EXIT * run.exits))
+
+    monkeypatch.setattr(lab, "run_cost_workload", timed_by_the_model)
     runs = lab.measure_cost_runs(plan, repeats=3)
     assert [(r.work, r.iterations) for r in runs] == list(plan)
+    assert order[-9:] == [work for work, _ in plan] * 3  # interleaved: a slow spell hits every workload alike
+    for run, (work, iterations) in zip(runs, plan, strict=True):  # the VMM's own counters, not the caller's
+        fresh = real(lab.cost_program(work, iterations))
+        assert (run.instructions, run.exits) == (fresh.instructions, fresh.exits)
+        assert run.exits == iterations + runs[0].exits - plan[0][1]  # one exit per iteration, same boot/shutdown
     c_insn, c_exit = fit_linear([(r.instructions, r.exits) for r in runs], [r.seconds for r in runs]).coefficients
-    # an exit (decode, Python handler, resume) costs more than an instruction Unicorn runs by itself
-    assert math.isfinite(c_insn) and math.isfinite(c_exit)
-    assert c_exit > c_insn > 0
+    assert c_insn == pytest.approx(C_INSN, rel=1e-6) and c_exit == pytest.approx(C_EXIT, rel=1e-6)
     assert set(runs[0].as_dict()) == {"work", "iterations", "instructions", "exits", "seconds"}
+
+
+#: sign test: interleaved pairs of runs, and how many may go the wrong way
+PAIRS, WRONG_ALLOWED = 15, 7
+
+
+def test_an_exit_costs_more_than_an_instruction_on_this_host() -> None:
+    """An exit (decode, a Python handler, resume) costs more than an instruction Unicorn runs by itself: a sign test.
+
+    Run A does few instructions and many exits, run B more instructions and few exits, such that (by the VMM's
+    counters, asserted) B's extra instructions outnumber A's extra exits. If A takes longer than B, then
+    ``c_exit·(E_A − E_B) > c_insn·(I_B − I_A) ≥ c_insn·(E_A − E_B)``, i.e. c_exit > c_insn, whatever the fixed cost
+    of a run. A and B are run in PAIRS interleaved pairs; the test fails if more than WRONG_ALLOWED pairs have A no
+    slower than B. On the 2-core dev machine A takes ~17 ms and B ~2 ms (median ratio 7); with three CPU-bound
+    processes competing for both cores, 9 pairs of 200 went the wrong way (a stall longer than A, hitting only B).
+
+    False-failure rate: assuming each pair goes wrong independently with probability p ≤ 0.1 (twice what the loaded
+    machine showed), the test fails with probability P(Binomial(15, 0.1) ≥ 8) < 4·10⁻⁵ (< 2·10⁻⁷ at p = 0.05).
+    If exits cost no more than instructions, t_A ≤ t_B: every pair goes wrong, noise aside, and the test fails.
+    """
+    program_a, program_b = lab.cost_program(0, 2000), lab.cost_program(1000, 25)
+    a, b = lab.run_cost_workload(program_a), lab.run_cost_workload(program_b)  # also the warm-up
+    assert b.instructions - a.instructions >= a.exits - b.exits > 1000
+    wrong = 0
+    for _ in range(PAIRS):
+        a, b = lab.run_cost_workload(program_a), lab.run_cost_workload(program_b)
+        wrong += a.seconds <= b.seconds
+    assert wrong <= WRONG_ALLOWED, f"{wrong} of {PAIRS} pairs: the exit-heavy run was no slower"
 
 
 # ---------------------------------------------------------------- a real QEMU guest
