@@ -125,16 +125,19 @@ def move_to_end(nb: Notebook, cell_id: str) -> None:
     nb["cells"].append(nb["cells"].pop(_index(nb, cell_id)))
 
 
-def keep_only_graded_code(nb: Notebook) -> None:
-    """After the params cell, drop every code cell that is neither locked, an answer nor the attack's own (a
-    student may delete them: here, the cells that boot VMs)."""
+def keep_only_graded_code(nb: Notebook, keep: tuple[str, ...] = ()) -> None:
+    """After the params cell, drop every code cell that is neither locked, an answer, the attack's own nor in
+    ``keep`` (a student may delete them: here, the cell that stops the VMs the locked cells boot)."""
     params = next(
         i for i, c in enumerate(nb["cells"]) if (c.get("metadata", {}).get("vlab") or {}).get("role") == "params"
     )
     nb["cells"] = nb["cells"][: params + 1] + [
         c
         for c in nb["cells"][params + 1 :]
-        if c["cell_type"] != "code" or c.get("metadata", {}).get("vlab") or str(c.get("id", "")).startswith("extra")
+        if c["cell_type"] != "code"
+        or c.get("metadata", {}).get("vlab")
+        or str(c.get("id", "")).startswith("extra")
+        or c.get("id") in keep
     ]
 
 
@@ -211,6 +214,7 @@ FIB_SLEEPS = FIB.replace("    a, b = 0, 1", "    import time\n    time.sleep(30)
 SORT = "# vlab: solution q1\ndef my_sort(xs):\n    return sorted(xs)"
 SORT_STUB = "# vlab: solution q1\ndef my_sort(xs):\n    raise NotImplementedError"
 SORT_UNSORTED = "# vlab: solution q1\ndef my_sort(xs):\n    return xs"
+WRONG_PREDICTION = "# vlab: solution q2\ndef predicted_total(xs):\n    return 0"
 REDEFINE_HELPER = """def score_my_sort(cases):
     return len(cases)"""
 PATCH_BY_DEFAULT = """# vlab: solution q1
@@ -327,6 +331,12 @@ ATTACKS = [
     Attack("shadows-helper-global", "98", "4", "ok", 0, {"solution q1": SORT_UNSORTED},
            extra=(("solution q1", SHADOW_HELPER_GLOBAL),)),
     Attack("helper-honest", "98", "-", "ok", 2, {"solution q1": SORT}),
+    # 4b measurements: a locked cell's exports are taken when it has run, not at the end
+    Attack("overwrites-measurement", "98", "4", "ok", 2, {"solution q1": SORT, "solution q2": WRONG_PREDICTION},
+           extra=(("readonly q2", "measured_total = 0  # now my prediction 'matches'"),)),
+    Attack("breaks-measurement-then-fakes-it", "98", "4", "errors", 2,
+           {"solution q1": SORT, "solution q2": WRONG_PREDICTION},
+           extra=(("solution q2", "PARAMS = None  # the locked cell fails"), ("readonly q2", "measured_total = 0"))),
     # 5 tamper detection
     Attack("edits-readonly", "00", "5", "tampered", 6, {**ALL, "readonly q3": ex.TAMPERED_READONLY}),
     Attack(
@@ -388,6 +398,6 @@ ATTACKS = [
                            "textbook_true = {{TEXTBOOK.letter(2, PARAMS), TEXTBOOK.letter(3, PARAMS)}}",
         },
         extra=(("solution q5", LAB01_LEAVES_VM), ("solution q5", READS_COURSE.replace("raise RuntimeError", "print"))),
-        mangle=keep_only_graded_code,
+        mangle=lambda nb: keep_only_graded_code(nb, keep=("3484d07f",)),  # the imports the locked cells use
     ),
 ]

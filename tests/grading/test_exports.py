@@ -7,11 +7,12 @@ import math
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from vlab.grading.checks import StudentCodeError
-from vlab.grading.exports import StudentHost, decode, encode, export_namespace
+from vlab.grading.exports import StudentHost, decode, encode, export_namespace, with_pins
 
 
 @pytest.mark.parametrize(
@@ -89,3 +90,30 @@ def test_a_parameter_named_like_a_global_is_not_a_dependency() -> None:
     used = _used_names(source, namespace["leak_offsets"])
     assert "limit" in used and "len" in used and "range" in used
     assert "dump" not in used and "secret" not in used and "found" not in used
+
+
+def _export(**values: object) -> dict[str, Any]:
+    return export_namespace(values, list(values))
+
+
+def test_with_pins_keeps_what_the_locked_cell_left_whatever_came_later() -> None:
+    final = _export(measured=0, answer=42)  # a later cell set measured = 0
+    pins = {"measured": _export(measured=17)}
+    merged = with_pins(final, pins)
+    assert merged["values"]["measured"] == 17 and merged["values"]["answer"] == 42
+    assert final["values"]["measured"] == 0  # the final export itself is not changed
+
+
+def test_a_name_the_locked_cell_never_defined_stays_missing_even_if_a_later_cell_defines_it() -> None:
+    final = _export(measured=0)
+    taken = export_namespace({}, ["measured"])  # the locked cell failed before defining it
+    merged = with_pins(final, {"measured": taken})
+    assert "measured" not in merged["values"] and merged["missing"] == ["measured"]
+
+
+def test_a_pinned_function_is_left_to_the_verified_helpers() -> None:
+    final = export_namespace({}, [])
+    final["functions"]["helper"] = "def helper():\n    return 1\n"  # as the export cell writes a notebook function
+    taken = export_namespace({}, [])
+    taken["functions"]["helper"] = "def helper():\n    return 2\n"
+    assert with_pins(final, {"helper": taken}) == final

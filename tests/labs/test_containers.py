@@ -11,9 +11,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import select
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess

@@ -12,8 +12,14 @@ import pytest
 
 from vlab.errors import VlabError
 from vlab.grading.assign import build
-from vlab.grading.testing import (grade_notebook, lab_checks, locked_helpers, run_check, solution_notebook_text,
-                                 student_params)
+from vlab.grading.testing import (
+    grade_notebook,
+    lab_checks,
+    locked_helpers,
+    run_check,
+    solution_notebook_text,
+    student_params,
+)
 from vlab.labs import trap_emulate as lab
 from vlab.toyvmm import handlers as vmm_default
 from vlab.toyvmm.devices import handle_hypercall

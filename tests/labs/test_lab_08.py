@@ -208,8 +208,10 @@ def test_the_labs_tools_do_not_lift_the_grader_jail(tmp_path: Path) -> None:
         path.chmod(0o644)  # readable by anyone: only the jail's covers keep them from the student
     notebook = json.loads(assignment.student_text)
     keep = next(i for i, c in enumerate(notebook["cells"]) if "# vlab: params" in "".join(c["source"])) + 1
-    escape: dict[str, Any] = {"cell_type": "code", "id": "escape", "metadata": {}, "outputs": [], "execution_count": None,
-              "source": ESCAPE_CELL.format(targets=[str(bundle_file), str(secret_file), str(hidden)])}
+    escape: dict[str, Any] = {
+        "cell_type": "code", "id": "escape", "metadata": {}, "outputs": [], "execution_count": None,
+        "source": ESCAPE_CELL.format(targets=[str(bundle_file), str(secret_file), str(hidden)]),
+    }
     notebook["cells"] = [*notebook["cells"][:keep], escape]
     submission = tmp_path / "submissions" / "mallory.ipynb"
     submission.parent.mkdir()

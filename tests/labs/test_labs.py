@@ -2,15 +2,16 @@
 
 The grading-design invariants of issue 14 (all points from hidden checks on the student's own instance,
 public checks on the practice instance only, no answer visible, a generated questions table, practice
-≠ any student's instance) are strict xfails for the labs in ``NOT_CONVERTED``: a lab leaves that set in
-the commit that converts it (see the checklist in labs/README.md), and a strict xfail that starts
-passing fails the suite until it does.
+≠ any student's instance, every measurement a check reads taken by a locked cell) are strict xfails for the
+labs in ``NOT_CONVERTED``: a lab leaves that set in the commit that converts it (see the checklist in
+labs/README.md), and a strict xfail that starts passing fails the suite until it does.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,17 @@ def _param(lab: str, *, design: bool = False) -> Any:
 
 ALL = [_param(lab) for lab in LABS]
 DESIGN = [_param(lab, design=True) for lab in LABS]
+
+
+def _no_lab_vm_left() -> None:
+    """Lab 05 boots VMs alpha, beta and gamma (one of them only, unprivileged: grading as root runs the notebooks
+    as a throw-away uid, so its rootless path is covered too); none may outlive the grading runs."""
+    done = subprocess.run(["pgrep", "-af", "qemu-system.*-name (alpha|beta|gamma)"], capture_output=True, text=True)
+    assert not done.stdout.strip(), f"a lab VM outlived the grading runs: {done.stdout}"
+
+
+#: per-lab extras, checked after the grading runs of the 100 % / 0 % test (which they would otherwise repeat)
+AFTER_GRADING = {"05": _no_lab_vm_left}
 
 
 def _bundle(lab: str) -> dict[str, Any]:
@@ -81,6 +93,8 @@ def test_solution_scores_every_point_and_the_untouched_notebook_none(lab: str) -
         assert solved["questions"][qid]["score"] == info["points"] > 0, qid
     blank = ("unanswered",) if lab not in NOT_CONVERTED else ("ok", "unanswered")  # old labs: stubs may not run
     assert untouched["total"] == 0 and untouched["status"] in blank, untouched["status"]
+    if lab in AFTER_GRADING:
+        AFTER_GRADING[lab]()
 
 
 def _points_violations(bundle: dict[str, Any]) -> list[str]:
@@ -131,12 +145,48 @@ def _table_violations(lab: str) -> list[str]:
     return found + (["a hand-written points table"] if "| points |" in text else [])
 
 
+def _top_level_names(source: str) -> set[str]:
+    names: set[str] = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return names
+
+
+def _unpinned_measurements(lab: str) -> list[str]:
+    """Names checks read (``sub.x``) that neither the student's answer nor a locked cell provides: an ordinary
+    cell exports them, so a later cell could replace the measurement (the grader pins only locked cells)."""
+    answers: set[str] = set()
+    locked: set[str] = set()
+    read: dict[str, str] = {}
+    for index, cell in enumerate(load_notebook(LABS[lab])["cells"]):
+        spec = cell_spec(cell, index)
+        if cell["cell_type"] != "code":
+            continue
+        source = cell_source(cell)
+        if spec.role == "solution":
+            answers |= set(spec.exports or ()) | _top_level_names(source)
+        elif spec.role == "readonly":
+            locked |= set(spec.exports or ()) | {n for n in _top_level_names(source) if not spec.exports}
+        elif spec.role in ("checks", "hidden"):
+            for node in ast.walk(ast.parse(source)):
+                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "sub":
+                    read.setdefault(node.attr, f"{spec.role} {spec.question}")
+    return [f"{where} reads sub.{name}, which no solution or readonly cell exports: make the cell that measures "
+            f"it '# vlab: readonly exports={name}'" for name, where in sorted(read.items())
+            if name not in answers | locked]
+
+
 @pytest.mark.parametrize("lab", DESIGN)
 def test_grading_design(lab: str) -> None:
     """Issue 14: points only from hidden checks on the student's own instance; public checks on the practice
     instance; no answer visible; the questions table generated; practice is no student's instance."""
     bundle = _bundle(lab)
     found = _points_violations(bundle) + _instance_violations(lab, bundle) + _table_violations(lab)
+    found += _unpinned_measurements(lab)
     found += [f"answer visible: {leak}" for leak in scan_lab(LABS[lab])]
     assert not found, "\n".join(found)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import base64
 import contextlib
+import copy
 import inspect
 import json
 import os
@@ -39,6 +40,7 @@ from vlab.grading.checks import StudentCodeError, fail
 
 __all__ = [
     "EXPORTS_FILE",
+    "PINNED_FILE",
     "GradedExports",
     "StudentHost",
     "decode",
@@ -47,10 +49,13 @@ __all__ = [
     "export_cell_source",
     "export_namespace",
     "load_exports",
+    "with_pins",
 ]
 
 #: The file the export cell writes in the submission's working directory.
 EXPORTS_FILE = "vlab-exports.json"
+#: The file a pin cell (right after a verified locked cell that exports names) writes; read at once.
+PINNED_FILE = "vlab-pinned.json"
 _MAX_EXPORTS_BYTES = 32 * 2**20
 
 
@@ -223,6 +228,30 @@ def load_exports(path: Path, dir_fd: int | None = None) -> dict[str, Any]:
         if isinstance(data.get(key), type(default)):
             clean[key] = data[key]
     return clean
+
+
+def with_pins(exports: Mapping[str, Any], pins: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """``exports`` with each pinned name as its locked cell left it, whatever later cells assigned.
+
+    :param pins: name → the pin export that took it (:func:`load_exports` of :data:`PINNED_FILE` right after
+        the locked cell ran). A name the pin lacks (the locked cell failed before defining it) is missing,
+        even if a later cell defined it; a function is left to the verified helpers and not pinned.
+    """
+    merged: dict[str, Any] = {key: copy.copy(value) for key, value in exports.items()}
+    for name, taken in pins.items():
+        if name in taken["functions"]:
+            continue
+        merged["values"].pop(name, None)
+        merged["functions"].pop(name, None)
+        merged["unexportable"].pop(name, None)
+        merged["missing"] = [n for n in merged["missing"] if n != name]
+        if name in taken["values"]:
+            merged["values"][name] = taken["values"][name]
+        elif name in taken["unexportable"]:
+            merged["unexportable"][name] = taken["unexportable"][name]
+        else:
+            merged["missing"].append(name)
+    return merged
 
 
 def _read_regular_file(path: Path, limit: int, dir_fd: int | None = None) -> bytes | None:

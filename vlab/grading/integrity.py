@@ -4,19 +4,28 @@
 ``invalid``, never a grader error). :func:`find_tampering` compares the locked cells with the bundle
 by id, type, content (SHA-256), count and order, and :func:`verified_sources` returns the locked
 code cells whose content is proven to be the instructor's -- the only notebook code the grader
-itself ever runs.
+itself ever runs. :func:`pinned_exports` names what those cells export, which the grader takes as
+soon as each has run.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from vlab.grading.bundle import Bundle, LockedCell
-from vlab.grading.format import digest
+from vlab.grading.format import cell_spec, digest
 
-__all__ = ["MAX_NOTEBOOK_BYTES", "Tampering", "find_tampering", "parse_submission", "verified_sources"]
+__all__ = [
+    "MAX_NOTEBOOK_BYTES",
+    "Tampering",
+    "find_tampering",
+    "parse_submission",
+    "pinned_exports",
+    "verified_sources",
+]
 
 MAX_NOTEBOOK_BYTES = 20 * 2**20
 _CELL_TYPES = ("code", "markdown", "raw")
@@ -123,14 +132,29 @@ def find_tampering(notebook: dict[str, Any], bundle: Bundle) -> list[Tampering]:
     return found
 
 
-def verified_sources(notebook: dict[str, Any], bundle: Bundle) -> list[str]:
-    """Sources of the locked code cells that match the bundle exactly (in the bundle's order)."""
+def _verified_cells(notebook: dict[str, Any], bundle: Bundle) -> Iterator[tuple[int, str]]:
+    """``(index, source)`` of each locked code cell that matches the bundle exactly (in the bundle's order)."""
     positions = _positions(notebook)
-    sources = []
     for entry in bundle.readonly:
         places = positions.get(entry.cell, [])
         if len(places) == 1 and entry.sha256:
             cell = notebook["cells"][places[0]]
             if cell["cell_type"] == "code" and _problem(entry, cell) is None:
-                sources.append(cell["source"])
-    return sources
+                yield places[0], cell["source"]
+
+
+def verified_sources(notebook: dict[str, Any], bundle: Bundle) -> list[str]:
+    """Sources of the locked code cells that match the bundle exactly (in the bundle's order)."""
+    return [source for _, source in _verified_cells(notebook, bundle)]
+
+
+def pinned_exports(notebook: dict[str, Any], bundle: Bundle) -> dict[int, tuple[str, ...]]:
+    """Cell index → the names a verified locked cell exports (its header's ``exports=``): the grader takes
+    these right after that cell ran, so a later student cell cannot replace what it measured."""
+    pins = {}
+    for index, source in _verified_cells(notebook, bundle):
+        # the header of the verified source, never the cell's metadata (which the student may edit)
+        names = cell_spec({"cell_type": "code", "source": source, "metadata": {}}, index).exports
+        if names:
+            pins[index] = tuple(names)
+    return pins

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,13 +45,21 @@ from vlab.grading.bundle import Bundle, Limits
 from vlab.grading.checks import CheckResult, Registry, run_checks
 from vlab.grading.exports import (
     EXPORTS_FILE,
+    PINNED_FILE,
     GradedExports,
     StudentHost,
     defined_helpers,
     export_cell_source,
     load_exports,
+    with_pins,
 )
-from vlab.grading.integrity import MAX_NOTEBOOK_BYTES, find_tampering, parse_submission, verified_sources
+from vlab.grading.integrity import (
+    MAX_NOTEBOOK_BYTES,
+    find_tampering,
+    parse_submission,
+    pinned_exports,
+    verified_sources,
+)
 from vlab.grading.jail import (
     Cgroup,
     JailSpec,
@@ -152,6 +161,8 @@ class _Run:
     kernel_stderr: str = ""
     export_errors: list[str] = field(default_factory=list)
     output_bytes: int = 0
+    #: name → the pin export taken right after the verified locked cell that exports it
+    pins: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def record(self, cell: Any, cell_index: int, execute_reply: dict[str, Any] | None) -> None:
         """nbclient's ``on_cell_executed`` hook: keep each failing cell's error from its reply."""
@@ -201,9 +212,31 @@ def _kernel_manager(spec: JailSpec, conn: Path) -> Any:
     return manager
 
 
+@dataclass(frozen=True)
+class _Pins:
+    """Where the grader takes a locked cell's exports as soon as it has run (see ``pinned_exports``)."""
+
+    after: Mapping[int, tuple[str, ...]]  # cell index → names
+    work_fd: int  # the student's directory, read without following a symlink
+    path: Path  # PINNED_FILE inside it, as the kernel sees it
+
+    def cell(self, names: tuple[str, ...]) -> Any:
+        import nbformat
+
+        return nbformat.v4.new_code_cell(export_cell_source(names, self.path))  # type: ignore[no-untyped-call]
+
+    def take(self) -> dict[str, Any]:
+        """Read the pin file at once (before any student code runs again) and remove it."""
+        taken = load_exports(Path(PINNED_FILE), dir_fd=self.work_fd)
+        with contextlib.suppress(OSError):
+            os.unlink(PINNED_FILE, dir_fd=self.work_fd)
+        return taken
+
+
 async def _execute(
     notebook: Any,
     export_cell: Any,
+    pins: _Pins,
     spec: JailSpec,
     env: dict[str, str],
     limits: Limits,
@@ -236,16 +269,24 @@ async def _execute(
             if spec.mode == "root":  # the sockets are bound: from now on the student cannot swap them
                 os.fchown(conn_fd, 0, 0)
                 os.fchmod(conn_fd, 0o711)
-            await _run_cells(client, notebook, export_cell, limits, cgroup, run, manager)
+            await _run_cells(client, notebook, export_cell, pins, limits, cgroup, run, manager)
     except RuntimeError as exc:  # the kernel did not come up: no student code ran
         raise VlabError("the jailed kernel did not start", detail=f"{exc}; its stderr: {_tail(stderr_fd)}") from exc
     return run
 
 
 async def _run_cells(
-    client: Any, notebook: Any, export_cell: Any, limits: Limits, cgroup: Cgroup | None, run: _Run, manager: Any
+    client: Any,
+    notebook: Any,
+    export_cell: Any,
+    pins: _Pins,
+    limits: Limits,
+    cgroup: Cgroup | None,
+    run: _Run,
+    manager: Any,
 ) -> None:
-    """Each code cell within the notebook's time budget, then the export cell; note what is left running."""
+    """Each code cell within the notebook's time budget (after each verified locked cell that exports names, a
+    pin cell whose export is read at once), then the export cell; note what is left running."""
     from nbclient.exceptions import DeadKernelError
 
     deadline = time.monotonic() + limits.notebook_timeout
@@ -262,6 +303,11 @@ async def _run_cells(
         client.timeout = max(1, int(min(limits.cell_timeout, remaining)))
         try:
             await asyncio.wait_for(client.async_execute_cell(cell, index), remaining + 5)
+            if index in pins.after:
+                names = pins.after[index]
+                await asyncio.wait_for(client.async_execute_cell(pins.cell(names), index), _export_timeout(limits))
+                taken = pins.take()
+                run.pins.update(dict.fromkeys(names, taken))
         except DeadKernelError:
             run.died = True
             break
@@ -507,7 +553,8 @@ def _supervise(job: Job) -> SubmissionResult:
         )
         env = _student_env(work, job, mode)
         notebook, export_cell = _runnable(raw, bundle.exports, work / EXPORTS_FILE)
-        run = asyncio.run(_execute(notebook, export_cell, spec, env, limits, cgroup, (conn_fd, stderr_fd)))
+        pins = _Pins(pinned_exports(raw, bundle), work_fd, work / PINNED_FILE)
+        run = asyncio.run(_execute(notebook, export_cell, pins, spec, env, limits, cgroup, (conn_fd, stderr_fd)))
         sweep(cgroup, [run.jail_pid] if run.jail_pid else [])
         if mode == "none" and run.jail_pid:  # no namespace to end: at least the kernel's process group
             with contextlib.suppress(OSError):
@@ -515,7 +562,7 @@ def _supervise(job: Job) -> SubmissionResult:
         if run.died:
             run.kernel_stderr = _tail(stderr_fd)
         _record_run(result, run, cgroup)
-        exports = load_exports(Path(EXPORTS_FILE), dir_fd=work_fd)
+        exports = with_pins(load_exports(Path(EXPORTS_FILE), dir_fd=work_fd), run.pins)
         result.export_problems = {
             **{name: "not defined" for name in exports["missing"]},
             **exports["unexportable"],

@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlab.errors import VlabError
-from vlab.host import Cgroup, detect_cgroups, procfs
 from vlab.grading.mounts import shared_dir
+from vlab.host import Cgroup, detect_cgroups, procfs
 from vlab.host.syscalls import die_with_parent
 from vlab.labs.oci import layer_tar, rootfs_layer, tree_digest, write_oci_layout
 from vlab.paths import runtime_dir
@@ -242,9 +242,10 @@ def spawn(child: Callable[[], None], *, before: Callable[[int], None] | None = N
     """Fork a process that runs ``child()`` (which should end by exec'ing the container's command), and wait.
 
     The child gets its own session (so it has no terminal), dies if this process dies, inherits no other
-    descriptor of this process, has stdout and stderr captured (at most ``max_output`` bytes are kept), and waits at a gate until ``before(pid)`` has run here
-    — put the host-side steps there, e.g. ``cgroup.add(pid)``, so that the container is limited from its
-    first instruction. An exception in ``child()`` is printed into the output (status 125).
+    descriptor of this process, has stdout and stderr captured (at most ``max_output`` bytes are kept), and
+    waits at a gate until ``before(pid)`` has run here — put the host-side steps there, e.g.
+    ``cgroup.add(pid)``, so that the container is limited from its first instruction. An exception in
+    ``child()`` is printed into the output (status 125).
 
     Whatever happens (exit, timeout, an exception in ``before``), every process the child left is killed.
 
