@@ -129,11 +129,11 @@ def test_honest_answers_score_exactly(graded: dict[str, SubmissionResult]) -> No
 
 def test_nothing_the_attacks_started_is_running(graded: dict[str, SubmissionResult], course: Course) -> None:
     assert graded["daemons"].leftovers and graded["zombie-leader"].leftovers
-    assert any("qemu-system" in p["command"] for p in graded["lab01-leaves-vm"].leftovers)
+    assert any("qemu-system" in p.command for p in graded["lab01-leaves-vm"].leftovers)
     assert _processes_with(course.marker) == []
     for result in graded.values():  # every leftover the grader reported (the lab 01 VM has no marker) is gone
         for process in result.leftovers:
-            assert not _still_running(process["pid"], process["command"]), process
+            assert not _still_running(process.pid, process.command), process
 
 
 def test_no_host_file_changed_or_left_behind(graded: dict[str, SubmissionResult], course: Course) -> None:
@@ -166,7 +166,7 @@ def test_output_does_not_grow_the_supervisor(graded: dict[str, SubmissionResult]
 
 def test_tampering_names_the_problem(graded: dict[str, SubmissionResult]) -> None:
     problems = {
-        name: {t["problem"] for t in graded[name].tampered_cells}
+        name: {t.problem for t in graded[name].tampered_cells}
         for name in (
             "pristine-copy-first",
             "check-to-raw",

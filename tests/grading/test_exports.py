@@ -7,12 +7,11 @@ import math
 import sys
 import types
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from vlab.grading.checks import StudentCodeError
-from vlab.grading.exports import StudentHost, decode, encode, export_namespace, with_pins
+from vlab.grading.exports import Exported, StudentHost, decode, encode, export_namespace, with_pins
 
 
 @pytest.mark.parametrize(
@@ -92,28 +91,37 @@ def test_a_parameter_named_like_a_global_is_not_a_dependency() -> None:
     assert "dump" not in used and "secret" not in used and "found" not in used
 
 
-def _export(**values: object) -> dict[str, Any]:
-    return export_namespace(values, list(values))
+def _export(**values: object) -> Exported:
+    return Exported.from_json(export_namespace(values, list(values)))  # as the grader reads the kernel's file
 
 
 def test_with_pins_keeps_what_the_locked_cell_left_whatever_came_later() -> None:
     final = _export(measured=0, answer=42)  # a later cell set measured = 0
     pins = {"measured": _export(measured=17)}
     merged = with_pins(final, pins)
-    assert merged["values"]["measured"] == 17 and merged["values"]["answer"] == 42
-    assert final["values"]["measured"] == 0  # the final export itself is not changed
+    assert merged.values["measured"] == 17 and merged.values["answer"] == 42
+    assert final.values["measured"] == 0  # the final export itself is not changed
 
 
 def test_a_name_the_locked_cell_never_defined_stays_missing_even_if_a_later_cell_defines_it() -> None:
     final = _export(measured=0)
-    taken = export_namespace({}, ["measured"])  # the locked cell failed before defining it
+    taken = Exported.from_json(export_namespace({}, ["measured"]))  # the locked cell failed before defining it
     merged = with_pins(final, {"measured": taken})
-    assert "measured" not in merged["values"] and merged["missing"] == ["measured"]
+    assert "measured" not in merged.values and merged.missing == ("measured",)
 
 
 def test_a_pinned_function_is_left_to_the_verified_helpers() -> None:
-    final = export_namespace({}, [])
-    final["functions"]["helper"] = "def helper():\n    return 1\n"  # as the export cell writes a notebook function
-    taken = export_namespace({}, [])
-    taken["functions"]["helper"] = "def helper():\n    return 2\n"
+    final = Exported(functions={"helper": "def helper():\n    return 1\n"})  # a notebook function, as exported
+    taken = Exported(functions={"helper": "def helper():\n    return 2\n"})
     assert with_pins(final, {"helper": taken}) == final
+
+
+def test_malformed_exports_are_dropped_entry_by_entry_never_a_grader_error() -> None:
+    forged = {"values": {"a": 1}, "functions": {"f": 3, "g": "def g(): pass"}, "imports": {"h": ["m"], "i": ["m", "q"]},
+              "missing": [["unhashable"], "x"], "unexportable": "no", "modules": []}
+    read = Exported.from_json(forged)
+    assert read == Exported(values={"a": 1}, functions={"g": "def g(): pass"}, imports={"i": ("m", "q")},
+                            missing=("x",))
+    assert read.problems == {"x": "not defined"}
+    assert Exported.from_json([1, 2]).error == "malformed exports"
+    assert Exported.from_json(read.to_json()) == read

@@ -39,7 +39,7 @@ def test_feedback_names_hidden_checks_but_never_their_messages_or_code(
 ) -> None:
     write_gradebook(list(batch.values()), tmp_path / "gradebook.csv")
     result = batch["partly-wrong"]
-    hidden_messages = [c["message"] for c in result.checks if c["hidden"] and c["message"]]
+    hidden_messages = [c.message for c in result.checks if c.hidden and c.message]
     assert hidden_messages  # the grader knows why they failed ...
     for suffix in ("json", "html"):
         text = (tmp_path / "feedback" / f"partly-wrong.{suffix}").read_text()
@@ -60,10 +60,10 @@ def test_feedback_names_hidden_checks_but_never_their_messages_or_code(
 
 def test_summary_counts_statuses_and_killed_processes(batch: dict[str, SubmissionResult], tmp_path: Path) -> None:
     summary = write_gradebook(list(batch.values()), tmp_path / "gb.csv", seconds=12.5)
-    assert summary["submissions"] == len(batch)
-    assert summary["status"]["ok"] == 2 and summary["status"]["leftovers"] == 1
-    assert summary["leftover_processes_killed"] >= 2  # the VM and the fork bomb's children
-    assert json.loads((tmp_path / "gb-summary.json").read_text()) == summary
+    assert summary.submissions == len(batch)
+    assert summary.status["ok"] == 2 and summary.status["leftovers"] == 1
+    assert summary.leftover_processes_killed >= 2  # the VM and the fork bomb's children
+    assert json.loads((tmp_path / "gb-summary.json").read_text()) == summary.to_dict()
     text = format_summary(summary)
     assert f"{len(batch)} submissions" in text and "graded in 12.5 s" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["feedback", "gb-summary.json", "gb.csv"]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from vlab.grading.checks import CheckResult
+from vlab.grading.integrity import Tampering
 from vlab.grading.results import QuestionScore, SubmissionResult
 
 EXPECTED = {  # student: (total out of 8, status)
@@ -27,8 +28,8 @@ EXPECTED = {  # student: (total out of 8, status)
 }
 
 
-def _checks(result: SubmissionResult) -> dict[str, dict[str, Any]]:
-    return {c["name"]: c for c in result.checks}
+def _checks(result: SubmissionResult) -> dict[str, CheckResult]:
+    return {c.name: c for c in result.checks}
 
 
 @pytest.mark.parametrize("student", sorted(EXPECTED))
@@ -45,9 +46,9 @@ def test_every_submission_of_the_batch_was_graded(batch: dict[str, SubmissionRes
 
 def test_partly_wrong_gets_the_misconception_hint(batch: dict[str, SubmissionResult]) -> None:
     checks = _checks(batch["partly-wrong"])
-    assert not checks["walk_4x4"]["passed"]
-    assert "you added the two walks" in checks["walk_4x4"]["message"]
-    assert not checks["walk_other_depths"]["passed"] and checks["walk_other_depths"]["hidden"]
+    assert not checks["walk_4x4"].passed
+    assert "you added the two walks" in checks["walk_4x4"].message
+    assert not checks["walk_other_depths"].passed and checks["walk_other_depths"].hidden
     assert batch["partly-wrong"].questions["q2"].score == 0
     assert batch["partly-wrong"].questions["q1"].score == 3
 
@@ -55,8 +56,8 @@ def test_partly_wrong_gets_the_misconception_hint(batch: dict[str, SubmissionRes
 def test_infinite_loop_is_interrupted_and_a_hanging_call_times_out(batch: dict[str, SubmissionResult]) -> None:
     result = batch["infinite-loop"]
     assert any(e.ename == "CellTimeout" for e in result.cell_errors)
-    assert "did not return within 3 s" in _checks(result)["fib_90"]["message"]
-    assert _checks(result)["fib_10"]["passed"]
+    assert "did not return within 3 s" in _checks(result)["fib_90"].message
+    assert _checks(result)["fib_10"].passed
 
 
 def test_memory_hog_gets_memory_error_and_the_rest_still_runs(batch: dict[str, SubmissionResult]) -> None:
@@ -79,19 +80,19 @@ def test_reading_hidden_checks_and_secret_from_disk_fails(batch: dict[str, Submi
 
 def test_monkeypatching_the_checker_changes_nothing(batch: dict[str, SubmissionResult]) -> None:
     result = batch["monkeypatch"]
-    assert not any(c["passed"] for c in result.checks)
+    assert not any(c.passed for c in result.checks)
     assert result.cell_errors == [e for e in result.cell_errors if e.ename == "NotImplementedError"]
 
 
 def test_tampered_readonly_cell_zeroes_its_question(batch: dict[str, SubmissionResult]) -> None:
     result = batch["tampered"]
     assert result.questions["q3"] == QuestionScore(0.0, 2.0, True)
-    assert result.tampered_cells == [{"cell": "c12", "question": "q3", "problem": "edited"}]
+    assert result.tampered_cells == [Tampering("c12", "q3", "edited")]
 
 
 def test_vm_left_running_is_counted_and_killed(batch: dict[str, SubmissionResult], vm_marker: str) -> None:
     (leftover,) = batch["leaves-vm"].leftovers
-    assert "qemu-system-x86_64" in leftover["command"] and vm_marker in leftover["command"]
+    assert "qemu-system-x86_64" in leftover.command and vm_marker in leftover.command
     assert not _processes_with(vm_marker)
 
 

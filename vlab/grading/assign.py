@@ -27,9 +27,10 @@ from typing import Any
 
 from vlab.errors import VlabError
 from vlab.files import write_atomic
-from vlab.grading.checks import Registry
+from vlab.grading.checks import Check, Registry
 from vlab.grading.format import (
     LOCKED_ROLES,
+    Cell,
     CellSpec,
     cell_source,
     cell_spec,
@@ -92,7 +93,8 @@ class Assignment:
     released: tuple[tuple[str, Path], ...] = ()
 
     @property
-    def bundle(self) -> dict[str, Any]:
+    def bundle(self) -> dict[str, Any]:  # the file's JSON, as lab tests read it (Bundle.from_dict types it)
+        """The bundle as parsed JSON (what ``labs/autograder/NN.json`` holds)."""
         result: dict[str, Any] = json.loads(self.bundle_text)
         return result
 
@@ -113,7 +115,7 @@ def bundle_path_for(lab: str, out_dir: Path) -> Path:
     return Path(out_dir) / "autograder" / f"{lab}.json"
 
 
-def cell_ids(cells: list[dict[str, Any]]) -> list[str]:
+def cell_ids(cells: list[Cell]) -> list[str]:
     """Each cell's id; a cell without one gets a deterministic id from its position and text."""
     ids: list[str] = []
     for index, cell in enumerate(cells):
@@ -124,7 +126,7 @@ def cell_ids(cells: list[dict[str, Any]]) -> list[str]:
     return ids
 
 
-def _student_cell(cell: dict[str, Any], spec: CellSpec, cid: str, index: int) -> dict[str, Any]:
+def _student_cell(cell: Cell, spec: CellSpec, cid: str, index: int) -> Cell:
     out = copy.deepcopy(cell)
     out["id"] = cid
     source = cell_source(cell)
@@ -153,7 +155,7 @@ def _student_cell(cell: dict[str, Any], spec: CellSpec, cid: str, index: int) ->
     return out
 
 
-def check_namespace() -> dict[str, Any]:
+def check_namespace() -> dict[str, Any]:  # a Python namespace (exec globals): any value
     """Globals for running a lab's cells outside the notebook: ``vlab`` (with ``vlab.grading``) imported.
 
     The ``params`` cell and then the check cells run in order in one such namespace, as in the notebook.
@@ -179,7 +181,7 @@ def release_source(course: str = DEFAULT_COURSE, released_for: str | None = None
 _HEADING_RE = r"^#+\s.*?\bQuestion\s+{q}\b\s*[—–:-]+\s*(?P<title>.+?)\s*$"
 
 
-def _question_titles(cells: list[dict[str, Any]], questions: dict[str, dict[str, Any]]) -> dict[str, str]:
+def _question_titles(cells: list[Cell], questions: dict[str, dict[str, Any]]) -> dict[str, str]:
     """Each question's title: the Markdown heading ``## … Question q1 — <title>``, else its ``title=``."""
     titles = {qid: str(info.get("title", "")) for qid, info in questions.items()}
     text = "\n".join(cell_source(c) for c in cells if c.get("cell_type") == "markdown")
@@ -190,7 +192,7 @@ def _question_titles(cells: list[dict[str, Any]], questions: dict[str, dict[str,
     return titles
 
 
-def questions_table(questions: dict[str, dict[str, Any]]) -> str:
+def questions_table(questions: dict[str, dict[str, Any]]) -> str:  # the bundle's JSON "questions"
     """The Markdown of the ``questions`` cell: one row per question with its title and graded points."""
     lines = [
         "<!-- vlab: questions -->",
@@ -211,10 +213,10 @@ def questions_table(questions: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _collect_checks(sources: list[dict[str, Any]], lab: str, params_source: str | None) -> list[dict[str, Any]]:
+def _collect_checks(sources: list[dict[str, Any]], lab: str, params_source: str | None) -> list[Check]:
     """Run the params cell and the check cells' definitions (``vlab.check`` does nothing meanwhile),
     in one namespace as in the notebook, to list the checks and their points."""
-    found: list[dict[str, Any]] = []
+    found: list[Check] = []
     namespace = check_namespace()
     if params_source:
         try:
@@ -237,8 +239,7 @@ def _collect_checks(sources: list[dict[str, Any]], lab: str, params_source: str 
                     detail=f"{type(exc).__name__}: {exc}",
                     fix="check cells should only import and define checks (and call vlab.check)",
                 ) from exc
-        for one in registry.checks:
-            found.append({"question": one.question, "name": one.name, "points": one.points, "hidden": one.hidden})
+        found.extend(registry.checks)
     return found
 
 
@@ -267,18 +268,20 @@ def build(
     notebook = load_notebook(source)
     lab = lab_id(source, notebook)
     student_path = student_path_for(source, Path(out_dir) if out_dir else None)
-    cells: list[dict[str, Any]] = notebook["cells"]
+    cells: list[Cell] = notebook["cells"]
     ids = cell_ids(cells)
     meta = notebook.get("metadata", {}).get("vlab", {}) or {}
 
-    student_cells: list[dict[str, Any]] = []
+    student_cells: list[Cell] = []
+    # the bundle's JSON parts, built here and written once (bundle.py types them when the grader reads them;
+    # it imports this module, so its records cannot be used here)
     questions: dict[str, dict[str, Any]] = {}
     exports: list[str] = list(meta.get("exports", []))
     check_sources: list[dict[str, Any]] = []
     readonly: list[dict[str, Any]] = []
     params_source: str | None = None
     release_cell: str | None = None
-    questions_cell: dict[str, Any] | None = None
+    questions_cell: Cell | None = None
 
     for index, (cell, cid) in enumerate(zip(cells, ids, strict=True)):
         spec = cell_spec(cell, index)
@@ -324,10 +327,10 @@ def build(
         params_source = release_source(course) + "\n\n" + params_source
     checks = _collect_checks(check_sources, lab, params_source)
     for one in checks:
-        questions.setdefault(one["question"], {"title": ""})
+        questions.setdefault(one.question, {"title": ""})
     for qid, info in questions.items():
-        info["points"] = sum(c["points"] for c in checks if c["question"] == qid)
-        info["public_points"] = sum(c["points"] for c in checks if c["question"] == qid and not c["hidden"])
+        info["points"] = sum(c.points for c in checks if c.question == qid)
+        info["public_points"] = sum(c.points for c in checks if c.question == qid and not c.hidden)
     for qid, title in _question_titles(cells, questions).items():
         questions[qid]["title"] = title or f"question {qid}"
     if questions_cell is not None:
@@ -349,7 +352,7 @@ def build(
         "limits": {**DEFAULT_LIMITS, **meta.get("limits", {})},
         "questions": questions,
         "exports": exports,
-        "checks": checks,
+        "checks": [{"question": c.question, "name": c.name, "points": c.points, "hidden": c.hidden} for c in checks],
         "check_sources": check_sources,
         "params_source": params_source,
         "release_cell": release_cell,

@@ -15,7 +15,7 @@ from vlab.errors import VlabError
 from vlab.grading.assign import BUNDLE_FORMAT, DEFAULT_LIMITS
 from vlab.grading.seeds import DEFAULT_COURSE
 
-__all__ = ["Bundle", "CheckSource", "Limits", "LockedCell", "Question"]
+__all__ = ["Bundle", "CheckEntry", "CheckSource", "Limits", "LockedCell", "Question"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Limits:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Limits:
         """Known keys converted to their type (a bad value is a VlabError); unknown keys are ignored."""
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = {}  # field name → its checked value, of that field's type
         for one in fields(cls):
             if one.name in data:
                 raw = data[one.name]
@@ -56,6 +56,16 @@ class Question:
 
     title: str
     points: float
+
+
+@dataclass(frozen=True)
+class CheckEntry:
+    """One check as the bundle lists it (``vlab assign`` ran the check cells to find it)."""
+
+    question: str
+    name: str
+    points: float
+    hidden: bool
 
 
 @dataclass(frozen=True)
@@ -102,7 +112,7 @@ class Bundle:
     limits: Limits = field(default_factory=Limits)
     course: str = DEFAULT_COURSE
     release_cell: str | None = None
-    checks: tuple[dict[str, Any], ...] = ()
+    checks: tuple[CheckEntry, ...] = ()
     source_name: str = ""
     student_sha256: str = ""
     format: str = BUNDLE_FORMAT
@@ -118,11 +128,11 @@ class Bundle:
     def max_points(self) -> float:
         return float(sum(q.points for q in self.questions.values()))
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:  # the JSON form: a Job crosses into the supervisor as JSON
         """The JSON form (as ``vlab assign`` writes it)."""
-        data = asdict(self)
+        data = asdict(self)  # records become dicts, tuples stay tuples (JSON lists either way)
         data["exports"] = list(self.exports)
-        data["checks"] = list(self.checks)
+        data["checks"] = list(data["checks"])
         return data
 
     @classmethod
@@ -173,6 +183,15 @@ class Bundle:
         exports = need(data, "exports", list, "exports")
         if not all(isinstance(name, str) for name in exports):
             raise VlabError("exports must be names", field=f"{where} exports", value=exports, fix="run `vlab assign`")
+        checks = tuple(
+            CheckEntry(
+                str(need(c, "question", str, f"checks[{i}].question")),
+                str(need(c, "name", str, f"checks[{i}].name")),
+                float(need(c, "points", (int, float), f"checks[{i}].points")),
+                bool(need(c, "hidden", bool, f"checks[{i}].hidden")),
+            )
+            for i, c in enumerate(data.get("checks") or [])
+        )
         params = data.get("params_source")
         return cls(
             lab=str(need(data, "lab", str, "lab")),
@@ -184,7 +203,7 @@ class Bundle:
             limits=Limits.from_dict(data.get("limits") or {}),
             course=str(data.get("course") or DEFAULT_COURSE),
             release_cell=data["release_cell"] if isinstance(data.get("release_cell"), str) else None,
-            checks=tuple(c for c in data.get("checks", []) if isinstance(c, dict)),
+            checks=checks,
             source_name=str(data.get("source_name", "")),
             student_sha256=str(data.get("student_sha256", "")),
         )

@@ -133,8 +133,9 @@ class CheckResult:
     def score(self) -> float:
         return self.points if self.passed else 0.0
 
-    def as_dict(self, *, reveal: bool = True) -> dict[str, Any]:
-        """JSON form; ``reveal=False`` drops the message of a hidden check."""
+    def as_dict(self, *, reveal: bool = True) -> dict[str, Any]:  # the JSON form: result.json, feedback
+        """JSON form (without ``unanswered``: it has done its work by then); ``reveal=False`` drops the message of a
+        hidden check."""
         return {
             "question": self.question,
             "name": self.name,
@@ -280,7 +281,7 @@ class CheckReport:
         return self.text()
 
 
-def _notebook_namespace() -> dict[str, Any]:
+def _notebook_namespace() -> dict[str, Any]:  # the notebook's globals: any value
     try:
         from IPython import get_ipython
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import ast
 import base64
 import contextlib
-import copy
 import inspect
 import json
 import os
@@ -33,6 +32,7 @@ import textwrap
 import time
 import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -41,6 +41,7 @@ from vlab.grading.checks import StudentCodeError, fail
 __all__ = [
     "EXPORTS_FILE",
     "PINNED_FILE",
+    "Exported",
     "GradedExports",
     "StudentHost",
     "decode",
@@ -150,12 +151,85 @@ def _function_source(obj: Any) -> str | None:
         return None
 
 
-def _empty_exports() -> dict[str, Any]:
-    """The shape of an export: what the kernel writes and :func:`load_exports` returns."""
+def _empty_exports() -> dict[str, Any]:  # the JSON the kernel writes (it runs there: no grader types)
+    """The shape of an export: what the kernel writes (:class:`Exported` is it read back)."""
     return {"values": {}, "functions": {}, "modules": {}, "imports": {}, "missing": [], "unexportable": {}}
 
 
-def export_namespace(namespace: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+def _strings(data: Any) -> dict[str, str]:
+    """The str → str entries of untrusted JSON (nothing if it is not an object)."""
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What the kernel exported, read back by the grader (:meth:`from_json` checks its shape).
+
+    :param values: name → the value as :func:`encode` wrote it (JSON: decoded, by :func:`decode`, when a check
+        reads it).
+    :param functions: name → the source of a notebook function (re-created only in the student host).
+    :param modules: name → the module imported under that name.
+    :param imports: name → (module, qualified name) of an imported callable.
+    :param missing: wanted names the notebook did not define.
+    :param unexportable: name → why its value could not be exported.
+    :param error: why nothing could be read (no file, too large, not JSON), else None.
+    """
+
+    values: Mapping[str, Any] = field(default_factory=dict)  # encode()d JSON, untrusted until decode()
+    functions: Mapping[str, str] = field(default_factory=dict)
+    modules: Mapping[str, str] = field(default_factory=dict)
+    imports: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    missing: tuple[str, ...] = ()
+    unexportable: Mapping[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Any, error: str | None = None) -> Exported:
+        """The parsed export file (untrusted: the kernel's to write); an entry of the wrong shape is dropped."""
+        if not isinstance(data, dict):
+            return cls(error=error or "malformed exports")
+        values = data.get("values")
+        imports = data.get("imports")
+        missing = data.get("missing")
+        return cls(
+            values={k: v for k, v in values.items() if isinstance(k, str)} if isinstance(values, dict) else {},
+            functions=_strings(data.get("functions")),
+            modules=_strings(data.get("modules")),
+            imports={
+                k: (v[0], v[1])
+                for k, v in (imports.items() if isinstance(imports, dict) else ())
+                if isinstance(k, str) and isinstance(v, list) and len(v) == 2 and all(isinstance(p, str) for p in v)
+            },
+            missing=tuple(n for n in missing if isinstance(n, str)) if isinstance(missing, list) else (),
+            unexportable=_strings(data.get("unexportable")),
+            error=error,
+        )
+
+    def to_json(self) -> dict[str, Any]:  # the JSON form (the values are JSON already)
+        """The JSON form (what the kernel writes; ``error`` only if set)."""
+        data: dict[str, Any] = {
+            "values": dict(self.values),
+            "functions": dict(self.functions),
+            "modules": dict(self.modules),
+            "imports": {k: list(v) for k, v in self.imports.items()},
+            "missing": list(self.missing),
+            "unexportable": dict(self.unexportable),
+        }
+        return data if self.error is None else {**data, "error": self.error}
+
+    @property
+    def problems(self) -> dict[str, str]:
+        """Exported name (or ``*`` for the whole export) → why the grader does not have it."""
+        found = {name: "not defined" for name in self.missing}
+        found.update(self.unexportable)
+        if self.error is not None:
+            found["*"] = self.error
+        return found
+
+
+def export_namespace(namespace: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:  # runs in the kernel
     """Export ``names`` (and what their functions use) from a notebook namespace, as JSON-able data."""
     out = _empty_exports()
     queue = [(name, True) for name in names]
@@ -202,56 +276,50 @@ def export_cell_source(names: Sequence[str], path: Path) -> str:
     )
 
 
-def load_exports(path: Path, dir_fd: int | None = None) -> dict[str, Any]:
+def load_exports(path: Path, dir_fd: int | None = None) -> Exported:
     """Read what the kernel exported (untrusted: size-limited, shape-checked). Missing file → empty.
 
     :param dir_fd: open directory ``path`` is relative to (the grader reads the student's directory through
         it, never following a symlink the student planted).
     """
-    empty = _empty_exports()
     try:
         raw = _read_regular_file(path, _MAX_EXPORTS_BYTES, dir_fd)
     except FileNotFoundError:
-        return {**empty, "error": "the notebook exported nothing (it did not finish)"}
+        return Exported(error="the notebook exported nothing (it did not finish)")
     except OSError as exc:
-        return {**empty, "error": f"unreadable exports: {exc.strerror or exc}"}
+        return Exported(error=f"unreadable exports: {exc.strerror or exc}")
     if raw is None:
-        return {**empty, "error": f"the exports are larger than {_MAX_EXPORTS_BYTES >> 20} MiB"}
+        return Exported(error=f"the exports are larger than {_MAX_EXPORTS_BYTES >> 20} MiB")
     try:
         data = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError):
-        return {**empty, "error": "the exports are not valid JSON (or nested too deeply)"}
-    if not isinstance(data, dict):
-        return {**empty, "error": "malformed exports"}
-    clean = dict(empty)
-    for key, default in empty.items():
-        if isinstance(data.get(key), type(default)):
-            clean[key] = data[key]
-    return clean
+        return Exported(error="the exports are not valid JSON (or nested too deeply)")
+    return Exported.from_json(data)
 
 
-def with_pins(exports: Mapping[str, Any], pins: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def with_pins(exports: Exported, pins: Mapping[str, Exported]) -> Exported:
     """``exports`` with each pinned name as its locked cell left it, whatever later cells assigned.
 
     :param pins: name → the pin export that took it (:func:`load_exports` of :data:`PINNED_FILE` right after
         the locked cell ran). A name the pin lacks (the locked cell failed before defining it) is missing,
         even if a later cell defined it; a function is left to the verified helpers and not pinned.
     """
-    merged: dict[str, Any] = {key: copy.copy(value) for key, value in exports.items()}
+    values, functions = dict(exports.values), dict(exports.functions)
+    unexportable, missing = dict(exports.unexportable), list(exports.missing)
     for name, taken in pins.items():
-        if name in taken["functions"]:
+        if name in taken.functions:
             continue
-        merged["values"].pop(name, None)
-        merged["functions"].pop(name, None)
-        merged["unexportable"].pop(name, None)
-        merged["missing"] = [n for n in merged["missing"] if n != name]
-        if name in taken["values"]:
-            merged["values"][name] = taken["values"][name]
-        elif name in taken["unexportable"]:
-            merged["unexportable"][name] = taken["unexportable"][name]
+        values.pop(name, None)
+        functions.pop(name, None)
+        unexportable.pop(name, None)
+        missing = [n for n in missing if n != name]
+        if name in taken.values:
+            values[name] = taken.values[name]
+        elif name in taken.unexportable:
+            unexportable[name] = taken.unexportable[name]
         else:
-            merged["missing"].append(name)
-    return merged
+            missing.append(name)
+    return replace(exports, values=values, functions=functions, unexportable=unexportable, missing=tuple(missing))
 
 
 def _read_regular_file(path: Path, limit: int, dir_fd: int | None = None) -> bytes | None:
@@ -299,15 +367,15 @@ def defined_helpers(sources: Sequence[str]) -> set[str]:
     return names
 
 
-def _student_namespace(exports: Mapping[str, Any]) -> dict[str, Any]:
+def _student_namespace(exports: Exported) -> dict[str, Any]:  # a Python namespace: any value
     """The student's functions re-created from source in a fresh namespace of their own."""
     import importlib
 
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
-    for name, module in exports.get("modules", {}).items():
+    for name, module in exports.modules.items():
         with contextlib.suppress(Exception):  # a module the grader lacks: calls using it fail
             namespace[name] = importlib.import_module(module)
-    for name, (module, qualname) in exports.get("imports", {}).items():
+    for name, (module, qualname) in exports.imports.items():
         try:
             obj: Any = importlib.import_module(module)
             for part in qualname.split("."):
@@ -315,9 +383,9 @@ def _student_namespace(exports: Mapping[str, Any]) -> dict[str, Any]:
             namespace[name] = obj
         except Exception:
             pass
-    for name, value in exports.get("values", {}).items():
+    for name, value in exports.values.items():
         namespace[name] = decode(value)
-    for name, source in exports.get("functions", {}).items():
+    for name, source in exports.functions.items():
         try:
             exec(compile(source, f"<notebook function {name}>", "exec"), namespace)
         except Exception as exc:
@@ -364,7 +432,7 @@ class _Namespaces:
     """The student's functions (re-created once, before any helper exists) and the locked cells' helpers,
     defined afresh for every call so that nothing a student function did to them in one call survives."""
 
-    def __init__(self, exports: Mapping[str, Any], helpers: Sequence[str]) -> None:
+    def __init__(self, exports: Exported, helpers: Sequence[str]) -> None:
         import vlab
         import vlab.grading
 
@@ -401,7 +469,7 @@ def _host_main(exports_path: str) -> int:
         try:
             function = namespaces.function(request["name"])
             value = function(*decode(request["args"]), **decode(request["kwargs"]))
-            reply: dict[str, Any] = {"ok": encode(value)}
+            reply: dict[str, Any] = {"ok": encode(value)}  # the host protocol's JSON reply
         except TypeError as exc:
             reply = {"error": f"TypeError: {exc}"}
         except NotImplementedError:
@@ -517,7 +585,7 @@ class GradedExports:
     the student host, whatever the kernel exported under that name.
     """
 
-    def __init__(self, exports: Mapping[str, Any], host: StudentHost | None, helpers: Iterable[str] = ()) -> None:
+    def __init__(self, exports: Exported, host: StudentHost | None, helpers: Iterable[str] = ()) -> None:
         self._exports = exports
         self._host = host
         self._helpers = frozenset(helpers)
@@ -526,17 +594,17 @@ class GradedExports:
         if name.startswith("__"):
             raise AttributeError(name)
         exports = self._exports
-        if (name in self._helpers or name in exports["functions"]) and self._host is not None:
+        if (name in self._helpers or name in exports.functions) and self._host is not None:
             host = self._host
             return lambda *args, **kwargs: host.call(name, args, kwargs)
-        if name in exports["values"] and name not in self._helpers:
-            return decode(exports["values"][name])
-        if name in exports["unexportable"]:
-            fail(f"'{name}' could not be exported from the notebook: {exports['unexportable'][name]}")
+        if name in exports.values and name not in self._helpers:
+            return decode(exports.values[name])
+        if name in exports.unexportable:
+            fail(f"'{name}' could not be exported from the notebook: {exports.unexportable[name]}")
         fail(f"'{name}' is not defined: run the cell that defines it, and keep its name")
 
     def __contains__(self, name: str) -> bool:
-        return name in self._exports["values"] or name in self._exports["functions"] or name in self._helpers
+        return name in self._exports.values or name in self._exports.functions or name in self._helpers
 
 
 if __name__ == "__main__":

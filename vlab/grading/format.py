@@ -26,7 +26,9 @@ __all__ = [
     "END_SOLUTION",
     "LOCKED_ROLES",
     "ROLES",
+    "Cell",
     "CellSpec",
+    "Notebook",
     "cell_spec",
     "cell_source",
     "defined_names",
@@ -38,7 +40,9 @@ __all__ = [
     "strip_solution",
 ]
 
+#: A notebook as parsed nbformat-4 JSON: raw, often untrusted (a submission), so read key by key, never typed.
 Notebook = dict[str, Any]
+#: One cell of a :data:`Notebook` (raw JSON, as above).
 Cell = dict[str, Any]
 
 #: Every role a cell may have (see ``labs/README.md``). ``release`` and ``questions`` cells are written by
@@ -81,14 +85,14 @@ def cell_source(cell: Cell) -> str:
     return "".join(source) if isinstance(source, list) else str(source)
 
 
-def _header_fields(cell: Cell) -> dict[str, Any]:
+def _header_fields(cell: Cell) -> dict[str, Any]:  # header key → str, number or list: read into CellSpec
     lines = cell_source(cell).split("\n", 1)
     pattern = _MD_HEADER_RE if cell.get("cell_type") == "markdown" else _CODE_HEADER_RE
     match = pattern.match(lines[0]) if lines else None
     if match is None:
         return {}
     words = shlex.split(match.group("body"))
-    fields: dict[str, Any] = {}
+    fields: dict[str, Any] = {}  # as above
     for word in words:
         if "=" in word:
             key, _, value = word.partition("=")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vlab.grading.bundle import Bundle, LockedCell
-from vlab.grading.format import cell_spec, digest
+from vlab.grading.format import Cell, Notebook, cell_spec, digest
 
 __all__ = [
     "MAX_NOTEBOOK_BYTES",
@@ -39,7 +39,8 @@ class Tampering:
     question: str | None
     problem: str  # deleted | edited | type-changed | duplicated | reordered
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, str | None]:
+        """The JSON form (``tampered_cells`` in result.json and the feedback)."""
         return {"cell": self.cell, "question": self.question, "problem": self.problem}
 
 
@@ -52,7 +53,7 @@ def _valid_cell(cell: Any) -> bool:
     return ("id" not in cell or isinstance(cell["id"], str)) and isinstance(cell.get("metadata", {}), dict)
 
 
-def parse_submission(text: str | bytes) -> tuple[dict[str, Any] | None, str]:
+def parse_submission(text: str | bytes) -> tuple[Notebook | None, str]:
     """The notebook, or None and why it is ``invalid``. Sources become plain strings."""
     if len(text) > MAX_NOTEBOOK_BYTES:
         return None, f"the notebook is larger than {MAX_NOTEBOOK_BYTES >> 20} MiB"
@@ -70,7 +71,7 @@ def parse_submission(text: str | bytes) -> tuple[dict[str, Any] | None, str]:
     return notebook, ""
 
 
-def _positions(notebook: dict[str, Any]) -> dict[str, list[int]]:
+def _positions(notebook: Notebook) -> dict[str, list[int]]:
     found: dict[str, list[int]] = {}
     for index, cell in enumerate(notebook["cells"]):
         if isinstance(cell.get("id"), str):
@@ -78,7 +79,7 @@ def _positions(notebook: dict[str, Any]) -> dict[str, list[int]]:
     return found
 
 
-def _problem(entry: LockedCell, cell: dict[str, Any]) -> str | None:
+def _problem(entry: LockedCell, cell: Cell) -> str | None:
     if cell["cell_type"] != entry.expected_type(cell["source"]):
         return "type-changed"
     if entry.sha256 and digest(cell["source"]) != entry.sha256:
@@ -103,7 +104,7 @@ def _out_of_order(places: list[int]) -> set[int]:
     return set(range(len(places))) - keep
 
 
-def find_tampering(notebook: dict[str, Any], bundle: Bundle) -> list[Tampering]:
+def find_tampering(notebook: Notebook, bundle: Bundle) -> list[Tampering]:
     """Every locked cell that was deleted, edited, turned into another type, duplicated or moved.
 
     A duplicate (a pristine copy beside an edited one) counts however the copies compare: the kernel runs both.
@@ -132,7 +133,7 @@ def find_tampering(notebook: dict[str, Any], bundle: Bundle) -> list[Tampering]:
     return found
 
 
-def _verified_cells(notebook: dict[str, Any], bundle: Bundle) -> Iterator[tuple[int, str]]:
+def _verified_cells(notebook: Notebook, bundle: Bundle) -> Iterator[tuple[int, str]]:
     """``(index, source)`` of each locked code cell that matches the bundle exactly (in the bundle's order)."""
     positions = _positions(notebook)
     for entry in bundle.readonly:
@@ -143,12 +144,12 @@ def _verified_cells(notebook: dict[str, Any], bundle: Bundle) -> Iterator[tuple[
                 yield places[0], cell["source"]
 
 
-def verified_sources(notebook: dict[str, Any], bundle: Bundle) -> list[str]:
+def verified_sources(notebook: Notebook, bundle: Bundle) -> list[str]:
     """Sources of the locked code cells that match the bundle exactly (in the bundle's order)."""
     return [source for _, source in _verified_cells(notebook, bundle)]
 
 
-def pinned_exports(notebook: dict[str, Any], bundle: Bundle) -> dict[int, tuple[str, ...]]:
+def pinned_exports(notebook: Notebook, bundle: Bundle) -> dict[int, tuple[str, ...]]:
     """Cell index → the names a verified locked cell exports (its header's ``exports=``): the grader takes
     these right after that cell ran, so a later student cell cannot replace what it measured."""
     pins = {}

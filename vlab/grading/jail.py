@@ -408,7 +408,7 @@ def _main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[1] != "--":
         print("usage: python -I -m vlab.grading.jail SPEC_JSON -- COMMAND...", file=sys.stderr)
         return 2
-    raw: dict[str, Any] = json.loads(argv[0])
+    raw: dict[str, Any] = json.loads(argv[0])  # JailSpec as JSON (our own argv): typed on the next lines
     fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
     enter(JailSpec(**fields), argv[2:])
     return 0  # not reached: enter() execs

@@ -14,7 +14,8 @@ supervisor itself failed -- one broken submission never stops a batch. The super
 3. notes what the notebook left running in its pid namespace and cgroup and kills it;
 4. runs the bundle's checks *here*, on the exports, with student functions and the locked
    cells' helpers called in a jailed :class:`~vlab.grading.exports.StudentHost`;
-5. removes the cgroup and the directory, and writes the result (a JSON dict, see :func:`empty_result`).
+5. removes the cgroup and the directory, and writes the result (:class:`~vlab.grading.results.SubmissionResult`
+   as JSON: the only form in which it leaves the supervisor).
 
 The supervisor never opens, follows or executes anything in ``work/`` by path: the exports are read
 through a directory descriptor with ``O_NOFOLLOW``, and the sockets' directory becomes root's once the
@@ -42,10 +43,11 @@ from vlab.errors import VlabError
 from vlab.grading import seeds
 from vlab.grading.assign import check_namespace
 from vlab.grading.bundle import Bundle, Limits
-from vlab.grading.checks import CheckResult, Registry, run_checks
+from vlab.grading.checks import Check, CheckResult, Registry, run_checks
 from vlab.grading.exports import (
     EXPORTS_FILE,
     PINNED_FILE,
+    Exported,
     GradedExports,
     StudentHost,
     defined_helpers,
@@ -53,6 +55,7 @@ from vlab.grading.exports import (
     load_exports,
     with_pins,
 )
+from vlab.grading.format import Cell, Notebook
 from vlab.grading.integrity import (
     MAX_NOTEBOOK_BYTES,
     find_tampering,
@@ -70,7 +73,7 @@ from vlab.grading.jail import (
     userns_available,
 )
 from vlab.grading.mounts import share_with_students, student_readonly
-from vlab.grading.results import CellError, QuestionScore, SubmissionResult
+from vlab.grading.results import CellError, Leftover, QuestionScore, SubmissionResult
 from vlab.paths import images_dir
 
 __all__ = ["MAX_MESSAGE_BYTES", "Job", "empty_result", "grade_submission", "isolation_mode"]
@@ -154,22 +157,23 @@ class _Run:
     died: bool = False
     notebook_timeout: bool = False
     jail_pid: int | None = None
-    leftovers: list[dict[str, Any]] = field(default_factory=list)
+    leftovers: list[Leftover] = field(default_factory=list)
     exported: bool = False
     export_timeout: bool = False
-    errors: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[CellError] = field(default_factory=list)
     kernel_stderr: str = ""
     export_errors: list[str] = field(default_factory=list)
     output_bytes: int = 0
     #: name → the pin export taken right after the verified locked cell that exports it
-    pins: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pins: dict[str, Exported] = field(default_factory=dict)
 
     def record(self, cell: Any, cell_index: int, execute_reply: dict[str, Any] | None) -> None:
-        """nbclient's ``on_cell_executed`` hook: keep each failing cell's error from its reply."""
+        """nbclient's ``on_cell_executed`` hook: keep each failing cell's error from its reply (a Jupyter
+        message: the kernel's JSON, untrusted, read key by key)."""
         content = (execute_reply or {}).get("content", {})
         if isinstance(content, dict) and content.get("status") == "error":
             ename, evalue = str(content.get("ename"))[:100], str(content.get("evalue"))[:300]
-            self.errors.append({"cell": cell_index, "ename": ename, "evalue": evalue})
+            self.errors.append(CellError(cell_index, ename, evalue))
 
 
 def _client_class() -> Any:
@@ -181,7 +185,7 @@ def _client_class() -> Any:
 
         run: _Run
 
-        def process_message(self, msg: dict[str, Any], cell: Any, cell_index: int) -> None:
+        def process_message(self, msg: dict[str, Any], cell: Any, cell_index: int) -> None:  # Jupyter message JSON
             content = msg.get("content") or {}
             if msg.get("msg_type") == "status":
                 if content.get("execution_state") == "idle":
@@ -225,7 +229,7 @@ class _Pins:
 
         return nbformat.v4.new_code_cell(export_cell_source(names, self.path))  # type: ignore[no-untyped-call]
 
-    def take(self) -> dict[str, Any]:
+    def take(self) -> Exported:
         """Read the pin file at once (before any student code runs again) and remove it."""
         taken = load_exports(Path(PINNED_FILE), dir_fd=self.work_fd)
         with contextlib.suppress(OSError):
@@ -325,8 +329,8 @@ async def _run_cells(
             run.export_timeout = True
     run.leftovers = _leftovers(run.jail_pid, cgroup)
     notebook.cells.pop()
-    run.export_errors = [f"{e['ename']}: {e['evalue']}" for e in run.errors if e["cell"] >= student_cells]
-    run.errors = [e for e in run.errors if e["cell"] < student_cells]
+    run.export_errors = [f"{e.ename}: {e.evalue}" for e in run.errors if e.cell >= student_cells]
+    run.errors = [e for e in run.errors if e.cell < student_cells]
     run.exported = run.exported and not run.export_errors
 
 
@@ -335,7 +339,7 @@ def _export_timeout(limits: Limits) -> float:
     return max(5.0, limits.cell_timeout)
 
 
-def _leftovers(jail_pid: int | None, cgroup: Cgroup | None) -> list[dict[str, Any]]:
+def _leftovers(jail_pid: int | None, cgroup: Cgroup | None) -> list[Leftover]:
     """What the notebook leaves running besides its kernel (a VM, a fork bomb's children), by membership."""
     if jail_pid is None:
         return []
@@ -348,21 +352,21 @@ def _leftovers(jail_pid: int | None, cgroup: Cgroup | None) -> list[dict[str, An
             command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             if not command.strip():  # a zombie leader whose other threads run on has no command line
                 command = "[" + Path(f"/proc/{pid}/comm").read_text().strip() + "]"
-            found.append({"pid": pid, "command": command.strip()[:300]})
+            found.append(Leftover(pid, command.strip()[:300]))
     return found
 
 
 # --- step 4: checks -----------------------------------------------------------------------------
 
 
-def _lab_namespace(bundle: Bundle, student: str) -> tuple[dict[str, Any], list[Any]]:
+def _lab_namespace(bundle: Bundle, student: str) -> tuple[dict[str, Any], list[Check]]:  # params: any values
     """Run the bundle's ``params`` cell, then its check cells, in one namespace as in the notebook.
 
     :returns: the owner's parameters (from the instructor's code, never from the submission) and the checks.
     """
     namespace = check_namespace()
     namespace["STUDENT_ID"] = student
-    params: dict[str, Any] = {}
+    params: dict[str, Any] = {}  # the instructor's parameters: any values their params_for returns
     if bundle.params_source:
         exec(compile(bundle.params_source, f"<lab {bundle.lab} params>", "exec"), namespace)
         if callable(namespace.get("params_for")):
@@ -378,7 +382,7 @@ def _lab_namespace(bundle: Bundle, student: str) -> tuple[dict[str, Any], list[A
 
 
 def _run_checks(
-    job: Job, exports: dict[str, Any], spec: JailSpec, env: dict[str, str], helpers: list[str]
+    job: Job, exports: Exported, spec: JailSpec, env: dict[str, str], helpers: list[str]
 ) -> list[CheckResult]:
     params, checks = _lab_namespace(job.bundle, job.student)
     exports_path = Path(spec.workdir) / EXPORTS_FILE
@@ -415,8 +419,8 @@ def _student_env(work: Path, job: Job, mode: str) -> dict[str, str]:
 
 
 def _score(result: SubmissionResult, checks: list[CheckResult]) -> None:
-    result.checks = [c.as_dict() for c in checks]
-    zeroed = {t["question"] for t in result.tampered_cells}
+    result.checks = list(checks)
+    zeroed = {t.question for t in result.tampered_cells}
     for qid, entry in result.questions.items():
         entry.score = float(sum(c.score for c in checks if c.question == qid))
         entry.tampered = qid in zeroed or None in zeroed
@@ -433,13 +437,13 @@ def _unanswered(question: str, checks: list[CheckResult]) -> bool:
     return not any(c.passed for c in mine) and any(c.unanswered for c in mine)
 
 
-def _runnable(raw: dict[str, Any], exports: tuple[str, ...], exports_path: Path) -> tuple[Any, Any]:
+def _runnable(raw: Notebook, exports: tuple[str, ...], exports_path: Path) -> tuple[Any, Any]:
     """The submission's cells (type and source only) as a notebook on our kernel, and the export cell."""
     import nbformat
 
     cells = []
     for cell in raw["cells"]:
-        kept: dict[str, Any] = {"cell_type": cell["cell_type"], "source": cell["source"], "metadata": {}}
+        kept: Cell = {"cell_type": cell["cell_type"], "source": cell["source"], "metadata": {}}
         if cell["cell_type"] == "code":
             kept.update(outputs=[], execution_count=None)
         cells.append(kept)
@@ -455,8 +459,8 @@ def _runnable(raw: dict[str, Any], exports: tuple[str, ...], exports_path: Path)
 
 
 def _record_run(result: SubmissionResult, run: _Run, cgroup: Cgroup | None) -> None:
-    result.leftovers = run.leftovers
-    result.cell_errors = [CellError(**e) for e in run.errors]
+    result.leftovers = list(run.leftovers)
+    result.cell_errors = list(run.errors)
     result.output_bytes = run.output_bytes
     _classify(result, run, run.errors, cgroup)
     if run.kernel_stderr.strip():
@@ -521,7 +525,7 @@ def _supervise(job: Job) -> SubmissionResult:
         result.flag("invalid")
         result.notes.append(why)
         return result
-    result.tampered_cells = [t.as_dict() for t in find_tampering(raw, bundle)]
+    result.tampered_cells = find_tampering(raw, bundle)
     if result.tampered_cells:
         result.flag("tampered")
     helpers = verified_sources(raw, bundle)
@@ -563,12 +567,8 @@ def _supervise(job: Job) -> SubmissionResult:
             run.kernel_stderr = _tail(stderr_fd)
         _record_run(result, run, cgroup)
         exports = with_pins(load_exports(Path(EXPORTS_FILE), dir_fd=work_fd), run.pins)
-        result.export_problems = {
-            **{name: "not defined" for name in exports["missing"]},
-            **exports["unexportable"],
-            **({"*": exports["error"]} if "error" in exports else {}),
-        }
-        if exports["unexportable"] or (run.exported and "error" in exports):
+        result.export_problems = exports.problems
+        if exports.unexportable or (run.exported and exports.error is not None):
             result.flag("export-failed")
         share_with_students(base / "shared")
         _score(result, _run_checks(job, exports, spec, env, helpers))
@@ -584,8 +584,8 @@ def _supervise(job: Job) -> SubmissionResult:
     return result
 
 
-def _classify(result: SubmissionResult, run: _Run, errors: list[dict[str, Any]], cgroup: Cgroup | None) -> None:
-    names = {e["ename"] for e in errors}
+def _classify(result: SubmissionResult, run: _Run, errors: list[CellError], cgroup: Cgroup | None) -> None:
+    names = {e.ename for e in errors}
     if run.notebook_timeout or "CellTimeout" in names:
         result.flag("timeout")
     if "MemoryError" in names or (cgroup and cgroup.oom_kills()):  # cgroup v1 or v2 alike

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlab.grading.format import BEGIN_SOLUTION, END_SOLUTION, cell_source, cell_spec, load_notebook
+from vlab.grading.format import BEGIN_SOLUTION, END_SOLUTION, Notebook, cell_source, cell_spec, load_notebook
 
 __all__ = ["AnswerLiteral", "Leak", "answer_literals", "scan", "scan_lab"]
 
@@ -121,7 +121,7 @@ def _same(a: Any, b: Any) -> bool:
         return False
 
 
-def answer_literals(source: Path | str | dict[str, Any]) -> list[AnswerLiteral]:
+def answer_literals(source: Path | str | Notebook) -> list[AnswerLiteral]:
     """The constant answers of the solutions in a source notebook (path or loaded notebook): the literals a
     solution region returns or assigns at its own top level."""
     notebook = source if isinstance(source, dict) else load_notebook(Path(source))
@@ -214,7 +214,7 @@ def _lab_modules(tree: ast.Module) -> set[str]:
     return names
 
 
-def scan(student: Path | str | dict[str, Any], literals: list[AnswerLiteral]) -> list[Leak]:
+def scan(student: Path | str | Notebook, literals: list[AnswerLiteral]) -> list[Leak]:
     """Every place in ``student`` (a student notebook: all its cells are visible) and in the ``vlab.labs``
     modules it imports where one of ``literals`` (or a hash) shows."""
     notebook = student if isinstance(student, dict) else load_notebook(Path(student))

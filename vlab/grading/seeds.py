@@ -123,9 +123,9 @@ class LabSetup:
     student: str
     source: str
     seed: int
-    params: dict[str, Any]
+    params: dict[str, Any]  # the lab's params_for(seed): any values the lab chooses
     practice_seed: int
-    practice: dict[str, Any]
+    practice: dict[str, Any]  # the same, for the practice seed
 
     def text(self) -> str:
         who = f"student {self.student!r} (from {self.source}), course {self.course!r}"
@@ -151,7 +151,7 @@ class LabSetup:
         return f"<pre>{html.escape(self.text())}</pre>"
 
 
-def _params(params_for: Callable[[int], Mapping[str, Any]], seed: int) -> dict[str, Any]:
+def _params(params_for: Callable[[int], Mapping[str, Any]], seed: int) -> dict[str, Any]:  # any values
     value = params_for(seed)
     if not isinstance(value, Mapping):
         raise VlabError(

@@ -17,6 +17,7 @@ from vlab.grading.assign import build, cell_ids, check_namespace, release_source
 from vlab.grading.bundle import Bundle
 from vlab.grading.checks import Check, CheckResult, Exports, Registry, run_checks
 from vlab.grading.format import cell_spec, load_notebook, notebook_text
+from vlab.grading.results import SubmissionResult
 from vlab.grading.sandbox import Job, grade_submission
 from vlab.grading.seeds import DEFAULT_COURSE, seed_for
 
@@ -55,54 +56,63 @@ def solution_notebook_text(source: Path | str) -> str:
     return notebook_text(notebook)
 
 
+def _grade(notebook: Path, bundle: Bundle, student: str) -> SubmissionResult:
+    return grade_submission(Job(str(notebook), student, bundle))
+
+
+# The public helpers return results and bundles as their JSON form: the labs' tests index them like result.json.
 def grade_notebook(notebook: Path | str, bundle: dict[str, Any], student: str = "test-student") -> dict[str, Any]:
-    """Grade one notebook against ``bundle`` in the real sandbox; returns the result dict."""
-    return grade_submission(Job(str(notebook), student, Bundle.from_dict(bundle))).to_dict()
+    """Grade one notebook against ``bundle`` (its JSON form) in the real sandbox; returns the result's JSON form."""
+    return _grade(Path(notebook), Bundle.from_dict(bundle), student).to_dict()
 
 
 def assert_lab_grades(source: Path | str, student: str = "test-student") -> tuple[dict[str, Any], dict[str, Any]]:
     """Solution → full marks with status ``ok``; student version → 0 without errors.
 
-    :returns: the two results (solution, student), for further assertions.
+    :returns: the two results (solution, student) as JSON, for further assertions.
     """
     assignment = build(source)
-    bundle = assignment.bundle
+    bundle = Bundle.from_dict(assignment.bundle)
     with tempfile.TemporaryDirectory(prefix="vlab-labtest-") as tmp:
         solution = Path(tmp) / "solution.ipynb"
         solution.write_text(solution_notebook_text(source), encoding="utf-8")
         student_nb = Path(tmp) / "student.ipynb"
         student_nb.write_text(assignment.student_text, encoding="utf-8")
-        solved = grade_notebook(solution, bundle, student)
-        untouched = grade_notebook(student_nb, bundle, student)
-    failed = [f"{c['name']}: {c['message']}" for c in solved["checks"] if not c["passed"]]
-    if solved["status"] != "ok" or solved["total"] != solved["max"]:
+        solved = _grade(solution, bundle, student)
+        untouched = _grade(student_nb, bundle, student)
+    failed = [f"{c.name}: {c.message}" for c in solved.checks if not c.passed]
+    if solved.status != "ok" or solved.total != solved.max:
         raise AssertionError(
-            f"the solution of {source} scores {solved['total']:g}/{solved['max']:g} ({solved['status']}); "
-            f"failed checks: {failed}; cell errors: {json.dumps(solved['cell_errors'])}; notes: {solved['notes']}"
+            f"the solution of {source} scores {solved.total:g}/{solved.max:g} ({solved.status}); "
+            f"failed checks: {failed}; cell errors: {_errors(solved)}; notes: {solved.notes}"
         )
-    if untouched["total"] != 0 or untouched["status"] not in ("ok", "unanswered"):
+    if untouched.total != 0 or untouched.status not in ("ok", "unanswered"):
         raise AssertionError(
-            f"the student version of {source} scores {untouched['total']:g} ({untouched['status']}); "
-            f"cell errors: {json.dumps(untouched['cell_errors'])}; notes: {untouched['notes']}"
+            f"the student version of {source} scores {untouched.total:g} ({untouched.status}); "
+            f"cell errors: {_errors(untouched)}; notes: {untouched.notes}"
         )
-    return solved, untouched
+    return solved.to_dict(), untouched.to_dict()
+
+
+def _errors(result: SubmissionResult) -> str:
+    return json.dumps(result.to_dict()["cell_errors"])
 
 
 def lab_checks(source: Path | str, student: str = "test-student") -> tuple[dict[str, Any], dict[str, Check]]:
     """The params cell and check cells of ``source``'s bundle, run as the grader runs them: (their namespace, the
     checks by name) — to test one check against chosen answers without grading a whole notebook."""
-    bundle = build(Path(source)).bundle
-    namespace = check_namespace()
-    exec(bundle["params_source"], namespace)
+    bundle = Bundle.from_dict(build(Path(source)).bundle)
+    namespace = check_namespace()  # exec globals: any value
+    exec(bundle.params_source or "", namespace)
     found: dict[str, Check] = {}
-    for entry in bundle["check_sources"]:
-        with Registry(hidden=bool(entry["hidden"])) as registry:
-            exec(entry["source"], namespace)
+    for entry in bundle.check_sources:
+        with Registry(hidden=entry.hidden) as registry:
+            exec(entry.source, namespace)
         found.update({check.name: check for check in registry.checks})
     return namespace, found
 
 
-def locked_helpers(source: Path | str, defines: str, **namespace: Any) -> dict[str, Any]:
+def locked_helpers(source: Path | str, defines: str, **namespace: Any) -> dict[str, Any]:  # exec globals
     """Run the read-only cell of ``source`` that defines function ``defines`` (a helper checks call, like
     lab 02's ``drive``) in ``namespace`` (the lab module as ``lab``, the student's answers); its namespace after.
 
@@ -115,14 +125,14 @@ def locked_helpers(source: Path | str, defines: str, **namespace: Any) -> dict[s
     raise KeyError(f"no read-only cell of {source} defines {defines}()")
 
 
-def student_params(source: Path | str, student: str, course: str = DEFAULT_COURSE) -> dict[str, Any]:
+def student_params(source: Path | str, student: str, course: str = DEFAULT_COURSE) -> dict[str, Any]:  # any values
     """The parameters the grader computes for ``student``: the bundle's ``params_for`` on their seed."""
-    bundle = build(Path(source), course=course).bundle
+    bundle = Bundle.from_dict(build(Path(source), course=course).bundle)
     namespace = check_namespace()
-    exec(bundle["params_source"], namespace)
-    return dict(namespace["params_for"](seed_for(student, bundle["lab"], course)))
+    exec(bundle.params_source or "", namespace)
+    return dict(namespace["params_for"](seed_for(student, bundle.lab, course)))
 
 
-def run_check(check: Check, params: dict[str, Any], **answers: Any) -> CheckResult:
+def run_check(check: Check, params: dict[str, Any], **answers: Any) -> CheckResult:  # params: any values
     """Run one check on ``answers`` (the names a student's notebook would export)."""
     return run_checks([check], Exports(answers), params)[0]
