@@ -6,11 +6,24 @@ What the notebook calls, by part of the lab:
   1 GiB superpages, holes) as a ``{physical address: PTE}`` dict with the translations they
   encode, computed from the mappings themselves, not by walking. :func:`guest_page_table` extracts
   the page table a real toy-VMM guest built in its RAM, in the same form.
+* **The student's shadow-paging fill.** :func:`run_shadow_guest` boots a guest under shadow paging
+  with the student's ``SHADOW_FILL`` handler ``handler(exit, ptes)`` installed (:func:`shadow_fill_hook`):
+  ``ptes`` is the guest's memory as the handler reads it (:class:`GuestPTEs`), so the VMM, not the
+  handler, counts the PTE reads; the VMM's own fill refuses to do the student's part.
+  :func:`shadow_test_program` is a seeded guest whose result depends on every fill being right
+  (frames, superpages, read-only and non-present pages, the A/D bits written back).
+* **The student's 2-D walk.** Under nested paging the VMM asks the student's ``walk_2d(host, satp, va)``
+  for every TLB miss (:func:`nested_walk_counter`, installed as the MMU's ``nested_walk``): ``host``
+  (:class:`HostTable`) is what nested-paging hardware has, ``host_walk(gpa)`` through the VMM's
+  *m*-level table and ``read(hpa)``, and counts each memory reference; the translation must agree
+  with the VMM's, and the counted references are the run's ``nested_refs``.
 * **Shadow vs nested paging.** :func:`paging_program` assembles a guest that turns on Sv39 (or
   Sv48) paging and touches pages from U-mode, either reloading ``satp`` after every round
-  (``update=True``: page-table-update heavy) or only entering the kernel (TLB-miss heavy: every
-  user/kernel switch flushes the TLB). :func:`measure_paging` runs it on the toy VMM in either mode
-  and returns the paging counters *of the paged phase only* (:class:`PagingRun`).
+  (``update=True``: page-table-update heavy) or only entering the kernel (TLB-miss heavy: in the toy
+  VMM every user/kernel switch flushes the TLB, an artefact of Unicorn's TLB, which has no ASIDs or
+  global pages; it stands in for a working set larger than the TLB). :func:`measure_paging` runs it
+  on the toy VMM in either mode (on the student's fill and walk if given) and returns the paging
+  counters *of the paged phase only* (:class:`PagingRun`).
 * **Ballooning on a real QEMU guest.** :func:`balloon_steps` inflates a virtio balloon over QMP in
   steps and records, at each, the guest's own ``free -m`` and the host's RSS of QEMU
   (:class:`BalloonStep`); :func:`fill_guest_memory` first makes the guest touch its RAM, so that
@@ -25,30 +38,42 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from vlab import plots
 from vlab.errors import VlabError
 from vlab.toyvmm.asm import RAM_BASE
+from vlab.toyvmm.devices import UART_BASE
+from vlab.toyvmm.exits import Exit, ExitHandler, ExitReason
 from vlab.toyvmm.isa import CSR
-from vlab.toyvmm.machine import Guest, Machine
-from vlab.toyvmm.mmu import PTE_R, PTE_V, PTE_W, PTE_X
+from vlab.toyvmm.machine import MAILBOX, Guest, Machine
+from vlab.toyvmm.memory import POOL_BASE, GuestMemory
+from vlab.toyvmm.mmu import PTE_R, PTE_V, PTE_W, PTE_X, NestedWalkCounter, walk
 from vlab.toyvmm.programs import build_program, kernel_program
+from vlab.toyvmm.vcpu import VCPU
 
 __all__ = [
     "show_figure",
     "BalloonStep",
+    "GuestPTEs",
+    "HostTable",
     "params_for",
     "PagingRun",
+    "ShadowRun",
     "SharingResult",
     "Sv39Case",
     "balloon_steps",
     "fill_guest_memory",
     "guest_page_table",
     "measure_paging",
+    "nested_walk_counter",
     "paging_program",
+    "run_nested_guest",
+    "run_shadow_guest",
+    "shadow_fill_hook",
+    "shadow_test_program",
     "parse_free",
     "random_sv39",
     "sharing_experiment",
@@ -85,9 +110,11 @@ def params_for(seed: int) -> dict[str, Any]:
         "guests": rng.randint(3, 6),
         "fill_pages": fill,
         "written_pages": rng.randint(2, fill // 2),
+        "shadow_seed": rng.getrandbits(32),
+        "hidden_shadow_seeds": [rng.getrandbits(32) for _ in range(2)],
     }
     # Shadow paging wins the no-update workload only once its fills (one exit each, paid once) are amortised
-    # over enough rounds of TLB misses that nested paging pays in 2-D walks: roughly rounds > exit/(15·ref).
+    # over enough rounds of TLB misses, each a 1-D walk under shadow paging and a 2-D walk under nested paging.
     # Derive a floor with margin, so every seed has a clear winner instead of one decided by a few per cent.
     floor = -(-drawn["exit_cycles"] // (10 * drawn["ref_cycles"])) + 2
     drawn["rounds"] = max(drawn["rounds"], floor)
@@ -217,6 +244,232 @@ def _run_until_paging(machine: Machine, guest: Guest, max_ms: float) -> int:
 
 
 
+# ---------------------------------------------------------------- the student's shadow fill
+
+#: Sv39 reads at most 3 PTEs per walk, Sv48 4: a handler that reads many more is lost (or loops)
+_MAX_PTE_READS = 16
+#: the longest 2-D walk the toy VMM can ask for (Sv48 on a 4-level host table) is 24 references
+_MAX_2D_REFS = 64
+
+
+class GuestPTEs:
+    """The guest's memory as a shadow-fill handler reads it, like the ``{address: PTE}`` dicts of q1:
+    ``ptes.get(gpa, 0)`` or ``ptes[gpa]`` is the 64-bit word at guest-physical ``gpa`` (0 outside the
+    guest's RAM). The VMM counts every read (:attr:`reads`): they are the guest PTE reads of the fills."""
+
+    def __init__(self, memory: GuestMemory) -> None:
+        self._memory = memory
+        self.reads = 0
+
+    def get(self, gpa: int, default: int = 0) -> int:
+        self.reads += 1
+        if self.reads > _MAX_PTE_READS:
+            raise VlabError("a shadow fill read more guest PTEs than any walk needs", field="ptes", value=self.reads,
+                            fix="read one entry per level of the guest's table, from the root down to a leaf")
+        if not isinstance(gpa, int) or isinstance(gpa, bool):
+            raise VlabError("a guest PTE is read at a guest-physical address (an int)", field="ptes", value=gpa)
+        value = self._memory.read_u64(gpa)
+        return default if value is None else value
+
+    def __getitem__(self, gpa: int) -> int:
+        return self.get(gpa, 0)
+
+
+def _valid_shadow_entry(entry: object) -> bool:
+    return (isinstance(entry, tuple) and len(entry) == 3
+            and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in entry))
+
+
+def shadow_fill_hook(handler: Callable[[Exit, GuestPTEs], object]) -> ExitHandler:
+    """The ``SHADOW_FILL`` exit handler that runs the student's ``handler(exit, ptes)``, counts its PTE reads
+    and checks the shape of the entry it left (the VMM's TLB fill checks the rest: the page must be the
+    guest's, the access allowed by the entry's flags)."""
+    def fill(exit: Exit) -> None:
+        ptes = GuestPTEs(exit.vcpu.guest.memory)
+        try:
+            handler(exit, ptes)
+        finally:
+            exit.vmm.paging_stats.guest_pte_reads += ptes.reads
+        entry = exit.vcpu.shadow.get(exit.addr >> 12)
+        if entry is not None and not _valid_shadow_entry(entry):
+            exit.vcpu.shadow.pop(exit.addr >> 12, None)
+            raise VlabError("a shadow entry is (guest-physical page number, PTE flags, guest-physical address of "
+                            "the leaf PTE), three non-negative ints", field="vcpu.shadow", value=entry,
+                            fix="vcpu.shadow[va >> 12] = (gpa >> 12, pte & 0xFF, pte_address)")
+    return fill
+
+
+@dataclass(frozen=True)
+class ShadowRun:
+    """What a guest did under shadow paging: its console, end state, mailbox and the paging counters."""
+
+    output: str
+    state: str
+    exit_code: int | None
+    mailbox: list[int]
+    shadow_fills: int
+    guest_pte_reads: int
+    violations: int
+    exits: dict[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_shadow_guest(program: bytes | str, handler: Callable[[Exit, GuestPTEs], object] | None = None, *,
+                     ms: float = 50.0) -> ShadowRun:
+    """Boot ``program`` under shadow paging on the student's ``handler(exit, ptes)`` (None: the VMM's own fill)
+    and run it until it shuts down or ``ms`` virtual milliseconds have passed (a fill that never fills ends
+    there too)."""
+    machine = Machine(paging="shadow")
+    try:
+        if handler is not None:
+            machine.handlers.withhold(ExitReason.SHADOW_FILL, shadow_fill_hook(handler))
+        guest = machine.add_guest(program, name="guest")
+        machine.run(ms=ms)
+        stats = machine.paging_stats
+        return ShadowRun(guest.uart.text, guest.state.value, guest.exit_code,
+                         [guest.memory.read_u64(MAILBOX + 8 * i) or 0 for i in range(8)],
+                         stats.shadow_fills, stats.guest_pte_reads, len(machine.violations), guest.exits)
+    finally:
+        machine.close()
+
+
+# a seeded guest that checks every fill: its kernel maps test pages under VA 0x40000000, then probes them
+_TEST_L1, _TEST_L0, _DATA, _TEST_VA, _SUPER_VA = 0x80018000, 0x80019000, 0x80050000, 0x4000_0000, 0x4020_0000
+_TEST_PAGES, _DATA_PAGES = 12, 16
+
+
+def shadow_test_program(seed: int) -> bytes:
+    """A guest whose kernel, under Sv39, maps 12 pages at seeded slots of VA 0x40000000.. onto seeded data
+    pages (read-write, read-only, or not present with a PPN in the PTE; A and D clear) and a 2 MiB
+    superpage at 0x40200000, then loads from all of them, stores to the present ones and reports in its
+    mailbox: [0] the sum it loaded, [1] the page faults it took, [2] the data after the stores (read
+    through its own map of RAM), [3] the A bits + 256 x the D bits the MMU set in the test PTEs,
+    [4] the word it loaded through the superpage."""
+    rng = random.Random(seed)
+    slots = rng.sample(range(512), _TEST_PAGES)
+    pages = rng.sample(range(_DATA_PAGES), _TEST_PAGES)
+    kinds = ["rw"] * 6 + ["ro"] * 3 + ["absent"] * 3
+    rng.shuffle(kinds)
+    offsets = [rng.randrange(512) * 8 for _ in range(_TEST_PAGES)]
+    values = [rng.getrandbits(62) | 1 for _ in range(_TEST_PAGES)]
+    flags = {"rw": PTE_V | PTE_R | PTE_W, "ro": PTE_V | PTE_R, "absent": PTE_R | PTE_W}
+    super_index = rng.randrange(_TEST_PAGES)
+    lines = ["main:", "        li t0, 0x80010000", f"        li t1, ({_TEST_L1} >> 2) | 1",
+             "        sd t1, 8(t0)                    # L2[1] -> the test L1 (VA 0x40000000)",
+             f"        li t0, {_TEST_L1}", f"        li t1, ({_TEST_L0} >> 2) | 1", "        sd t1, 0(t0)",
+             f"        li t1, ({RAM_BASE} >> 2) | 0xc7", "        sd t1, 8(t0)                    # a 2 MiB superpage"]
+    for slot, page, kind, offset, value in zip(slots, pages, kinds, offsets, values, strict=True):
+        frame = _DATA + page * _PAGE
+        lines += [f"        li t0, {_TEST_L0 + 8 * slot}", f"        li t1, {(frame >> 12) << 10 | flags[kind]}",
+                  "        sd t1, 0(t0)", f"        li t0, {frame + offset}", f"        li t1, {value}",
+                  "        sd t1, 0(t0)"]
+    lines += ["        li a0, 0x100000", "        call enable_paging", "        li t0, 0x8000f100",
+              "        ld s3, 0(t0)                    # faults so far", "        li s1, 0"]
+    for slot, offset in zip(slots, offsets, strict=True):
+        lines += [f"        li t0, {_TEST_VA + slot * _PAGE + offset}", "        li t1, 0", "        ld t1, 0(t0)",
+                  "        add s1, s1, t1"]
+    super_address = _SUPER_VA + (_DATA - RAM_BASE) + pages[super_index] * _PAGE + offsets[super_index]
+    lines += [f"        li t0, {super_address}", "        li t1, 0", "        ld t1, 0(t0)",
+              f"        li t0, {MAILBOX}", "        sd s1, 0(t0)", "        sd t1, 32(t0)"]
+    for slot, kind, offset, value in zip(slots, kinds, offsets, values, strict=True):
+        if kind != "absent":
+            lines += [f"        li t0, {_TEST_VA + slot * _PAGE + offset}",
+                      f"        li t1, {value ^ 0x5A5A5A5A}", "        sd t1, 0(t0)"]
+    lines += ["        li s1, 0"]
+    for page, offset in zip(pages, offsets, strict=True):
+        lines += [f"        li t0, {_DATA + page * _PAGE + offset}", "        ld t1, 0(t0)", "        add s1, s1, t1"]
+    lines += ["        li s2, 0"]
+    for slot in slots:
+        lines += [f"        li t0, {_TEST_L0 + 8 * slot}", "        ld t1, 0(t0)", "        srli t2, t1, 6",
+                  "        andi t2, t2, 1", "        add s2, s2, t2", "        srli t2, t1, 7",
+                  "        andi t2, t2, 1", "        slli t2, t2, 8", "        add s2, s2, t2"]
+    lines += [f"        li t0, {MAILBOX}", "        sd s1, 16(t0)", "        sd s2, 24(t0)",
+              "        li t1, 0x8000f100", "        ld t2, 0(t1)", "        sub t2, t2, s3", "        sd t2, 8(t0)",
+              "        li a0, 0", "        j shutdown"]
+    return kernel_program("\n".join(lines) + "\n", name="shadowtest.S")
+
+
+# ---------------------------------------------------------------- the student's 2-D walk
+
+
+class HostTable:
+    """What nested-paging hardware has for one 2-D walk, and the references it makes (:attr:`refs`).
+
+    ``host_walk(gpa)`` walks the VMM's *m*-level nested table for a guest-physical address: *m* memory
+    references; it returns the host-physical address, or None if the page is not the guest's.
+    ``read(hpa)`` reads the 64-bit word at a host-physical address: one memory reference."""
+
+    def __init__(self, memory: GuestMemory, levels: int) -> None:
+        self._memory, self._levels = memory, levels
+        self.refs = 0
+
+    def _count(self, refs: int) -> None:
+        self.refs += refs
+        if self.refs > _MAX_2D_REFS:
+            raise VlabError("a 2-D walk made more memory references than any walk of the toy VMM needs",
+                            field="walk_2d", value=self.refs, fix="read each guest PTE once, from the root down")
+
+    def _translate(self, gpa: int) -> int | None:
+        """The VMM's side: guest-physical -> host-physical (the MMIO page is mapped to itself)."""
+        if not isinstance(gpa, int) or isinstance(gpa, bool):
+            raise VlabError("host_walk takes a guest-physical address (an int)", field="gpa", value=gpa)
+        if gpa & ~(_PAGE - 1) == UART_BASE:
+            return gpa
+        frame = self._memory.frame_of(gpa)
+        return None if frame is None else POOL_BASE + frame * _PAGE + (gpa & (_PAGE - 1))
+
+    def host_walk(self, gpa: int) -> int | None:
+        self._count(self._levels)
+        return self._translate(gpa)
+
+    def read(self, hpa: int) -> int:
+        self._count(1)
+        pool = self._memory.host
+        if not isinstance(hpa, int) or not POOL_BASE <= hpa <= POOL_BASE + pool.frames * _PAGE - 8:
+            raise VlabError("read() takes a host-physical address", field="hpa", value=hpa,
+                            fix="translate a guest-physical address with host.host_walk() first")
+        offset = hpa - POOL_BASE
+        return int.from_bytes(pool.view[offset:offset + 8], "little")
+
+
+def nested_walk_counter(walk_2d: Callable[[HostTable, int, int], int | None], levels: int) -> NestedWalkCounter:
+    """The MMU's ``nested_walk``: run the student's ``walk_2d(host, satp, va)`` on a fresh :class:`HostTable`,
+    check its translation against the VMM's, and return the references it made."""
+    def count(vcpu: VCPU, satp: int, va: int) -> int:
+        host = HostTable(vcpu.guest.memory, levels)
+        got = walk_2d(host, satp, va)
+        result = walk(vcpu.guest.memory, satp, va)
+        want = None if result.gpa is None or result.fault else host._translate(result.gpa)
+        if got != want:
+            shown = [x if not isinstance(x, int) else hex(x) for x in (got, want)]
+            raise VlabError(f"walk_2d translated va {va:#x} to {shown[0]}: the guest's table and the VMM's "
+                            f"nested table give {shown[1]}", field="walk_2d", value=got,
+                            fix="return the host-physical address of the data (None where the guest's table faults)")
+        return host.refs
+    return count
+
+
+def run_nested_guest(program: bytes | str, walk_2d: Callable[[HostTable, int, int], int | None] | None = None, *,
+                     nested_levels: int = 3, ms: float = 50.0) -> dict[str, Any]:
+    """Boot ``program`` under nested paging with the student's ``walk_2d`` counting each walk (None: the VMM's
+    own count); returns its output, state, mailbox, walks and references."""
+    machine = Machine(paging="nested", nested_levels=nested_levels)
+    try:
+        if walk_2d is not None:
+            machine.mmu.nested_walk = nested_walk_counter(walk_2d, nested_levels)
+        guest = machine.add_guest(program, name="guest")
+        machine.run(ms=ms)
+        stats = machine.paging_stats
+        return {"output": guest.uart.text, "state": guest.state.value, "exit_code": guest.exit_code,
+                "mailbox": [guest.memory.read_u64(MAILBOX + 8 * i) or 0 for i in range(8)],
+                "nested_walks": stats.nested_walks, "nested_refs": stats.nested_refs,
+                "guest_pte_reads": stats.guest_pte_reads}
+    finally:
+        machine.close()
+
+
 # ---------------------------------------------------------------- shadow vs nested paging
 
 
@@ -257,10 +510,16 @@ class PagingRun:
 
 
 def measure_paging(program: bytes, mode: str, *, guest_levels: int = 3, nested_levels: int = 3,
-                   max_ms: float = 200.0) -> PagingRun:
-    """Run ``program`` (see :func:`paging_program`) under ``"shadow"`` or ``"nested"`` paging."""
+                   max_ms: float = 200.0, shadow_fill: Callable[[Exit, GuestPTEs], object] | None = None,
+                   walk_2d: Callable[[HostTable, int, int], int | None] | None = None) -> PagingRun:
+    """Run ``program`` (see :func:`paging_program`) under ``"shadow"`` or ``"nested"`` paging, on the
+    student's ``shadow_fill`` handler and ``walk_2d`` when given (else on the VMM's own)."""
     machine = Machine(paging=mode, nested_levels=nested_levels)
     try:
+        if shadow_fill is not None:
+            machine.handlers.withhold(ExitReason.SHADOW_FILL, shadow_fill_hook(shadow_fill))
+        if walk_2d is not None:
+            machine.mmu.nested_walk = nested_walk_counter(walk_2d, nested_levels)
         guest = machine.add_guest(program, name="paging")
         _run_until_paging(machine, guest, 5.0)
         if guest_levels == 4:  # wait for the switch to Sv48

@@ -135,6 +135,7 @@ def shadow_fill(exit: Exit) -> None:
     When the guest table itself refuses, nothing is filled and the TLB-fill hook turns the
     access into a :attr:`ExitReason.PAGE_FAULT` for the guest.
     """
+    refuse_withheld(exit, "the shadow-table fill")
     vcpu = exit.vcpu
     result = walk(vcpu.guest.memory, vcpu.csrs[CSR.SATP], exit.addr)
     exit.vmm.paging_stats.guest_pte_reads += result.pte_reads
