@@ -183,6 +183,13 @@ class PanelView:
             time.sleep(0.2)
         return now
 
+    def guest_behind(self) -> float:
+        """The newest point of the guest-clock line plotly drew: seconds behind real time (-1: none yet)."""
+        return float(self._read("const el = cell.querySelector('.js-plotly-plot');"
+                                " const t = ((el && el.data) || [])"
+                                "   .find(t => (t.name || '').startsWith('guest clock'));"
+                                " return t && t.y && t.y.length ? t.y[t.y.length - 1] : -1;"))
+
     def text(self) -> str:
         """Everything the cell shows as text (its output's labels, console, heading)."""
         return str(self._read("return cell.innerText;"))
@@ -253,6 +260,10 @@ def test_vm_panel_buttons_drive_a_real_vm_and_the_chart_fills_with_samples(page:
     panel.wait_state("running", 20)
     assert panel.enabled() == {"Pause", "Stop"}
     panel.wait_newer_sample(paused_at, 10)
+    deadline = time.monotonic() + 10
+    while panel.guest_behind() < 1:  # the guest's clock stood still for the 2 s pause: its line stepped up
+        assert time.monotonic() < deadline, f"the guest-clock line shows {panel.guest_behind()} s behind"
+        time.sleep(0.2)
     shot_cell(page, 1, "panel-4-resumed")
 
     panel.click("Stop")

@@ -18,7 +18,7 @@ from enum import StrEnum
 import pytest
 
 from tests.dashboards.waiting import wait_until
-from vlab.dashboards import ControllableVM, VMPanel
+from vlab.dashboards import ClockedVM, ControllableVM, VMPanel
 from vlab.errors import StateError, VlabError
 from vlab.plots import mimebundle
 
@@ -213,7 +213,7 @@ def test_chart_shows_rss_and_the_busy_vcpu_above_the_idle_one_with_markers(vm: T
     rss_trace = panel.chart.data[0]
     assert len(rss_trace.y) == 4
     assert rss_trace.y[-1] == pytest.approx(vm.rss_bytes() / 2**20, rel=0.2)
-    vcpus = {trace.name: trace for trace in panel.chart.data[1:]}
+    vcpus = {trace.name: trace for trace in panel.chart.data[2:]}
     assert set(vcpus) == {"vCPU 0 host CPU", "vCPU 1 host CPU"}
     assert all("markers" in trace.mode for trace in panel.chart.data)  # 2 points are visible, not just a line
     busy, idle = sum(vcpus["vCPU 0 host CPU"].y), sum(vcpus["vCPU 1 host CPU"].y)
@@ -265,6 +265,63 @@ def test_a_pause_is_shaded_on_the_chart_and_counted_in_the_text(vm: ThreadVM, pa
     assert (shape.x0, shape.x1) == (start, end)
     assert [note.text for note in panel.chart.layout.annotations] == ["paused"]
     assert "paused 1 time(s)" in panel.text()
+
+
+class ClockedThreadVM(ThreadVM):
+    """ThreadVM with a guest clock that advances only while it runs, as a paused QEMU's RTC does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._clock = 0.0
+        self._since: float | None = None
+
+    def start(self) -> None:
+        super().start()
+        self._since = time.monotonic()
+
+    def pause(self) -> None:
+        super().pause()
+        assert self._since is not None
+        self._clock += time.monotonic() - self._since
+        self._since = None
+
+    def resume(self) -> None:
+        super().resume()
+        self._since = time.monotonic()
+
+    def guest_clock(self) -> float:
+        return self._clock + (time.monotonic() - self._since if self._since is not None else 0.0)
+
+
+def test_a_pause_lifts_the_guest_clock_line_by_its_length_and_running_keeps_it_flat() -> None:
+    vm = ClockedThreadVM()
+    with VMPanel(vm, interval=0.05) as panel:
+        assert isinstance(vm, ClockedVM) and not isinstance(ThreadVM(), ClockedVM)
+        click(panel, "start")
+        for _ in range(3):
+            panel.refresh(force=True)
+            time.sleep(0.05)
+        assert all(abs(behind) < 0.05 for _, behind in panel.guest_lag())  # running: on time
+        clicked = time.monotonic()
+        click(panel, "pause")
+        time.sleep(0.3)
+        panel.refresh(force=True)
+        click(panel, "resume")
+        resumed = time.monotonic()
+        panel.refresh(force=True)
+        assert [state for state, _, _ in panel.stretches()] == ["paused"]
+        behind = panel.guest_lag()[-1][1]
+        assert 0.3 <= behind <= resumed - clicked  # the pause, however the panel's samples fell around it
+        lag_trace = panel.chart.data[1]
+        assert lag_trace.name.startswith("guest clock behind") and lag_trace.yaxis == "y3"
+        assert list(lag_trace.y) == [s for _, s in panel.guest_lag()]
+        panel.act("stop")
+
+
+def test_without_a_guest_clock_the_line_stays_empty(vm: ThreadVM, panel: VMPanel) -> None:
+    click(panel, "start")
+    panel.refresh(force=True)
+    assert panel.guest_lag() == [] and list(panel.chart.data[1].y) == []
 
 
 def test_console_tail_is_labelled_and_shown_escaped(vm: ThreadVM, panel: VMPanel) -> None:

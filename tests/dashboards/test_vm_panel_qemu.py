@@ -44,14 +44,18 @@ def test_a_real_vm_through_the_panel_buttons(vm: VM) -> None:
         assert wait_until(lambda: len(panel.vcpu_utilisation().get(0, [])) >= 3, 10)
         assert panel.enabled_actions() == ["pause", "stop"]
 
+        assert wait_until(lambda: len(panel.guest_lag()) >= 3, 10)
         panel.buttons["pause"].click()
         assert panel.wait_idle(10) and panel.state == "paused"
-        time.sleep(1.0)
+        time.sleep(2.5)  # the guest's clock (the RTC, whole seconds) stands still meanwhile
         panel.buttons["resume"].click()
         assert panel.wait_idle(10)
         assert wait_until(lambda: panel.state == "running", 5)
-        paused = [end - start for state, start, end in panel.stretches() if state == "paused"]
-        assert len(paused) == 1 and paused[0] >= 0.75
+        [(_, paused_at, resumed_at)] = [s for s in panel.stretches() if s[0] == "paused"]
+        assert resumed_at - paused_at >= 2.25
+        before = [behind for t, behind in panel.guest_lag() if t < paused_at]
+        assert before and all(abs(behind) <= 1.5 for behind in before)  # running: on time, to the RTC's second
+        assert wait_until(lambda: panel.guest_lag()[-1][1] >= resumed_at - paused_at - 1.5, 5)
 
         vm.console.run("echo tail-check")
         assert wait_until(lambda: "tail-check" in panel.console, 5)

@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,10 +24,8 @@ import pytest
 
 from vlab.errors import VlabError
 from vlab.host import procfs
-from vlab.paths import runtime_dir
 from vlab.qemu import VM, Disk, Nic, VMConfig, VMState
 from vlab.qemu.console import PROMPT, ConsoleClosed
-from vlab.qemu.disks import create_image
 from vlab.qemu.network import claim_macs, release_macs
 from vlab.qemu.qmp import EVENT_LIMIT
 
@@ -325,31 +322,3 @@ def test_a_full_runtime_filesystem_leaves_no_qemu_behind(config: VMConfig, tiny_
     time.sleep(0.2)
     assert _our_qemus() == before
     assert [p.name for p in tiny_fs.iterdir()] == ["filler"]
-
-
-KILLED_CREATOR = """
-import sys
-from vlab.qemu.disks import create_image
-create_image(sys.argv[1], "16M", secret="pass, with=commas", iter_time_ms=30000)
-"""
-
-
-def test_a_killed_luks_creation_leaves_no_qemu_img_and_its_files_go_at_the_next_run(tmp_path: Path) -> None:
-    creator = subprocess.Popen([sys.executable, "-c", KILLED_CREATOR, str(tmp_path / "enc.qcow2")])
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not [p for p in procfs.descendants(creator.pid)
-                                               if "qemu-img" in " ".join(procfs.cmdline(p) or [])]:
-        time.sleep(0.05)
-    helpers = [p for p in procfs.descendants(creator.pid) if "qemu-img" in " ".join(procfs.cmdline(p) or [])]
-    assert helpers, "qemu-img never started"
-    os.kill(creator.pid, signal.SIGKILL)
-    creator.wait()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(procfs.alive(p) for p in helpers):
-        time.sleep(0.05)
-    assert not any(procfs.alive(p) for p in helpers)  # qemu-img died with its owner
-    assert [p.name for p in tmp_path.iterdir()] == [f".enc.qcow2.tmp{creator.pid}"]
-    assert list(runtime_dir().glob(f"luks{creator.pid}-*.key"))  # kill -9 skipped the cleanup...
-    create_image(tmp_path / "other.qcow2", "1M")
-    assert [p.name for p in tmp_path.iterdir()] == ["other.qcow2"]  # ...which the next run does
-    assert not list(runtime_dir().glob(f"luks{creator.pid}-*.key"))

@@ -108,6 +108,24 @@ def test_memory_and_host_sample(shared_vm: VM) -> None:
     assert second.vcpu_seconds[0] > first.vcpu_seconds[0]  # the busy loop ran on vCPU 0's host thread
 
 
+def test_the_guest_clock_stands_still_while_the_vm_is_paused(vm: VM) -> None:
+    vm.pause()
+    try:
+        frozen = vm.guest_clock()
+        time.sleep(2.2)
+        assert vm.guest_clock() == frozen  # whole seconds: more than two have passed on the host
+    finally:
+        vm.resume()
+    time.sleep(1.2)
+    assert vm.guest_clock() >= frozen + 1
+    vm.stop()
+    with pytest.raises(StateError):
+        vm.guest_clock()
+    with pytest.raises(VlabError) as caught:
+        VM(VMConfig()).guest_clock(timeout=-1)
+    assert caught.value.field == "timeout"
+
+
 def test_any_qmp_command_and_refused_commands(shared_vm: VM) -> None:
     assert shared_vm.qmp("query-version")["qemu"]["major"] >= 7
     assert shared_vm.qmp("human-monitor-command", command_line="info status").startswith("VM status")

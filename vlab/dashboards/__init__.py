@@ -24,8 +24,8 @@ from vlab.dashboards.exit_monitor import ExitMonitor
 from vlab.dashboards.gantt import GanttView
 from vlab.dashboards.migration import MigrationView
 from vlab.dashboards.panel import Panel
-from vlab.dashboards.protocols import ControllableVM, ExitCounter, StateLike
+from vlab.dashboards.protocols import ClockedVM, ControllableVM, ExitCounter, StateLike
 from vlab.dashboards.vm_panel import VMPanel
 
-__all__ = ["ControllableVM", "ExitCounter", "ExitMonitor", "GanttView", "MigrationView", "Panel", "StateLike",
-           "VMPanel"]
+__all__ = ["ClockedVM", "ControllableVM", "ExitCounter", "ExitMonitor", "GanttView", "MigrationView", "Panel",
+           "StateLike", "VMPanel"]

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
-__all__ = ["ACTIVE_STATES", "CONSOLE_STATES", "SAMPLED_STATES", "ControllableVM", "ExitCounter", "StateLike",
-           "state_name"]
+__all__ = ["ACTIVE_STATES", "CONSOLE_STATES", "SAMPLED_STATES", "ClockedVM", "ControllableVM", "ExitCounter",
+           "StateLike", "state_name"]
 
 #: VM states in which the guest is up
 ACTIVE_STATES = frozenset({"running", "paused"})
@@ -73,6 +73,18 @@ class ControllableVM(Protocol):
     def rss_bytes(self) -> int: ...
 
     def console_tail(self, n: int) -> str: ...
+
+
+@runtime_checkable
+class ClockedVM(Protocol):
+    """A VM whose guest clock can be read: :class:`~vlab.dashboards.VMPanel` then draws how far the guest
+    has fallen behind real time (it stops while paused; a busy guest stays on time).
+
+    ``guest_clock()`` returns the guest's clock in seconds (any origin, whole seconds will do); it is
+    called in ``running`` and ``paused`` only.
+    """
+
+    def guest_clock(self) -> float: ...
 
 
 @runtime_checkable

@@ -1,13 +1,16 @@
 """A control panel for one VM: buttons, state, host CPU per vCPU and QEMU's RSS, the serial console.
 
 Layout (top to bottom): a title line with the state, the Start / Pause /
-Resume / Stop buttons, a message line for refused actions, a chart (host CPU %
-per vCPU thread on the left axis, QEMU RSS in MiB on the right, paused and
+Resume / Stop buttons, a message line for refused actions, a chart (top row: host
+CPU % per vCPU thread on the left axis, QEMU RSS in MiB on the right; bottom row:
+how many seconds the guest's clock has fallen behind real time; paused and
 booting stretches shaded) and the labelled tail of the serial console. The
 chart plots utilisation — the growth of each vCPU thread's CPU seconds between
 two samples, divided by the time between them — which is what ``top`` shows for
 those threads. An idle guest costs a few percent whether it runs or not, so the
-shading is what shows a pause.
+host side cannot show a pause; the guest's side does: its clock stops while it
+is paused (``vlab.VM`` reads the RTC, which follows the VM's clock), and the
+bottom line steps up by the length of the pause.
 
 Threads: a button's action (``vm.stop()`` may take seconds) runs on a worker
 thread, never in the button callback, and while it runs every button is
@@ -36,7 +39,14 @@ import plotly.graph_objects as go
 
 from vlab.dashboards.chart import LiveChart
 from vlab.dashboards.panel import Panel, error_html, error_of
-from vlab.dashboards.protocols import CONSOLE_STATES, SAMPLED_STATES, ControllableVM, state_name
+from vlab.dashboards.protocols import (
+    ACTIVE_STATES,
+    CONSOLE_STATES,
+    SAMPLED_STATES,
+    ClockedVM,
+    ControllableVM,
+    state_name,
+)
 from vlab.errors import StateError, VlabError
 from vlab.measure import format_bytes
 
@@ -61,6 +71,8 @@ MIB = 2.0**-20
 MAX_DRAWN = 240
 #: traces get markers while they have at most this many points
 MARKERS_UP_TO = 120
+#: pixels: two rows (host cost, guest clock) on one time axis
+CHART_HEIGHT = 340
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,7 @@ class _Reading:
     vcpu_seconds: Mapping[int, float] | None
     rss: int | None
     console: str | None
+    guest_clock: float | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,7 @@ class _HostSample:
     time: float
     vcpu_seconds: Mapping[int, float]
     rss: int
+    guest_clock: float | None = None  # the guest's clock, if the VM is a ClockedVM
 
 
 class VMPanel(Panel):
@@ -133,7 +147,7 @@ class VMPanel(Panel):
             button.on_click(functools.partial(_click, weakref.ref(self), name))
         self.message = widgets.HTML()
         self.chart = _empty_chart()
-        self.chart_view = LiveChart(self.chart, height=280)
+        self.chart_view = LiveChart(self.chart, height=CHART_HEIGHT)
         self.console_view = widgets.HTML()
         self.widget.children = (self.heading, widgets.HBox(list(self.buttons.values())), self.message,
                                 self.status, self.chart_view.widget, self.console_view)
@@ -233,16 +247,19 @@ class VMPanel(Panel):
         vcpus: dict[int, float] | None = None
         rss: int | None = None
         console: str | None = None
+        clock: float | None = None
         try:
             if state in SAMPLED_STATES:
                 vcpus, rss = dict(self.vm.vcpu_times()), int(self.vm.rss_bytes())
+            if state in ACTIVE_STATES and isinstance(self.vm, ClockedVM):
+                clock = float(self.vm.guest_clock())
             if state in CONSOLE_STATES:
                 console = self.vm.console_tail(self.console_lines)
         except Exception:
             if state != "starting":
                 raise
             # booting: QEMU's process or QMP may not be up yet; the next sample will have it
-        return _Reading(time.monotonic() - self._t0, state, vcpus, rss, console)
+        return _Reading(time.monotonic() - self._t0, state, vcpus, rss, console, clock)
 
     def _store(self, reading: _Reading) -> None:
         self.state = reading.state
@@ -250,7 +267,7 @@ class VMPanel(Panel):
         if reading.console is not None:  # afterwards the last lines read stay on show
             self.console = reading.console
         if reading.vcpu_seconds is not None and reading.rss is not None:
-            self.samples.append(_HostSample(reading.time, reading.vcpu_seconds, reading.rss))
+            self.samples.append(_HostSample(reading.time, reading.vcpu_seconds, reading.rss, reading.guest_clock))
 
     # -- drawing (under the panel's lock)
 
@@ -297,10 +314,13 @@ class VMPanel(Panel):
         # markers only while there are few (they are what makes 2 points visible; at 200 they are just cost).
         utilisation = {index: thin(points) for index, points in self.vcpu_utilisation().items()}
         memory = thin([(s.time, s.rss * MIB) for s in self.samples])
+        lag = thin(self.guest_lag())
         mode = "lines+markers" if len(memory) <= MARKERS_UP_TO else "lines"
         with self.chart.batch_update():
             self.chart.data[0].x = [t for t, _ in memory]
             self.chart.data[0].y = [m for _, m in memory]
+            self.chart.data[1].x = [t for t, _ in lag]
+            self.chart.data[1].y = [s for _, s in lag]
             for index, points in utilisation.items():
                 if index not in self._vcpu_traces:
                     self.chart.add_scatter(name=f"vCPU {index} host CPU", x=[], y=[])
@@ -348,6 +368,16 @@ class VMPanel(Panel):
                     series.setdefault(index, []).append((after.time, 100 * used / elapsed))
         return series
 
+    def guest_lag(self) -> list[tuple[float, float]]:
+        """``(time, seconds)`` the guest's clock has fallen behind real time since the first sample that had one:
+        flat while the guest runs, rising by the length of each pause (empty unless the VM is a ClockedVM)."""
+        with self._lock:
+            clocked = [(s.time, s.guest_clock) for s in self.samples if s.guest_clock is not None]
+        if not clocked:
+            return []
+        t0, g0 = clocked[0]
+        return [(t, (t - t0) - (g - g0)) for t, g in clocked]
+
     def figure(self) -> go.Figure:
         final = go.Figure(self.chart)
         final.update_layout(title={"text": f"{self.title}: {self.shown_state}"}, margin={"t": 40})
@@ -393,15 +423,21 @@ def _click(panel_ref: weakref.ref[VMPanel], action: str, _button: widgets.Button
 
 
 def _empty_chart() -> go.Figure:
+    # Two rows on one time axis: what the VM costs the host (top) and how far its clock fell behind (bottom).
     fig = go.Figure()
     fig.add_scatter(name="QEMU RSS (MiB, right)", mode="lines+markers", x=[], y=[], yaxis="y2",
                     line={"dash": "dot"}, marker={"size": 4})
+    fig.add_scatter(name="guest clock behind real time (s, below)", mode="lines+markers", x=[], y=[], yaxis="y3",
+                    line={"shape": "hv"}, marker={"size": 4})
     fig.update_layout(
-        template="plotly_white", height=280, margin={"l": 50, "r": 50, "t": 24, "b": 40},
-        xaxis={"title": {"text": "seconds since the panel opened"}, "rangemode": "tozero"},
-        yaxis={"title": {"text": "host CPU (%)"}, "rangemode": "tozero"},
+        template="plotly_white", height=CHART_HEIGHT, margin={"l": 50, "r": 50, "t": 24, "b": 40},
+        xaxis={"title": {"text": "seconds since the panel opened"}, "rangemode": "tozero", "anchor": "y3"},
+        yaxis={"title": {"text": "host CPU (%)"}, "rangemode": "tozero", "domain": [0.38, 1]},
         yaxis2={"title": {"text": "RSS (MiB)"}, "overlaying": "y", "side": "right", "rangemode": "tozero",
                 "tickformat": ".0f", "showgrid": False},
+        # whole seconds (the RTC's resolution); a pause of p seconds lifts the line by p
+        yaxis3={"title": {"text": "behind (s)"}, "domain": [0, 0.26], "rangemode": "tozero", "dtick": 1,
+                "anchor": "x"},
         legend={"orientation": "h", "y": -0.3},
     )
     return fig

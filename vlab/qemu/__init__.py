@@ -29,9 +29,9 @@ What a VM may do to its host (see the modules for the why):
 * A user-mode NIC is ``restrict=on``: the guest reaches neither the host's services (``127.0.0.1`` through the
   gateway) nor the internet. ``Nic(outbound=True)`` opts in; ``VLAB_DENY_OUTBOUND=1`` (set by the grader)
   refuses that opt-in and raw network options in ``extra_args``.
-* Sockets, pidfiles and passphrase files live in a runtime directory vlab verifies (ours, 0700, not a symlink);
-  the orphan sweeper kills only QEMUs provably started by vlab for this user. Passphrases reach QEMU and
-  ``qemu-img`` only through mode-0600 files, never on a command line.
+* Sockets and pidfiles live in a runtime directory vlab verifies (ours, 0700, not a symlink); the orphan
+  sweeper kills only QEMUs provably started by vlab for this user. Passphrases (any bytes) reach QEMU and
+  ``qemu-img`` only through inherited mode-0600 memfds, never a command line or a named file.
 * Every call that talks to QEMU takes a ``timeout`` and raises :class:`~vlab.errors.VlabError` when it expires.
 
 Quick start::

@@ -138,9 +138,10 @@ class Disk:
     :param overlay: if True the VM writes to a throwaway qcow2 overlay whose read-only backing file is
         ``path``, so the image itself is never modified. Default: True for plain images, False for
         encrypted ones (the guest writes through to the LUKS image, so its ciphertext can be inspected).
-    :param secret: the LUKS passphrase of an encrypted qcow2 (any text, as ``str`` or UTF-8 ``bytes``; see
-        :func:`vlab.qemu.disks.create_image`). QEMU receives it through a ``secret`` object read from a
-        mode-0600 file in the VM's private workdir, never on a command line.
+    :param secret: the LUKS passphrase of an encrypted qcow2: any ``bytes`` (NUL, newlines, not UTF-8…) or
+        ``str`` (see :func:`vlab.qemu.disks.luks_passphrase`). QEMU reads it from a mode-0600 memfd it
+        inherits (:func:`vlab.qemu.disks.secret_fd`), never from a command line or a named file; ``repr``
+        leaves it out.
     :param readonly: present the disk read-only to the guest.
     :param on_error: what QEMU does when a guest write or read fails on the host (disk full…): ``"stop"``
         (default: the VM pauses and :attr:`vlab.VM.pause_reason` says why), ``"report"`` (the guest gets an
@@ -279,7 +280,8 @@ class LaunchIO:
     :param console_fd: a connected socket fd carrying ttyS0.
     :param qmp_sync_fd: a second QMP monitor, for vlab's direct synchronous calls (None: none).
     :param disk_paths: per disk, the file QEMU opens (the overlay when the disk has one).
-    :param secret_files: per disk, the file holding its LUKS passphrase (None if not encrypted).
+    :param secret_files: per disk, where QEMU reads its LUKS passphrase (``/proc/self/fd/N`` of an inherited
+        memfd; None if not encrypted).
     :param nic_fds: per NIC, the tap fd for bridge NICs (None for user-mode NICs).
     :param incoming: a migration URI to wait on (``-incoming``), or None.
     :param macs: per NIC, the MAC the VM claimed (empty: :meth:`VMConfig.mac_address`).
@@ -288,6 +290,8 @@ class LaunchIO:
     :param pci_slots: device id -> PCI slot, for devices that must sit where another QEMU put them (a
         migration destination of a VM whose devices were hot-plugged after a restore).
     :param paused: start with the vCPUs stopped (``-S``).
+    :param raw_qmp_path: a UNIX socket path for a spare QMP monitor that QEMU listens on, for someone to speak
+        the protocol themselves (:meth:`vlab.VM.raw_qmp`); None: none.
     """
 
     qmp_fd: int
@@ -301,6 +305,7 @@ class LaunchIO:
     memory_backend: Mapping[str, Any] | None = None
     pci_slots: Mapping[str, int] = field(default_factory=dict)
     paused: bool = False
+    raw_qmp_path: Path | None = None
 
 
 # vm.conf keys as textbooks print them -> VMConfig fields
@@ -579,8 +584,11 @@ class VMConfig:
         backend = io.memory_backend if io is not None and io.memory_backend is not None else self.memory_backend()
         argv += _json_option("-object", dict(backend))
         argv += ["-nodefaults", "-no-user-config", "-no-reboot", "-display", "none"]
+        # The RTC follows the VM's own clock, so it stands still while the VM is paused: VM.guest_clock() reads
+        # it, and the panel shows a pause as the guest falling behind real time.
+        argv += ["-rtc", "base=utc,clock=vm"]
         argv += ["-kernel", str(self.kernel), "-initrd", str(self.initrd), "-append", self.kernel_cmdline()]
-        argv += self._io_args(io)
+        argv += self.io_args(io)
         for option, value in self.device_options(io):
             argv += _json_option(option, value)
         if self.balloon:
@@ -611,7 +619,8 @@ class VMConfig:
         return shlex.join(self.qemu_argv())
 
     @staticmethod
-    def _io_args(io: LaunchIO | None) -> list[str]:
+    def io_args(io: LaunchIO | None) -> list[str]:
+        """How QEMU reaches vlab: QMP monitors and ttyS0 on inherited sockets (stdio without ``io``)."""
         if io is None:
             return ["-serial", "mon:stdio"]
         # fds are ints vlab made; -chardev has no JSON form in QEMU 7.2 and needs none here
@@ -619,6 +628,10 @@ class VMConfig:
         if io.qmp_sync_fd is not None:
             argv += ["-chardev", f"socket,id=qmp-sync,fd={int(io.qmp_sync_fd)}",
                      "-mon", "chardev=qmp-sync,mode=control"]
+        if io.raw_qmp_path is not None:  # a path vlab made in the VM's workdir; "," is escaped as QEMU wants
+            path = str(io.raw_qmp_path).replace(",", ",,")
+            argv += ["-chardev", f"socket,id=qmp-raw,path={path},server=on,wait=off",
+                     "-mon", "chardev=qmp-raw,mode=control"]
         return [*argv, "-chardev", f"socket,id=console,fd={int(io.console_fd)}", "-serial", "chardev:console"]
 
     def _disk_options(self, io: LaunchIO | None) -> list[tuple[str, dict[str, Any]]]:

@@ -141,28 +141,24 @@ def check_file(field: str, value: Any, fix: str) -> Path:
 
 
 def check_passphrase(field: str, secret: object) -> bytes:
-    """A LUKS passphrase as the bytes QEMU reads: any text (commas, quotes, ``=``, spaces, Unicode).
+    """A LUKS passphrase as bytes: any bytes (non-UTF-8, NUL, newline, commas...), or text as ``str``.
 
-    QEMU's LUKS takes the passphrase as UTF-8 text ending at the first NUL, so bytes that are not UTF-8 or
-    contain NUL would silently become another key: they are refused.
+    ``str`` is encoded as UTF-8 (with ``surrogateescape``, so a name decoded by ``os.fsdecode`` gives back its
+    bytes). How bytes QEMU cannot take as they are still reach it: :func:`vlab.qemu.disks.luks_passphrase`.
+    Errors never show the passphrase, only its type or length.
     """
-    fix = 'secret="any text, e.g. correct horse, battery=staple"'
+    fix = 'secret="any text" or secret=b"any bytes", 1 to 4096 bytes long'
     if isinstance(secret, str):
         try:
-            data = secret.encode("utf-8")
-        except UnicodeEncodeError:
-            raise VlabError("is not valid Unicode text", field=field, value="<hidden>", fix=fix) from None
+            data = secret.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a lone surrogate that is no escaped byte: no bytes mean this text
+            raise VlabError("is a str with a lone surrogate, which has no UTF-8 form", field=field,
+                            value="<hidden>", fix="pass the bytes you mean: secret=b\"...\"") from None
     elif isinstance(secret, bytes):
         data = secret
-    else:
-        raise VlabError(f"must be str or bytes, not {type(secret).__name__}", field=field, value="<hidden>", fix=fix)
+    else:  # bytearray too: a Disk is frozen and hashable, its passphrase must not change under it
+        raise VlabError(f"must be str or bytes, not {type(secret).__name__}", field=field, value="<hidden>",
+                        fix=fix)
     if not data or len(data) > 4096:
-        raise VlabError("must be 1 to 4096 bytes long", field=field, value="<hidden>", fix=fix)
-    if b"\0" in data:
-        raise VlabError("contains a NUL byte (QEMU would cut the passphrase there)", field=field,
-                        value="<hidden>", fix=fix)
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise VlabError("is not UTF-8 (QEMU's LUKS takes text)", field=field, value="<hidden>", fix=fix) from None
+        raise VlabError(f"must be 1 to 4096 bytes long, not {len(data)}", field=field, value="<hidden>", fix=fix)
     return data

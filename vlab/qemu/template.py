@@ -76,7 +76,7 @@ COLD_BOOT_ENV = "VLAB_COLD_BOOT"
 #: Where templates are kept (default: ``templates/`` beside the guest images).
 TEMPLATES_ENV = "VLAB_TEMPLATES"
 #: Bumped whenever the layout or the meaning of a template changes: old ones are then never used.
-FORMAT = 1
+FORMAT = 2  # 2: -rtc clock=vm
 _NAME = "vlab-template"
 _META = "meta.json"
 _STATE = "state"

@@ -12,9 +12,9 @@ behind vlab's back (the guest ran ``poweroff``, or QEMU crashed) turns the VM
 ``stopped`` or ``failed`` and releases its resources.
 
 Launching (:meth:`VM.start`): sweep orphans of dead vlab processes, pick the
-accelerator (:mod:`vlab.qemu.accel`), make a private workdir (overlays, secret
-files, migration socket), create two socketpairs (QMP and ttyS0) and taps, fork
-QEMU with those fds (:mod:`vlab.qemu.process`), greet QMP, then wait for the
+accelerator (:mod:`vlab.qemu.accel`), make a private workdir (overlays,
+migration socket), create two socketpairs (QMP and ttyS0), taps and passphrase
+memfds, fork QEMU with those fds (:mod:`vlab.qemu.process`), greet QMP, then wait for the
 guest's ``VLAB-READY`` line and check the shell answers. Any failure or
 interruption on the way kills QEMU and removes everything before re-raising.
 
@@ -25,6 +25,7 @@ powerdown (the guest shuts down cleanly) → QMP ``quit`` → SIGTERM → SIGKIL
 from __future__ import annotations
 
 import atexit
+import calendar
 import contextlib
 import enum
 import logging
@@ -35,7 +36,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -45,7 +46,8 @@ from vlab.errors import StateError, VlabError
 from vlab.progress import Steps, steps
 from vlab.qemu import disks, individualize, network, template
 from vlab.qemu.accel import AccelChoice, choose_accel
-from vlab.qemu.config import READY_MARKER, LaunchIO, VMConfig, parse_size_mib
+from vlab.qemu.argv import ParsedArgv, RawQMP, parse_argv
+from vlab.qemu.config import READY_MARKER, LaunchIO, Nic, VMConfig, parse_size_mib
 from vlab.qemu.console import Console, ConsoleClosed
 from vlab.qemu.fields import check_bool, check_int, check_seconds, check_text, check_token, shown
 from vlab.qemu.guest_files import verify_guest_file
@@ -154,6 +156,8 @@ class VM:
         self._io: LaunchIO | None = None
         self._pci_slots: dict[str, int] = {}  # device id -> PCI slot, when devices must sit at given slots
         self._launch_overrides: dict[str, Any] = {}  # extra LaunchIO fields (a template build's RAM file)
+        self._from_argv: ParsedArgv | None = None  # VM.from_argv: run these words, not config.qemu_argv()
+        self._raw_qmp: RawQMP | None = None
         self.argv: list[str] = []
         #: "restored" (from a snapshot template) or "cold" (the kernel booted), once started
         self.start_mode: str | None = None
@@ -167,6 +171,27 @@ class VM:
 
     def __repr__(self) -> str:
         return f"<VM {self.config.name!r} {self.state} pid={self.pid}>"
+
+    @classmethod
+    def from_argv(cls, argv: Sequence[str], *, name: str | None = None, nics: Sequence[Nic] = ()) -> VM:
+        """A VM that runs *this* QEMU command line (e.g. one a student's ``conf_to_argv`` wrote).
+
+        The argv is validated first (:func:`vlab.qemu.argv.parse_argv`): only the options a lab's VM needs are
+        allowed, and ``-kernel``, ``-initrd`` and an ``-append`` with ``console=ttyS0`` are required, so a wrong
+        argv is a :class:`VlabError` naming the word, never a QEMU that hangs or escapes. :meth:`start` runs the
+        words as given (``-m`` in MiB, vlab's ``vlab.*`` words and ``panic=-1`` added to ``-append``) plus vlab's
+        plumbing: console and QMP sockets, a raw QMP socket (:meth:`raw_qmp`), the ``nics``, ``-nodefaults
+        -no-user-config -no-reboot -display none``; it always boots cold, under vlab's process handling
+        (killed with its owner, swept if orphaned, stopped at exit). :attr:`argv` is the command that ran.
+
+        :param name: the VM's name (default: the argv's ``-name``, else ``vlab``).
+        :param nics: NICs vlab adds (an argv may not carry network options itself).
+        :raises VlabError: for an argv vlab will not run, with the reason and the fix.
+        """
+        parsed = parse_argv(argv, name=name, nics=nics)
+        vm = cls(parsed.config)
+        vm._from_argv = parsed
+        return vm
 
     # -- state ----------------------------------------------------------------------------------------
 
@@ -288,7 +313,9 @@ class VM:
         self._require("start", VMState.CREATED)
         report = steps(2, f"booting {self.config.name}") if progress else None
         with report or contextlib.nullcontext():
-            if wait_ready and self._try_restore(timeout, cold, report):
+            if self._from_argv is not None:
+                self.start_note = "booted from an argv (VM.from_argv)"
+            elif wait_ready and self._try_restore(timeout, cold, report):
                 return self
             self.start_mode = "cold"
             for attempt in range(retries + 1):
@@ -394,7 +421,9 @@ class VM:
                 keep.append(restore[1])
             io = self._prepare_io(workdir, keep, self._incoming_uri if incoming else None, restore)
             self._io = io
-            if restore is None:
+            if self._from_argv is not None:
+                self.argv = self._from_argv.launch_argv(io, kind)
+            elif restore is None:
                 self.argv = self.config.qemu_argv(io, accel=kind)
             else:  # the template's exact hardware, under this VM's name; its devices are hot-plugged
                 self.argv = template.base_config(self.config).qemu_argv(io, accel=kind)
@@ -420,7 +449,7 @@ class VM:
         keep += [qmp_theirs.detach(), console_theirs.detach(), sync_theirs.detach()]
         self._qmp_sock, self._qmp_sync_sock = qmp_ours, sync_ours
         self._console = Console(console_ours, self._describe_failure, self._console_blocked)
-        disk_paths, secret_files = self._prepare_disks(workdir)
+        disk_paths, secret_files = self._prepare_disks(workdir, keep)
         self._macs = network.claim_macs(self.config, self._inherit_macs)
         nic_fds: list[int | None] = []
         for nic in self.config.nics:
@@ -432,6 +461,8 @@ class VM:
             else:
                 nic_fds.append(None)
         extra: dict[str, Any] = dict(self._launch_overrides)
+        if self._from_argv is not None:
+            extra["raw_qmp_path"] = workdir / "qmp-raw.sock"
         if restore is not None:
             self._pci_slots = template.restore_slots(self.config, restore[0])
             extra.update(memory_backend=restore[0].memory_backend(), paused=True)
@@ -440,13 +471,17 @@ class VM:
                         qmp_sync_fd=keep[first + 2], macs=tuple(self._macs), pci_slots=dict(self._pci_slots),
                         **extra)
 
-    def _prepare_disks(self, workdir: Path) -> tuple[list[Path], list[Path | None]]:
+    def _prepare_disks(self, workdir: Path, keep: list[int]) -> tuple[list[Path], list[Path | None]]:
         paths: list[Path] = []
         secrets: list[Path | None] = []
         for i, disk in enumerate(self.config.disks):
             paths.append(disks.create_overlay(disk.path, workdir / f"disk{i}.qcow2") if disk.overlay else disk.path)
-            secrets.append(disks.write_secret_file(workdir / f"disk{i}.key", disk.secret)
-                           if disk.secret is not None else None)
+            if disk.secret is None:
+                secrets.append(None)
+                continue
+            # a memfd QEMU inherits, not a file in the workdir: a kill -9 of Python and QEMU leaves no passphrase
+            keep.append(disks.secret_fd(disk.secret))
+            secrets.append(disks.secret_path(keep[-1]))
         return paths, secrets
 
     def _wait_ready(self, timeout: float) -> None:
@@ -522,6 +557,9 @@ class VM:
     def _release(self) -> None:
         """Close QMP and the console, remove the workdir and bridges (QEMU has exited or been killed)."""
         self._qmp.close()
+        if self._raw_qmp is not None:
+            self._raw_qmp.close()
+            self._raw_qmp = None
         for sock in (self._qmp_sock, self._qmp_sync_sock):
             if sock is not None:
                 sock.close()  # already closed by the QMP clients unless the connect never happened
@@ -578,6 +616,27 @@ class VM:
         arguments = _qmp_arguments(arguments, args)
         self._require(_checked_command(command), *_ACTIVE)
         return await self._qmp.aexecute(command, arguments, timeout)
+
+    def raw_qmp(self, *, timeout: float = 5.0) -> RawQMP:
+        """A fresh QMP session on the VM's spare monitor (VMs made by :meth:`from_argv` have one), in which
+        the caller speaks the protocol: QEMU greets it and waits for ``qmp_capabilities``; vlab only frames the
+        JSON (:meth:`RawQMP.send`: one object out, the next reply back, events skipped).
+
+        Opening a new session closes the previous one (QEMU serves one client per monitor at a time).
+        Use it as a context manager (``with vm.raw_qmp() as qmp:``) or close it.
+
+        :param timeout: seconds for the greeting and for each reply.
+        :raises VlabError: if the VM has no spare monitor, is not running, or QEMU does not greet in time.
+        """
+        timeout = check_seconds("timeout", timeout, high=120.0)
+        self._require("raw_qmp", *_ACTIVE)
+        if self._from_argv is None or self.workdir is None:
+            raise VlabError("only a VM made by vlab.VM.from_argv has a spare QMP monitor", field="raw_qmp",
+                            value=repr(self), fix="vm = vlab.VM.from_argv(argv); vm.start(); vm.raw_qmp()")
+        if self._raw_qmp is not None:
+            self._raw_qmp.close()
+        self._raw_qmp = RawQMP(self.workdir / "qmp-raw.sock", lambda: self._describe_failure(wait=1.0), timeout)
+        return self._raw_qmp
 
     def _execute(self, command: str, args: Mapping[str, Any] | None = None) -> Any:
         return self._qmp.execute(command, args)
@@ -672,6 +731,24 @@ class VM:
     def name(self) -> str:
         """The VM's name (from its config)."""
         return self.config.name
+
+    def guest_clock(self, *, timeout: float = DEFAULT_QMP_TIMEOUT) -> float:
+        """The guest's real-time clock in seconds (whole seconds), read over QMP: compare two readings.
+
+        It follows the VM's clock (``-rtc clock=vm``): it stands still while the VM is paused, so comparing
+        its advance with the host's shows how long the guest did not run. It starts at the host's UTC time
+        on a cold boot; a VM restored from a template continues from the template's moment (the guest's own
+        clock is set from the host's: :mod:`vlab.qemu.individualize`).
+        """
+        check_seconds("timeout", timeout)
+        self._require("guest_clock", *_ACTIVE)
+        now = self.qmp("qom-get", {"path": "/machine", "property": "rtc-time"}, timeout=timeout)
+        try:
+            return float(calendar.timegm((now["tm_year"] + 1900, now["tm_mon"] + 1, now["tm_mday"],
+                                          now["tm_hour"], now["tm_min"], now["tm_sec"])))
+        except (KeyError, TypeError) as exc:
+            raise VlabError("QEMU's rtc-time is not the struct tm it documents", field="rtc-time",
+                            value=shown(now), fix="a machine type with an RTC (pc or q35)") from exc
 
     def vcpu_times(self) -> dict[int, float]:
         """Host CPU seconds used so far by each vCPU thread."""
