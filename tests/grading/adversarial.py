@@ -390,14 +390,14 @@ ATTACKS = [
         "lab01-leaves-vm",
         "01",
         "6",
-        "leftovers",  # q4 and q5 are answered: not a blank submission
+        "leftovers",  # q5 and q6 are answered: not a blank submission
         3,
         {
-            "solution q4": "# vlab: solution q4\ntcg_answer = TCG_VS_KVM.letter(0, PARAMS)",
-            "solution q5": "# vlab: solution q5\n"
+            "solution q5": "# vlab: solution q5\ntcg_answer = TCG_VS_KVM.letter(0, PARAMS)",
+            "solution q6": "# vlab: solution q6\n"
                            "textbook_true = {{TEXTBOOK.letter(2, PARAMS), TEXTBOOK.letter(3, PARAMS)}}",
         },
-        extra=(("solution q5", LAB01_LEAVES_VM), ("solution q5", READS_COURSE.replace("raise RuntimeError", "print"))),
+        extra=(("solution q6", LAB01_LEAVES_VM), ("solution q6", READS_COURSE.replace("raise RuntimeError", "print"))),
         mangle=lambda nb: keep_only_graded_code(nb, keep=("3484d07f",)),  # the imports the locked cells use
     ),
 ]

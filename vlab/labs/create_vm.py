@@ -11,11 +11,15 @@ VM, each done for real on this host:
    extracts the graded flags (:data:`GRADED_FLAGS`) from any argv so that theirs can be compared with
    :meth:`vlab.qemu.VMConfig.qemu_argv`, and :func:`explain_argv` explains a command flag by flag.
 4. **Boot and use it**: :func:`lab_configs` builds the lab's two VMs (user-mode NAT, plus a private
-   bridge where the host allows it), :func:`boot_together` boots them in parallel and never leaves one
-   behind, :func:`free_total_mib` / :func:`ping` read the guest's answers.
-5. **Inspect and control it over QMP**: :func:`vcpu_table`, :func:`observe_pause` (guest time stops
-   while the host's goes on), :func:`vm_panel` (the :class:`vlab.dashboards.VMPanel`, through the
-   :class:`vlab.dashboards.VMPanel`) and a text fallback.
+   bridge where the host allows it); :func:`boot_pair` boots ``vm1`` from the student's own argv
+   (:meth:`vlab.VM.from_argv`, for the vm.conf of :func:`vm1_conf`) next to ``vm2``, in parallel
+   (:func:`boot_together`), and never leaves one behind; :func:`free_total_mib` / :func:`ping` read the
+   guest's answers.
+5. **Inspect and control it over QMP**: :func:`vcpu_table`, :func:`vm_panel` (a
+   :class:`vlab.dashboards.VMPanel`, with a text fallback); the student speaks raw QMP over
+   :meth:`vlab.VM.raw_qmp` and :func:`observe_qmp_pause` measures what their commands did to the real VM
+   (guest time stops while the host's goes on); :class:`FakeQMP` and :func:`qmp_scenario` try the same
+   functions on QEMUs in other states. :func:`observe_pause` is vlab's own pause, for comparison.
 
 The graded answers are not here: the reference solutions live in the source notebook.
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import statistics
 import threading
 import time
@@ -35,17 +40,20 @@ from typing import Any
 
 from vlab.errors import VlabError
 from vlab.labs.notebook import attempt
-from vlab.qemu import VM, Nic, VMConfig
+from vlab.qemu import VM, Nic, VMConfig, default_initrd, default_kernel
 from vlab.qemu.metrics import thread_cpu_seconds
 from vlab.qemu.network import PingResult, bridge_supported, ping
 
 __all__ = [
     "FLAG_MEANINGS",
     "GRADED_FLAGS",
+    "FakeQMP",
     "HostResources",
+    "LabBoot",
     "PauseObservation",
     "PingResult",
     "attempt",
+    "boot_pair",
     "boot_together",
     "classic_conf",
     "compare_argv",
@@ -57,8 +65,13 @@ __all__ = [
     "lab_configs",
     "median_or_none",
     "observe_pause",
+    "observe_qmp_pause",
     "ping",
+    "qmp_scenario",
+    "reference_argv",
+    "describe_qmp_pause",
     "vcpu_table",
+    "vm1_conf",
     "vm_panel",
 ]
 
@@ -96,6 +109,7 @@ FLAG_MEANINGS = {
     "-blockdev": "a disk image as a block node (JSON), attached to a -device virtio-blk-pci (/dev/vda)",
     "-object": "a backend object (JSON), e.g. memory-backend-ram ram0 holding guest RAM, or a LUKS secret",
     "-incoming": "wait for a migration stream instead of booting",
+    "-rtc": "the guest's real-time clock: clock=vm makes it follow the VM's clock (it stands still while paused)",
 }
 
 _FLAGS_WITH_VALUE = frozenset(FLAG_MEANINGS) - {"kvm", "qemu-system-x86_64", "-nographic", "-nodefaults",
@@ -294,6 +308,72 @@ def boot_together(*vms: VM, timeout: float = 60.0) -> list[float]:
     return [float(vm.boot_seconds or 0.0) for vm in vms]
 
 
+def vm1_conf(config: VMConfig) -> str:
+    """The vm.conf the student's ``conf_to_argv`` turns into vm1's command line: ``config``'s memory and vCPUs,
+    the textbook root line, and kernel words without ``console=ttyS0`` (their argv must add it)."""
+    return classic_conf(default_kernel(), default_initrd(), mem=f"{config.mem}M", vcpus=config.vcpus,
+                        appended="quiet panic=-1 no_timer_check")
+
+
+@dataclass
+class LabBoot:
+    """vm1 and vm2, booted; ``from_your_argv``: vm1 runs the student's argv (else vlab's, and ``note`` says why)."""
+
+    vm1: VM
+    vm2: VM
+    seconds: list[float]
+    from_your_argv: bool
+    note: str
+
+    def __str__(self) -> str:
+        return (f"vm1 ({self.vm1.config.mem} MiB) and vm2 ({self.vm2.config.mem} MiB) booted in "
+                f"{self.seconds[0]:.2f} s and {self.seconds[1]:.2f} s (in parallel)\n{self.note}")
+
+
+def boot_pair(conf_to_argv: Any, conf_text: str, vm1_config: VMConfig, vm2_config: VMConfig, *,
+              timeout: float = 60.0) -> LabBoot:
+    """Boot vm1 from ``conf_to_argv(conf_text)`` (through :meth:`VM.from_argv`) and vm2 from its config, together.
+
+    If the function is unanswered, raises, returns an argv vlab refuses, or its VM does not boot, vm1 boots from
+    ``vm1_config`` instead and the note says why (so the rest of the lab can go on); nothing is left running
+    when this raises.
+    """
+    argv, why = None, ""
+    try:
+        argv = conf_to_argv(conf_text)
+    except NotImplementedError:
+        why = "conf_to_argv is not answered yet"
+    except Exception as exc:  # the student's code: any bug is reported, the lab goes on
+        why = f"conf_to_argv raised {type(exc).__name__}: {exc}"
+    if argv is not None:
+        try:
+            vm1 = VM.from_argv(argv, name=vm1_config.name, nics=vm1_config.nics)
+            vm2 = VM(vm2_config)
+            seconds = boot_together(vm1, vm2, timeout=timeout)
+            return LabBoot(vm1, vm2, seconds, True, "vm1 runs YOUR argv; vlab added only its plumbing:\n  "
+                                                     + _shorten(vm1.argv))
+        except VlabError as exc:
+            why = f"vlab did not boot your argv: {exc}"
+    vm1 = VM.from_argv(reference_argv(conf_text, vm1_config.name), name=vm1_config.name, nics=vm1_config.nics)
+    vm2 = VM(vm2_config)
+    seconds = boot_together(vm1, vm2, timeout=timeout)
+    return LabBoot(vm1, vm2, seconds, False, f"vm1 runs vlab's argv instead, because {why}\n"
+                                             "fix conf_to_argv, then run this cell again")
+
+
+def reference_argv(conf_text: str, name: str = "vlab") -> list[str]:
+    """vlab's own argv for a vm.conf, in the form :meth:`VM.from_argv` runs (the five graded flags)."""
+    config = VMConfig.from_conf(conf_text, name=name)
+    return ["qemu-system-x86_64", "-kernel", str(config.kernel), "-initrd", str(config.initrd),
+            "-append", config.kernel_cmdline(), "-m", str(config.mem), "-smp", str(config.vcpus)]
+
+
+def _shorten(argv: Sequence[str]) -> str:
+    """The argv as a shell line, vlab's long plumbing words (JSON devices, socket paths) cut short."""
+    return shlex.join(word if len(word) <= 60 or not word.startswith(("{", "socket,")) else word[:57] + "..."
+                      for word in argv)
+
+
 def _stop_all(vms: Sequence[VM]) -> None:
     for vm in vms:
         with contextlib.suppress(Exception):  # best effort: the others must still be stopped
@@ -373,6 +453,126 @@ def observe_pause(vm: VM, seconds: float) -> PauseObservation:
     paused_for = time.monotonic() - paused_at
     after, host_after = guest_uptime(vm), time.monotonic()
     return PauseObservation(host_after - host_before, after - before, paused_for, status)
+
+
+_CONT_REFUSED = "Resetting the Virtual Machine is required"
+
+
+class FakeQMP:
+    """A stand-in for QEMU's QMP, at the level of ``send`` (one JSON object in, the reply out).
+
+    It keeps QEMU's rules that the lab's commands meet: nothing but ``qmp_capabilities`` before the handshake
+    (``CommandNotFound``), then ``query-status``, ``stop``, ``cont``. ``state`` is the run state it starts in
+    (``running``, or e.g. ``io-error``: a disk error paused the VM, and ``stop`` leaves that state as it is);
+    ``refuse_cont`` makes ``cont`` fail as it does after a guest crash.
+    """
+
+    def __init__(self, state: str = "running", *, refuse_cont: bool = False) -> None:
+        self.state = state
+        self.refuse_cont = refuse_cont
+        self.negotiated = False
+        self.sent: list[Any] = []
+
+    @staticmethod
+    def _error(klass: str, desc: str) -> dict[str, Any]:
+        return {"error": {"class": klass, "desc": desc}}
+
+    def send(self, message: Any) -> dict[str, Any]:
+        """What QEMU answers to ``message``."""
+        if not isinstance(message, dict):
+            raise VlabError("send one JSON object (a dict)", field="message", value=repr(message)[:80])
+        self.sent.append(message.get("execute"))
+        command = message.get("execute")
+        if not self.negotiated:
+            if command == "qmp_capabilities":
+                self.negotiated = True
+                return {"return": {}}
+            return self._error("CommandNotFound", "Expecting capabilities negotiation with 'qmp_capabilities'")
+        if command == "query-status":
+            return {"return": {"status": self.state, "running": self.state == "running", "singlestep": False}}
+        if command == "stop":
+            self.state = "paused" if self.state == "running" else self.state
+            return {"return": {}}
+        if command == "cont":
+            if self.refuse_cont:
+                return self._error("GenericError", _CONT_REFUSED)
+            self.state = "running"
+            return {"return": {}}
+        if command == "qmp_capabilities":
+            return self._error("CommandNotFound", "Capabilities negotiation is already complete, command ignored")
+        return self._error("CommandNotFound", f"The command {command} has not been found")
+
+
+def _outcome(function: Any, send: Any) -> dict[str, Any]:
+    """What a student's function did: returned a value (JSON-able) or raised (name and message)."""
+    try:
+        value = function(send)
+    except NotImplementedError:
+        raise  # unanswered: the grader says so
+    except Exception as exc:
+        return {"raised": type(exc).__name__, "message": str(exc)[:300]}
+    return {"returned": value if isinstance(value, str | int | float | bool | type(None)) else repr(value)[:200]}
+
+
+def qmp_scenario(handshake: Any, pause: Any, resume: Any, state: str = "running",
+                 refuse_cont: bool = False) -> dict[str, Any]:
+    """Run the student's ``handshake``, ``pause`` and ``resume`` on a :class:`FakeQMP`; what each did, and the
+    fake's state after it. NotImplementedError (an unanswered stub) propagates."""
+    fake = FakeQMP(state, refuse_cont=refuse_cont)
+    report: dict[str, Any] = {}
+    for step, function in (("handshake", handshake), ("pause", pause), ("resume", resume)):
+        report[step] = {**_outcome(function, fake.send), "state": fake.state}
+    report["sent"] = list(fake.sent)
+    return report
+
+
+def observe_qmp_pause(vm: VM, handshake: Any, pause: Any, resume: Any, seconds: float) -> dict[str, Any] | None:
+    """The student's raw QMP functions on the real ``vm``: handshake, pause, wait ``seconds``, resume.
+
+    What vlab saw (its own ``query-status`` after each step, the guest's uptime against the host clock) and
+    what the functions returned. None if they are unanswered. Whatever they do, the VM is running when this
+    returns (vlab resumes it) and the raw connection is closed.
+    """
+    before, host_before = guest_uptime(vm), time.monotonic()
+    result: dict[str, Any] = {"seconds": seconds}
+    try:
+        with vm.raw_qmp() as qmp:
+            result["greeting"] = "QMP" in qmp.greeting
+            for step, function in (("handshake", handshake), ("pause", pause)):
+                result[step] = _outcome(function, qmp.send)
+            result["status_after_pause"] = vm.status()
+            paused_at = time.monotonic()
+            time.sleep(seconds)
+            result["resume"] = _outcome(resume, qmp.send)
+            result["status_after_resume"] = vm.status()
+            result["paused_for"] = time.monotonic() - paused_at
+            result["sent"] = [m.get("execute") for m in qmp.sent]
+    except NotImplementedError as exc:
+        print(f"not answered yet ({exc}): skipped")
+        return None
+    finally:
+        if vm.status() != "running":
+            vm.qmp("cont")  # the student's code left it paused (or failed half-way): the lab goes on
+    after, host_after = guest_uptime(vm), time.monotonic()
+    result.update(host_elapsed=host_after - host_before, guest_elapsed=after - before)
+    return result
+
+
+def describe_qmp_pause(seen: dict[str, Any] | None) -> str:
+    """A few lines on what :func:`observe_qmp_pause` saw."""
+    if seen is None:
+        return "nothing measured yet"
+    def said(outcome: dict[str, Any]) -> str:
+        return f"raised {outcome['raised']}: {outcome['message']}" if "raised" in outcome else \
+            f"returned {outcome['returned']!r}"
+    return "\n".join([
+        f"you sent: {', '.join(str(c) for c in seen.get('sent', []))}",
+        f"qmp_handshake {said(seen['handshake'])}",
+        f"pause_with_qmp {said(seen['pause'])}; vlab's query-status then: {seen['status_after_pause']}",
+        f"resume_with_qmp {said(seen['resume'])}; vlab's query-status then: {seen['status_after_resume']}",
+        f"host clock advanced {seen['host_elapsed']:.2f} s, the guest's uptime {seen['guest_elapsed']:.2f} s: "
+        f"the guest missed {seen['host_elapsed'] - seen['guest_elapsed']:.2f} s",
+    ])
 
 
 def vm_panel(vm: VM) -> Any:
