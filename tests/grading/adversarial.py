@@ -177,6 +177,21 @@ for target in (-1, 1):  # every process it may signal, then the namespace's init
         pass
 os.kill(os.getpid(), signal.SIGKILL)"""
 
+# class 9: the network. The grader's guard against a NIC with outbound access is an environment variable the
+# student can remove; what must hold is that neither the kernel nor a guest reaches a service on the host's
+# loopback ({port}: a listener the test runs there and counts connections on). A boot failure or a console timeout
+# raises, so the attack's expected status (no "errors") says the VM really booted and tried.
+REACHES_HOST = """import os, socket
+os.environ.pop("VLAB_DENY_OUTBOUND", None)
+import vlab
+from vlab.qemu import Nic, VMConfig
+try:
+    socket.create_connection(("127.0.0.1", {port}), timeout=2).close()
+except OSError:
+    pass
+with vlab.VM(VMConfig(name="{marker}", nics=(Nic(outbound=True, ip="10.0.2.15/24"),))) as vm:
+    print(vm.console.run("nc -w 3 10.0.2.2 {port} </dev/null && echo sent || echo unreachable", timeout=60).output)"""
+
 # class 7: output the supervisor must not keep
 PRINTS_A_LOT = """import sys
 for _ in range(6):
@@ -273,15 +288,19 @@ def _index(nb: Notebook, key: str) -> int:
     raise KeyError(key)
 
 
-def build(student_text: str, attack: Attack, canary: str, marker: str) -> str:
-    """The submission's text."""
+def build(student_text: str, attack: Attack, canary: str, marker: str, port: int = 9) -> str:
+    """The submission's text (``port``: the host-loopback listener class 9 tries to reach)."""
     if attack.raw is not None:
         return attack.raw
     nb: Notebook = json.loads(student_text)
 
     def fill(source: str) -> str:
         return (
-            source.replace("{canary!r}", repr(canary)).replace("{marker}", marker).replace("{{", "{").replace("}}", "}")
+            source.replace("{canary!r}", repr(canary))
+            .replace("{marker}", marker)
+            .replace("{port}", str(port))
+            .replace("{{", "{")
+            .replace("}}", "}")
         )
 
     for key, source in attack.answers.items():
@@ -389,7 +408,7 @@ ATTACKS = [
     Attack(
         "lab01-leaves-vm",
         "01",
-        "6",
+        "6+9",  # lab 01's limits let QEMU run (the example lab's 1 GiB address space is too small for TCG)
         "leftovers",  # q5 and q6 are answered: not a blank submission
         3,
         {
@@ -397,7 +416,11 @@ ATTACKS = [
             "solution q6": "# vlab: solution q6\n"
                            "textbook_true = {{TEXTBOOK.letter(2, PARAMS), TEXTBOOK.letter(3, PARAMS)}}",
         },
-        extra=(("solution q6", LAB01_LEAVES_VM), ("solution q6", READS_COURSE.replace("raise RuntimeError", "print"))),
+        extra=(
+            ("solution q6", LAB01_LEAVES_VM),
+            ("solution q6", READS_COURSE.replace("raise RuntimeError", "print")),
+            ("solution q6", REACHES_HOST),
+        ),
         mangle=lambda nb: keep_only_graded_code(nb, keep=("3484d07f",)),  # the imports the locked cells use
     ),
 ]

@@ -11,9 +11,11 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,12 +41,38 @@ SOURCES = {
 USERNS_ATTACKS = ("honest", "plants-modules", "symlinks", "reads-course", "daemons", "kills-everything", "strips-ids")
 
 
+class Listener:
+    """A TCP service on the host's 127.0.0.1 that counts who connects (class 9 must never reach it)."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.server.getsockname()[1])
+        self.connections = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                peer, _ = self.server.accept()
+            except OSError:
+                return  # closed
+            self.connections += 1
+            peer.close()
+
+    def close(self) -> None:
+        self.server.close()
+        self.thread.join(5)
+
+
 class Course:
     """The labs assigned into a private course directory, the canaries, and the graded corpus."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.marker = f"vlab-adv-{uuid.uuid4().hex[:10]}"
+        self.listener = Listener()
+        self.reached_while_grading: int | None = None  # connections to the listener while the corpus was graded
         self.canary = root / "canary"
         self.canary.mkdir(mode=0o700)
         (self.canary / "secret").write_text("root only: the instructor's secret\n")
@@ -71,15 +99,19 @@ class Course:
         return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in self.watched}
 
     def text(self, attack: adv.Attack) -> str:
-        return adv.build(self.students[attack.lab], attack, str(self.canary), self.marker)
+        return adv.build(self.students[attack.lab], attack, str(self.canary), self.marker, self.listener.port)
 
 
 @pytest.fixture(scope="module")
 def course() -> Iterator[Course]:
     root = Path(tempfile.mkdtemp(prefix="vlab-adv-"))
+    course = None
     try:
-        yield Course(root)
+        course = Course(root)
+        yield course
     finally:
+        if course is not None:
+            course.listener.close()
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -101,6 +133,7 @@ def graded(course: Course) -> dict[str, SubmissionResult]:
                 for result in grade_all(make_jobs(submissions, course.bundles[lab]), workers=2, progress=False):
                     results[result.student] = result
         assert list(tmp.iterdir()) == []  # every supervisor removed its directory
+        course.reached_while_grading = course.listener.connections
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return results
@@ -118,7 +151,7 @@ def test_attack_gains_nothing_and_gets_its_exact_status(
 
 def test_the_corpus_covers_every_class_over_three_labs() -> None:
     assert len(adv.ATTACKS) >= 30
-    assert {a.klass for a in adv.ATTACKS} >= {"1", "2", "3", "4", "5", "6", "7", "8"}
+    assert {k for a in adv.ATTACKS for k in a.klass.split("+")} >= {"1", "2", "3", "4", "5", "6", "7", "8", "9"}
     assert {a.lab for a in adv.ATTACKS} == set(SOURCES)
 
 
@@ -141,6 +174,26 @@ def test_no_host_file_changed_or_left_behind(graded: dict[str, SubmissionResult]
     assert not list(course.canary.glob("pwned-*"))
     for place in ("/run/lock", "/run", "/var/tmp", "/dev/shm", "/tmp", "/var/lock"):
         assert not (Path(place) / course.marker).exists(), place
+
+
+def test_neither_the_kernel_nor_a_guest_reaches_a_service_on_the_hosts_loopback(
+    graded: dict[str, SubmissionResult], course: Course
+) -> None:
+    # lab01-leaves-vm boots a guest with an outbound NIC that dials the listener: its status has no "errors",
+    # so the guest booted and tried
+    assert graded["lab01-leaves-vm"].status == "leftovers"
+    assert course.reached_while_grading == 0
+
+
+@pytest.mark.qemu
+def test_the_same_attack_outside_the_grader_does_reach_the_listener(course: Course) -> None:
+    """The control: what class 9 tries works where nothing confines it, so its 0 connections above mean something."""
+    from vlab.qemu import VM, Nic, VMConfig
+
+    before = course.listener.connections
+    with VM(VMConfig(name="adv-control", nics=(Nic(outbound=True, ip="10.0.2.15/24"),))) as vm:
+        vm.console.run(f"nc -w 3 10.0.2.2 {course.listener.port} </dev/null || echo unreachable", timeout=60)
+    assert course.listener.connections > before
 
 
 def test_hidden_material_is_not_in_the_sandbox(graded: dict[str, SubmissionResult]) -> None:
