@@ -73,6 +73,9 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root.mkdir()
     for path in (REPO / "labs").glob("[0-9][0-9]-*.ipynb"):  # all of them for the diagrams; 01, 04, 07 are run
         shutil.copy(path, root)
+    # lab 01 runs solved, as a student who answered it: the pause its panel must show is the student's own raw
+    # QMP (q3), which an untouched copy does not send
+    shutil.copy(REPO / "labs" / "source" / lab("01").name, root)
     nb: Any = nbformat  # nbformat's functions are untyped
     panel = nb.v4.new_notebook(cells=[nb.v4.new_code_cell(code) for code in PANEL_CELLS])
     panel.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -330,7 +333,7 @@ def test_lab01_runs_and_leaves_the_vm_panel_frozen_in_its_final_state(
     assert panel.state() == "stopped"
     assert panel.enabled() == set()
     assert panel.points() >= 4
-    assert "paused" in panel.annotations()  # the lab's own pause (observe_pause) shows on the chart
+    assert "paused" in panel.annotations()  # the student's raw-QMP pause (q3) shows on the chart
     assert size <= MAX_SAVED_BYTES
     assert js_errors == []
 
