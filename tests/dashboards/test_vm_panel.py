@@ -14,11 +14,13 @@ import threading
 import time
 from collections.abc import Iterator
 from enum import StrEnum
+from typing import Any
 
 import pytest
 
 from tests.dashboards.waiting import wait_until
 from vlab.dashboards import ClockedVM, ControllableVM, VMPanel
+from vlab.dashboards.vm_panel import LAG_WINDOW
 from vlab.errors import StateError, VlabError
 from vlab.plots import mimebundle
 
@@ -310,12 +312,35 @@ def test_a_pause_lifts_the_guest_clock_line_by_its_length_and_running_keeps_it_f
         resumed = time.monotonic()
         panel.refresh(force=True)
         assert [state for state, _, _ in panel.stretches()] == ["paused"]
+        time.sleep(LAG_WINDOW)  # the line is the floor of its last LAG_WINDOW seconds: let the step through
+        panel.refresh(force=True)
         behind = panel.guest_lag()[-1][1]
         assert 0.3 <= behind <= resumed - clicked  # the pause, however the panel's samples fell around it
         lag_trace = panel.chart.data[1]
         assert lag_trace.name.startswith("guest clock behind") and lag_trace.yaxis == "y3"
         assert list(lag_trace.y) == [s for _, s in panel.guest_lag()]
         panel.act("stop")
+
+
+def test_a_whole_second_clock_draws_a_flat_line_not_a_sawtooth() -> None:
+    """QEMU's RTC reads in whole seconds: sampled every 0.25 s, the raw difference is a 1 s sawtooth."""
+    panel = VMPanel(ThreadVM(), interval=1.0)
+    for i in range(40):  # 10 s running on time, read four times a second
+        panel.samples.append(_sample(i * 0.25, float(int(i * 0.25))))
+    for i in range(40, 48):  # 2 s paused: the clock stands at 10
+        panel.samples.append(_sample(i * 0.25, 10.0))
+    for i in range(48, 80):  # running again, 2 s behind
+        panel.samples.append(_sample(i * 0.25, float(int(i * 0.25 - 2))))
+    lag = dict(panel.guest_lag())
+    assert all(abs(lag[t]) < 1e-9 for t in lag if t < 10)  # flat at 0, not 0, .25, .5, .75, 0, ...
+    assert all(abs(lag[t] - 2) < 1e-9 for t in lag if t >= 13.5)  # flat at the pause's 2 s
+    panel.close()
+
+
+def _sample(t: float, clock: float) -> Any:
+    from vlab.dashboards.vm_panel import _HostSample
+
+    return _HostSample(t, {0: 0.0}, 1 << 20, clock)
 
 
 def test_without_a_guest_clock_the_line_stays_empty(vm: ThreadVM, panel: VMPanel) -> None:

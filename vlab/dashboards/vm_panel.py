@@ -73,6 +73,8 @@ MAX_DRAWN = 240
 MARKERS_UP_TO = 120
 #: pixels: two rows (host cost, guest clock) on one time axis
 CHART_HEIGHT = 340
+#: seconds over which the guest-clock line takes its floor: the RTC's resolution (1 s) and a sample period more
+LAG_WINDOW = 1.25
 
 
 @dataclass(frozen=True)
@@ -370,13 +372,23 @@ class VMPanel(Panel):
 
     def guest_lag(self) -> list[tuple[float, float]]:
         """``(time, seconds)`` the guest's clock has fallen behind real time since the first sample that had one:
-        flat while the guest runs, rising by the length of each pause (empty unless the VM is a ClockedVM)."""
+        flat while the guest runs, rising by the length of each pause (empty unless the VM is a ClockedVM).
+
+        A guest clock read in whole seconds (QEMU's RTC) makes the raw difference a 1-second sawtooth; each
+        point is the smallest difference of the last :data:`LAG_WINDOW` seconds, the sawtooth's floor, so a
+        running guest draws a flat line and a pause a step (seen up to a window late)."""
         with self._lock:
             clocked = [(s.time, s.guest_clock) for s in self.samples if s.guest_clock is not None]
         if not clocked:
             return []
         t0, g0 = clocked[0]
-        return [(t, (t - t0) - (g - g0)) for t, g in clocked]
+        raw = [(t, (t - t0) - (g - g0)) for t, g in clocked]
+        floor, first = [], 0
+        for i, (t, _) in enumerate(raw):
+            while raw[first][0] < t - LAG_WINDOW:
+                first += 1
+            floor.append((t, min(lag for _, lag in raw[first:i + 1])))
+        return floor
 
     def figure(self) -> go.Figure:
         final = go.Figure(self.chart)
