@@ -201,6 +201,11 @@ while True:  # until the notebook's time is up, however fast this machine moves 
     sys.stdout.write(chunk)
     sys.stdout.flush()  # else the kernel's own buffer outgrows its memory limit first (status "memory")"""
 
+# messages just under the supervisor's 8 MiB cap, as fast as the kernel can send them: ZeroMQ would queue up to
+# 1000 of them (8 GiB) in the supervisor if it read slower than they arrive
+PRINTS_BIG_MESSAGES = """for _ in range(200):
+    display({{"text/plain": "z" * (8 * 2**20 - 4096)}}, raw=True)  # more than its 4 s allow"""
+
 # class 8: exports that fail
 ALWAYS_EQUAL = """class AlwaysEqual:
     def __eq__(self, other):
@@ -391,6 +396,7 @@ ATTACKS = [
     # 7 memory
     Attack("prints-a-lot", "00", "7", "timeout", 8, ALL, extra=(("solution q1", PRINTS_A_LOT),)),
     Attack("memory-hog", "00", "7", "memory", 8, ALL, extra=(("solution q1", ex.MEMORY_HOG),)),
+    Attack("prints-big-messages", "00", "7", "timeout", 8, ALL, extra=(("solution q1", PRINTS_BIG_MESSAGES),)),
     # 8 statuses
     Attack("not-json", "00", "8", "invalid", 0, raw="this is not a notebook {"),
     Attack("number-in-source", "00", "8", "invalid", 0, raw=NUMBER_IN_SOURCE),

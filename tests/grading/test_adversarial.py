@@ -215,6 +215,8 @@ def test_output_does_not_grow_the_supervisor(graded: dict[str, SubmissionResult]
     result = graded["prints-a-lot"]  # 384 MiB displayed, then printing without end: counted or dropped, never kept
     assert result.output_bytes > 0
     assert 0 < result.supervisor_peak_mib < 200
+    big = graded["prints-big-messages"]  # 1.6 GiB in messages just under the 8 MiB cap: never queued up
+    assert big.output_bytes > 0 and 0 < big.supervisor_peak_mib < 200, big.supervisor_peak_mib
 
 
 def test_tampering_names_the_problem(graded: dict[str, SubmissionResult]) -> None:
