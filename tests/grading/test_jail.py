@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from tests.grading.unprivileged import NOBODY, available, unprivileged
+from tests.host.cgroup2 import real_v2_parent, wait_for_event
 from vlab.grading.jail import Cgroup, JailSpec, namespace_members, sweep
 from vlab.grading.mounts import student_readonly
+from vlab.host.cgroups import CgroupSupport
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="uid switching, namespaces and cgroups need root")
 
@@ -213,11 +215,7 @@ def test_sweep_kills_everything_in_the_namespace_and_cgroup(place: Path) -> None
 
 
 def _state(pid: int) -> str:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "gone"
-    return text[text.rfind(")") + 2]
+    return _state_of(f"/proc/{pid}/stat")
 
 
 @root_only
@@ -233,3 +231,126 @@ def test_cgroup_memory_limit_kills_what_the_rlimit_lets_through(place: Path) -> 
     finally:
         sweep(group)
         group.remove()
+
+
+# cgroup v2. This host binds memory, pids and cpu to cgroup v1, so the tests mount a cgroup2 hierarchy of their
+# own (tests/host/cgroup2.py): its core files (cgroup.procs, cgroup.freeze, cgroup.events) work without any
+# controller, so membership, freezing, killing and removal run for real; limits are written on a fake tree.
+V2_PREFIX = f"vlab-test-jail-v2-{os.getpid()}-"
+
+# the same escapes as ESCAPES, reporting their pids: a daemon that double-forked into its own session, a process
+# whose main thread has exited while another thread runs
+V2_ESCAPES = """
+import ctypes, os, threading, time
+middle = os.fork()
+if middle == 0:
+    os.setsid()
+    daemon = os.fork()
+    if daemon == 0:
+        time.sleep(300)
+    print(daemon, flush=True)
+    os._exit(0)
+os.waitpid(middle, 0)
+threaded = os.fork()
+if threaded == 0:
+    threading.Thread(target=time.sleep, args=(300,)).start()
+    ctypes.CDLL(None).syscall(60, 0)  # exit(2) of the main thread only
+print(threaded, flush=True)
+time.sleep(300)
+"""
+
+
+def _v2_support(parent: Path) -> CgroupSupport:
+    """What detect_cgroups reports on a v2 host: every controller in this process's own group."""
+    return CgroupSupport(v2=dict.fromkeys(Cgroup.CONTROLLERS, parent))
+
+
+@pytest.fixture
+def v2_parent(tmp_path: Path) -> Iterator[Path]:
+    with real_v2_parent(tmp_path / "cgroup2", V2_PREFIX) as parent:
+        yield parent
+
+
+def _tasks(pid: int) -> list[str]:
+    """States of the threads of process ``pid`` (empty once it is gone)."""
+    try:
+        return [_state_of(f"/proc/{pid}/task/{tid}/stat") for tid in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
+
+
+def _parent(pid: int) -> int:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return int(text[text.rfind(")") + 2 :].split()[1])
+
+
+def _state_of(stat: str) -> str:
+    try:
+        text = Path(stat).read_text()
+    except OSError:
+        return "gone"
+    return text[text.rfind(")") + 2]
+
+
+def test_sweep_kills_a_real_v2_group_by_membership_alone(place: Path, v2_parent: Path) -> None:
+    """On a real cgroup2 group, with no pid namespace (mode ``none``): the group is the only way to find the
+    escapes, so the sweep must freeze it (``cgroup.freeze``) and kill every member it lists."""
+    group = Cgroup(f"{V2_PREFIX}sweep", Cgroup.CONTROLLERS, _v2_support(v2_parent))
+    path = v2_parent / f"{V2_PREFIX}sweep"
+    assert set(group.dirs.values()) == {(2, path)}
+    spec = _spec(place, cgroup_procs=group.procs_files)
+    proc = subprocess.Popen(spec.command([sys.executable, "-c", V2_ESCAPES]), stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        daemon, threaded = int(proc.stdout.readline()), int(proc.stdout.readline())
+        time.sleep(0.2)
+        escapes = {proc.pid, daemon, threaded}
+        assert group.members() == escapes  # the jail joined the group before the exec; the rest inherited it
+        assert os.getsid(daemon) != os.getsid(proc.pid) and _parent(daemon) not in escapes  # out of the tree
+        assert sorted(_tasks(threaded)) == ["S", "Z"]  # main thread exited, another runs on
+        group.freeze(True)
+        assert wait_for_event(path, "frozen 1")
+        group.freeze(False)
+        assert wait_for_event(path, "frozen 0")
+        killed = sweep(group)
+        assert {p.pid for p in killed} == escapes
+        assert group.members() == set()
+        assert wait_for_event(path, "populated 0")
+        assert all(set(_tasks(pid)) <= {"Z"} for pid in escapes)  # dead (a zombie until its parent reaps it)
+        group.remove()
+        assert not path.exists()
+    finally:
+        proc.kill()
+        proc.wait()
+        sweep(group)
+        group.remove()
+
+
+def test_create_on_a_real_v2_group_without_controllers_gives_none_and_leaves_nothing(v2_parent: Path) -> None:
+    """Real cgroup2 without the controllers (bound to v1 here): no ``memory.max`` to write, so no group."""
+    assert "memory" not in (v2_parent / "cgroup.controllers").read_text().split()
+    group = Cgroup.create(
+        f"{V2_PREFIX}create", memory_mb=64, processes=16, cpu_percent=50, support=_v2_support(v2_parent)
+    )
+    assert group is None
+    assert not (v2_parent / f"{V2_PREFIX}create").exists()
+
+
+def test_create_writes_v2_limits_and_adds_no_v1_freezer_on_a_fake_tree(tmp_path: Path) -> None:
+    """On a *fake* v2 tree: the controller files (``memory.max``, ``pids.max``, ``cpu.max``) exist only where the
+    controllers are enabled on cgroup v2, and this host's kernel has them bound to v1. A v2 group freezes
+    through its own ``cgroup.freeze``, so no group is made in the host's v1 freezer hierarchy."""
+    parent = tmp_path / "fake-cgroup2"
+    parent.mkdir()
+    (parent / "cgroup.subtree_control").write_text("")
+    group = Cgroup.create("vlab-test-fake", memory_mb=64, processes=16, cpu_percent=50, support=_v2_support(parent))
+    assert group is not None
+    path = parent / "vlab-test-fake"
+    assert group.dirs == dict.fromkeys(Cgroup.CONTROLLERS, (2, path))  # no "freezer"
+    assert (path / "memory.max").read_text() == str(64 << 20)
+    assert (path / "pids.max").read_text() == "16"
+    assert (path / "cpu.max").read_text() == "50000 100000"
+    group.freeze(True)
+    assert (path / "cgroup.freeze").read_text() == "1"
+    group.freeze(False)
+    assert (path / "cgroup.freeze").read_text() == "0"

@@ -42,6 +42,7 @@ from typing import Any
 
 from vlab.grading.mounts import build_root, libc_call
 from vlab.host.cgroups import Cgroup as HostCgroup
+from vlab.host.cgroups import CgroupSupport
 
 __all__ = [
     "MODES",
@@ -253,8 +254,11 @@ class Cgroup(HostCgroup):
     CONTROLLERS = ("memory", "pids", "cpu")
 
     @classmethod
-    def create(cls, name: str, *, memory_mb: int, processes: int, cpu_percent: int) -> Cgroup | None:
-        group = cls.best_effort(name, cls.CONTROLLERS)
+    def create(
+        cls, name: str, *, memory_mb: int, processes: int, cpu_percent: int, support: CgroupSupport | None = None
+    ) -> Cgroup | None:
+        """The group with its limits set, under the hierarchies ``support`` names (default: this host's)."""
+        group = cls.best_effort(name, cls.CONTROLLERS, support)
         if group is None:
             return None
         try:
@@ -278,7 +282,9 @@ class Cgroup(HostCgroup):
         return base / own.lstrip("/") / self.name
 
     def _add_freezer(self) -> None:
-        """A v1 freezer group beside the others (v2 groups freeze through ``cgroup.freeze`` themselves)."""
+        """A v1 freezer group beside v1 ones; a v2 group freezes every member through its own ``cgroup.freeze``."""
+        if any(version == 2 for version, _ in self.dirs.values()):
+            return
         path = self._freezer_v1()
         if path is not None and "freezer" not in self.dirs:
             with contextlib.suppress(OSError):

@@ -146,10 +146,12 @@ class Cgroup:
             self.dirs[controller] = (version, path)
 
     @classmethod
-    def best_effort(cls, name: str, controllers: tuple[str, ...] = CONTROLLERS) -> Self | None:
-        """The group with whichever of ``controllers`` the host offers; None if it offers none or refuses."""
+    def best_effort(
+        cls, name: str, controllers: tuple[str, ...] = CONTROLLERS, support: CgroupSupport | None = None
+    ) -> Self | None:
+        """The group with whichever of ``controllers`` the host (or ``support``) offers; None if none or refused."""
         try:
-            group = cls(name, controllers, required=False)
+            group = cls(name, controllers, support, required=False)
         except OSError:
             return None
         return group if group.dirs else None
