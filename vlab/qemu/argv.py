@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from vlab.errors import VlabError
-from vlab.qemu.config import QEMU_BINARY, LaunchIO, Nic, VMConfig, parse_size_mib
+from vlab.qemu.config import BASE_FLAGS, QEMU_BINARY, LaunchIO, Nic, VMConfig, parse_size_mib
 from vlab.qemu.fields import check_text, shown
 
 __all__ = ["ParsedArgv", "RawQMP", "parse_argv", "ALLOWED_OPTIONS"]
@@ -93,8 +93,7 @@ class ParsedArgv:
             elif option == "-m":
                 value = str(config.mem)
             argv += [option] if value is None else [option, value]
-        # as VMConfig.qemu_argv: the RTC follows the VM's clock, so it stands still while the VM is paused
-        argv += ["-nodefaults", "-no-user-config", "-no-reboot", "-display", "none", "-rtc", "base=utc,clock=vm"]
+        argv += list(BASE_FLAGS)
         argv += VMConfig.io_args(io)
         for device, spec in config.device_options(io):
             argv += [device, json.dumps(spec, separators=(",", ":"))]

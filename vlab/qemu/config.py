@@ -42,6 +42,7 @@ from vlab.qemu.fields import (
 __all__ = [
     "READY_MARKER",
     "QEMU_BINARY",
+    "BASE_FLAGS",
     "Disk",
     "Nic",
     "VMConfig",
@@ -73,6 +74,10 @@ _MAX_CONF_BYTES = 64 * 1024
 _DENY_MODE_EXTRA = {"-qmp": r"unix:/[A-Za-z0-9/_.-]+,server=on,wait=off", "-device": r"virtio-rng-pci",
                     "-rtc": r"[a-z=,]+"}
 _IMAGES_FIX = "build the guest images with: vlab images build"
+#: What every VM vlab launches gets (VMConfig.qemu_argv, and VM.from_argv for a student's command line): no
+#: default devices or config files, no reboot, no screen; the RTC follows the VM's own clock, so it stands still
+#: while the VM is paused (VM.guest_clock() reads it; the panel shows a pause as the guest falling behind).
+BASE_FLAGS = ("-nodefaults", "-no-user-config", "-no-reboot", "-display", "none", "-rtc", "base=utc,clock=vm")
 
 
 def parse_size_mib(value: str | int, *, field_name: str = "mem") -> int:
@@ -583,10 +588,7 @@ class VMConfig:
         argv += ["-m", str(self.mem), "-smp", str(self.vcpus)]
         backend = io.memory_backend if io is not None and io.memory_backend is not None else self.memory_backend()
         argv += _json_option("-object", dict(backend))
-        argv += ["-nodefaults", "-no-user-config", "-no-reboot", "-display", "none"]
-        # The RTC follows the VM's own clock, so it stands still while the VM is paused: VM.guest_clock() reads
-        # it, and the panel shows a pause as the guest falling behind real time.
-        argv += ["-rtc", "base=utc,clock=vm"]
+        argv += list(BASE_FLAGS)
         argv += ["-kernel", str(self.kernel), "-initrd", str(self.initrd), "-append", self.kernel_cmdline()]
         argv += self.io_args(io)
         for option, value in self.device_options(io):
