@@ -1,6 +1,6 @@
 """Fast start: a VM restored from a snapshot template vs today's full boot, measured in one run.
 
-Run: ``.venv/bin/python bench/bench_fast_start.py [--rounds N] [--idle N]``
+Run: ``.venv/bin/python bench/bench_fast_start.py [--rounds N] [--idle N] [--grader]``
 
 * **start → first console command**: ``VM(config).start()`` then ``vm.console.run("true")``, from before the
   ``VM`` is made until the command's answer is back. Cold boots (``start(cold=True)``, what every start was
@@ -15,15 +15,28 @@ Run: ``.venv/bin/python bench/bench_fast_start.py [--rounds N] [--idle N]``
 
 Templates are built (once) before anything is timed. Targets (issue 19, printed, never asserted): default
 start ≤ 0.15× of the full boot, goal ≈ 0.05× with the shared-RAM form.
+
+``--grader`` (root): the same interleaved comparison *inside the grader's jail*, where a graded notebook's VMs
+run: a throw-away uid in new namespaces and the allow-list root (root's template cache bound read-only), in a
+cgroup with lab 01's limits. There a cold boot is what every VM did before root's templates were trusted; the
+copy form restores from root's stream, and the shared form from a private copy of root's RAM file (the copy's
+own time is reported too).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
+from vlab.paths import images_dir
 from vlab.qemu import VM, VMConfig, template
 
 TARGET_DEFAULT = 0.15
@@ -68,10 +81,84 @@ def idle_memory(config: VMConfig, count: int, cold: bool) -> tuple[int, int]:
             vm.kill()
 
 
+_IN_JAIL = """
+import json, sys, tempfile, time
+from pathlib import Path
+from vlab.qemu import VM, VMConfig, template
+configs = {"copy": VMConfig(accel="tcg"), "shared": VMConfig(accel="tcg", balloon=False)}
+times = {f"{form} {how}": [] for form in configs for how in ("cold", "default")}
+modes, copies = set(), []
+for _ in range(int(sys.argv[1])):
+    for form, config in configs.items():
+        for how, cold in (("cold", True), ("default", False)):
+            started = time.perf_counter()
+            vm = VM(config)
+            vm.start(cold=cold)
+            try:
+                vm.console.run("true")
+                times[f"{form} {how}"].append(time.perf_counter() - started)
+                modes.add(f"{form} {how}: {vm.start_mode} {vm.start_note}".strip())
+            finally:
+                vm.kill()
+    found = template.find(configs["shared"], "tcg")
+    with tempfile.TemporaryDirectory() as work:
+        started = time.perf_counter()
+        template.private_ram(found, Path(work))
+        copies.append(time.perf_counter() - started)
+print(json.dumps({"times": times, "modes": sorted(modes), "copy": copies}))
+"""
+
+
+def in_grader_jail(rounds: int) -> dict[str, Any]:
+    """Run :data:`_IN_JAIL` as a graded notebook's code runs: the grader's jail, throw-away uid, lab 01's cgroup."""
+    from vlab.grading.jail import Cgroup, JailSpec, sweep
+    from vlab.grading.mounts import student_readonly
+    from vlab.grading.sandbox import _make_private_dirs, _throwaway_uid
+
+    uid = _throwaway_uid()
+    base, work_fd, conn_fd = _make_private_dirs(uid)
+    cgroup = Cgroup.create(f"vlab-bench-{os.getpid()}", memory_mb=3072, processes=256, cpu_percent=100)
+    try:
+        spec = JailSpec(mode="root", uid=uid, address_space_mb=16384, cpu_seconds=3600, file_mb=4096,
+                        processes=256, cgroup_procs=cgroup.procs_files if cgroup else (), workdir=str(base / "work"),
+                        readonly=student_readonly(), stage=str(base / "root"))
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(base / "work"), "TMPDIR": "/tmp",
+               "VLAB_IMAGES": str(images_dir()), template.TEMPLATES_ENV: str(template.templates_dir())}
+        done = subprocess.run(spec.command([sys.executable, "-c", _IN_JAIL, str(rounds)]), capture_output=True,
+                              text=True, env=env, cwd="/", timeout=3600)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr[-3000:])
+        result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+        return result
+    finally:
+        sweep(cgroup)
+        if cgroup is not None:
+            cgroup.remove()
+        os.close(work_fd)
+        os.close(conn_fd)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def grader(rounds: int) -> None:
+    if os.geteuid() != 0:
+        raise SystemExit("--grader needs root (the throw-away uid, namespaces and cgroup of the grader)")
+    print(f"inside the grader's jail (throw-away uid, lab 01's cgroup), start -> first console command, "
+          f"{rounds} interleaved rounds (medians)")
+    seen = in_grader_jail(rounds)
+    for line in seen["modes"]:
+        print(f"  seen: {line}")
+    times = seen["times"]
+    for form in ("copy", "shared"):
+        cold, warm = statistics.median(times[f"{form} cold"]), statistics.median(times[f"{form} default"])
+        print(f"  {form} form: cold boot {cold:.3f} s, default start {warm:.3f} s -> {warm / cold:.3f}x")
+    print(f"  of which copying the shared form's RAM file: {statistics.median(seen['copy']):.3f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=8, help="interleaved cold/default pairs per guest (default 8)")
     parser.add_argument("--idle", type=int, default=8, help="VMs in the memory comparison (default 8)")
+    parser.add_argument("--grader", action="store_true", help="measure inside the grader's jail instead (root)")
     args = parser.parse_args()
 
     configs = {"default guest (balloon: copy form)": VMConfig(accel="tcg"),
@@ -80,6 +167,9 @@ def main() -> None:
         found, note = template.ensure(config, "tcg")
         print(f"template {found.key} ({'shared RAM' if found.shared else 'copy'}): {note or 'cached'}; "
               f"state {found.state_path.stat().st_size / 2**20:.1f} MiB")
+    if args.grader:
+        grader(args.rounds)
+        return
 
     print(f"\nstart -> first console command, {args.rounds} interleaved rounds (medians)")
     ratios = {}

@@ -10,6 +10,12 @@ The machine's load average is printed too: the rates are only comparable at simi
     .venv/bin/python bench/bench_grading.py [--submissions 12] [--workers 2]
 
 Target: ≥ 10 submissions per minute per core.
+
+``--vm-lab [SOURCE]`` instead grades the solution of a lab whose notebook starts VMs (default: lab 99 of the
+grader's tests, two VMs; or e.g. labs/source/04-scheduling.ipynb) ``--submissions`` times, alternating with the
+same notebook made to boot every VM cold (``VLAB_COLD_BOOT=1`` set by a cell after the first solution cell: what
+grading did before graded VMs could restore from root's templates), and reports the median time in the
+supervisor of each.
 """
 
 from __future__ import annotations
@@ -59,11 +65,47 @@ def bare_nbclient_wall(paths: list[Path], workers: int) -> float:
     return time.perf_counter() - started
 
 
+def vm_lab(source: Path, rounds: int) -> int:
+    """Grade ``source``'s solution ``rounds`` times restoring its VMs and as many times booting them cold."""
+    from vlab.grading.format import cell_spec
+    from vlab.grading.sandbox import Job, grade_submission
+    from vlab.grading.testing import solution_notebook_text
+
+    assignment = build(source)
+    bundle = Bundle.from_dict(assignment.bundle)
+    texts = {"default (restore)": solution_notebook_text(source)}
+    notebook = json.loads(texts["default (restore)"])
+    first = next(i for i, c in enumerate(notebook["cells"]) if cell_spec(c, i).role == "solution")
+    notebook["cells"].insert(first + 1, {"cell_type": "code", "id": "bench-cold", "metadata": {}, "outputs": [],
+                                         "execution_count": None,
+                                         "source": 'import os\nos.environ["VLAB_COLD_BOOT"] = "1"'})
+    texts["cold (as before)"] = json.dumps(notebook)
+    seconds: dict[str, list[float]] = {label: [] for label in texts}
+    with tempfile.TemporaryDirectory(prefix="vlab-bench-") as tmp:
+        os.chmod(tmp, 0o711)
+        for _ in range(rounds):
+            for label, text in texts.items():
+                path = Path(tmp) / "solution.ipynb"
+                path.write_text(text)
+                result = grade_submission(Job(str(path), "bench-student", bundle))
+                seconds[label].append(result.seconds)
+                print(f"  {label}: {result.seconds:.2f} s, {result.total:g}/{result.max:g} {result.status}",
+                      flush=True)
+    print(json.dumps({"lab": bundle.lab, "rounds": rounds, "load_average_1min": os.getloadavg()[0]}))
+    for label, values in seconds.items():
+        print(f"median time in the supervisor, {label}: {statistics.median(values):.2f} s")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--submissions", type=int, default=12)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--vm-lab", nargs="?", type=Path, const=REPO / "tests/grading/data/source/99-vms.ipynb",
+                        help="time grading a lab that starts VMs: restored vs cold (see the module docstring)")
     args = parser.parse_args()
+    if args.vm_lab is not None:
+        return vm_lab(args.vm_lab, args.submissions)
 
     assignment = build(SOURCE)
     with tempfile.TemporaryDirectory(prefix="vlab-bench-") as tmp:

@@ -6,7 +6,8 @@ it. Nothing else of the host exists inside -- no source notebooks, bundles, grad
 submissions or home directories -- whatever the host's directory modes are:
 
 * read-only: the system (``/usr``, ``/etc`` and the ``/bin``, ``/lib`` links), the Python
-  environment, the vlab package, the guest images and their sources (:func:`student_readonly`);
+  environment, the vlab package, the guest images and their sources, the grader's snapshot templates
+  (:func:`student_readonly`: a VM the notebook starts restores from them, and cannot change them);
 * read-write: the submission's working directory (and the kernel's connection directory);
 * the submission's shared directory (:func:`shared_dir`): the grader's files for the student's code
   (lab 08's root filesystems), owned by the grader, so writable only where a check made a directory so;
@@ -77,6 +78,7 @@ def student_readonly() -> tuple[str, ...]:
     """
     import vlab
     from vlab.paths import images_dir, vm_images_src
+    from vlab.qemu.template import templates_dir
 
     wanted = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}
     wanted.add(str(Path(vlab.__file__).resolve().parent))
@@ -84,6 +86,8 @@ def student_readonly() -> tuple[str, ...]:
         wanted.add(str(vm_images_src().resolve()))
     if images_dir().is_dir():
         wanted.add(str(images_dir().resolve()))
+    if templates_dir().is_dir():  # root's snapshot templates, read-only: graded VMs restore from them
+        wanted.add(str(templates_dir().resolve()))
     wanted.update(p for p in sys.path if p and os.path.isdir(p) and "site-packages" in p)
     return tuple(sorted(os.path.realpath(p) for p in wanted))
 

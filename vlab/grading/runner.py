@@ -24,7 +24,7 @@ from vlab.grading.results import SubmissionResult
 from vlab.grading.sandbox import Job, empty_result, grade_submission, isolation_mode
 from vlab.grading.seeds import valid_student_id
 
-__all__ = ["find_submissions", "grade_all", "load_bundle", "make_jobs"]
+__all__ = ["find_submissions", "grade_all", "load_bundle", "make_jobs", "prepare_templates"]
 
 
 def load_bundle(path: Path | str) -> Bundle:
@@ -135,6 +135,26 @@ def _safe(job: Job) -> SubmissionResult:
         return _failed(job, f"{type(exc).__name__}: {exc}")
 
 
+def prepare_templates() -> str:
+    """Build (or find) the default guest's snapshot template as the grader's user, before any submission runs.
+
+    A graded notebook's VMs restore only from templates of the grader's (root's) cache, bound read-only into its
+    sandbox, and never build one (:mod:`vlab.qemu.template`): building here, first, makes the default guest restore
+    from the first submission on. Other hardware restores once its template was built the same way
+    (``template.ensure(config, accel)`` as the grader's user), and boots cold until then.
+
+    :returns: what was done, or why there is no template (grading goes on: VMs then boot cold).
+    """
+    from vlab.qemu import VM, template
+
+    try:
+        vm = VM()  # the default guest, with the accelerator a graded VM would get
+        found, note = template.ensure(vm.config, vm.accel.kind)
+    except VlabError as exc:  # no guest images, no QEMU, a cache we cannot write: nothing to restore from
+        return f"no snapshot template ({exc.problem}): graded VMs boot cold"
+    return f"snapshot template {found.key}: {note or 'up to date'}"
+
+
 def grade_all(
     jobs: Sequence[Job],
     *,
@@ -161,6 +181,10 @@ def grade_all(
         if on_result is not None:
             on_result(result)
 
+    if jobs and dask is None:  # a Dask worker's host has its own cache, which its owner prepares
+        prepared = prepare_templates()
+        if progress:
+            bar.write(prepared)
     try:
         if dask is not None:
             _run_dask(jobs, dask, done)

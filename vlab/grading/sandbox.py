@@ -75,6 +75,7 @@ from vlab.grading.jail import (
 from vlab.grading.mounts import share_with_students, student_readonly
 from vlab.grading.results import CellError, Leftover, QuestionScore, SubmissionResult
 from vlab.paths import images_dir
+from vlab.qemu.template import TEMPLATES_ENV, templates_dir
 
 __all__ = ["MAX_MESSAGE_BYTES", "Job", "empty_result", "grade_submission", "isolation_mode"]
 
@@ -415,6 +416,8 @@ def _student_env(work: Path, job: Job, mode: str) -> dict[str, str]:
         "VLAB_COURSE": job.bundle.course,
         "VLAB_DENY_OUTBOUND": "1",
         "VLAB_IMAGES": str(images_dir()),  # the grader's cache (read-only inside), not one under the fresh HOME
+        # the grader's snapshot templates (read-only inside, see vlab.qemu.template): VMs restore, never build
+        TEMPLATES_ENV: str(templates_dir()),
     }
 
 
@@ -616,6 +619,7 @@ def _supervisor_env() -> dict[str, str]:
         "LANG": "C.UTF-8",
         "HOME": "/nonexistent",
         "VLAB_IMAGES": str(images_dir().resolve()),
+        TEMPLATES_ENV: str(templates_dir().resolve()),
         "TMPDIR": tempfile.gettempdir(),
     }
 

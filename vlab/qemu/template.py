@@ -16,9 +16,15 @@ restore to be correct (:func:`key_fields`); a different QEMU, BIOS or kernel is 
 Building is crash-safe: a template is assembled in ``.build-<key>-<pid>-*`` and renamed into place in one
 step, so ``kill -9`` at any moment leaves no half-written template (the build directory of a dead builder
 is removed by the next build), and a per-key ``flock`` makes two processes that need the same template
-build it once. Before a restore, :func:`find` checks the directory is ours and not writable by others,
-refuses symlinks, compares every recorded field, and re-hashes a file whose identity changed since it was
-written (a file rewritten in place has a new ctime, which no user can set back).
+build it once. Before a restore, :func:`find` checks the directory is ours or root's (:func:`trusted_owners`)
+and not writable by others, refuses symlinks, compares every recorded field, and re-hashes a file whose identity
+changed since it was written (a file rewritten in place has a new ctime, which no user can set back).
+
+Another user's templates (a graded notebook's throw-away uid using root's, bound read-only into its sandbox by
+:mod:`vlab.grading.mounts`) are used but never built, rebuilt or removed: only the cache's owner does that. Such a
+user's QEMU reads the copy form's stream from a descriptor vlab opened read-only; the shared form's RAM file, which
+QEMU 7.2 opens read-write even to map it privately, is first copied into the VM's own directory
+(:func:`private_ram`), so nothing that user's QEMU may write is the template.
 
 The shared form is used only for VMs without a balloon: QEMU 7.2 discards ballooned pages of a file-backed
 RAM block by punching holes into the file itself, which for a template would zero pages under every VM.
@@ -65,8 +71,10 @@ __all__ = [
     "find",
     "key_fields",
     "load",
+    "private_ram",
     "restore_slots",
     "templates_dir",
+    "trusted_owners",
 ]
 
 log = logging.getLogger(__name__)
@@ -120,13 +128,19 @@ class Template:
         """PCI slots of the template's own devices (the balloon)."""
         return {str(k): int(v) for k, v in dict(self.meta.get("slots", {})).items()}
 
-    def memory_backend(self) -> dict[str, Any]:
-        """The ``-object`` a restored VM gets: the RAM file mapped privately (shared form) or plain RAM."""
+    def memory_backend(self, workdir: Path | None = None) -> dict[str, Any]:
+        """The ``-object`` a restored VM gets: plain RAM (copy form) or a RAM file mapped privately (shared form).
+
+        QEMU 7.2 opens a RAM file read-write even to map it privately, so a process that may not write the
+        template's file (a graded notebook's throw-away uid, any user of root's templates) gets a private copy of
+        it in ``workdir`` (the VM's own directory, removed with it): see :func:`private_ram`.
+        """
         size = int(self.meta["fields"]["mem"]) * 1024 * 1024
         if self.ram_path is None:
             return {"qom-type": "memory-backend-ram", "id": RAM_BACKEND_ID, "size": size}
+        ram = self.ram_path if os.access(self.ram_path, os.W_OK) else private_ram(self, workdir)
         return {"qom-type": "memory-backend-file", "id": RAM_BACKEND_ID, "size": size,
-                "mem-path": str(self.ram_path), "share": False}
+                "mem-path": str(ram), "share": False}
 
 
 # -- where, and for which VMs ---------------------------------------------------------------------------
@@ -260,11 +274,21 @@ def _check_owned(path: Path, what: str, *, directory: bool) -> os.stat_result:
         raise TemplateError(f"the template's {what} is a symlink or not a "
                             f"{'directory' if directory else 'regular file'}", field="template", value=str(path),
                             fix=f"remove it: rm -r {path}")
-    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
-        raise TemplateError(f"the template's {what} is not yours alone (uid {info.st_uid}, mode "
+    if info.st_uid not in trusted_owners() or info.st_mode & 0o022:
+        raise TemplateError(f"the template's {what} is not yours or root's alone (uid {info.st_uid}, mode "
                             f"{stat.S_IMODE(info.st_mode):04o}): another user could have written it",
                             field="template", value=str(path), fix=f"remove it: rm -r {path}")
     return info
+
+
+def trusted_owners() -> frozenset[int]:
+    """Who may have written a template this process uses: itself, and root.
+
+    Root's templates are trusted by everyone (root could change anything of ours anyway): that is how a graded
+    notebook, run as a throw-away uid, restores from the templates the instructor built. Anyone else's are
+    refused: root never uses a template a student uid wrote, nor one student uid another's.
+    """
+    return frozenset({os.geteuid(), 0})
 
 
 def _identity(info: os.stat_result) -> list[int]:
@@ -397,6 +421,13 @@ def _ensure(config: VMConfig, accel: str, timeout: float) -> tuple[Template, str
         note = f"{exc.problem}; rebuilt it"
     root = _root(create=True)
     key = _key(key_fields(config, accel))
+    owner = root.lstat().st_uid
+    if owner != os.geteuid():  # root's cache, used by another user (a graded notebook): only root builds there
+        raise TemplateError(f"no usable template for this hardware in uid {owner}'s cache"
+                            f"{' (' + note.removesuffix('; rebuilt it') + ')' if note else ''}: only its owner "
+                            f"builds templates there", field="template", value=str(root / key),
+                            fix="build it beforehand as that user (e.g. `vlab images template` for the default "
+                                "guest, or template.ensure(config, accel)); VMs boot cold meanwhile")
     with _locked(root, key):
         try:
             found = find(config, accel)  # another process may have built it while we waited
@@ -561,6 +592,46 @@ def _save(vm: VM, path: Path, *, shared: bool, limit: int, timeout: float) -> No
 
 
 # -- restoring ------------------------------------------------------------------------------------------
+
+
+def private_ram(found: Template, workdir: Path | None) -> Path:
+    """A copy of the shared-form template's RAM file in ``workdir``, owned by this process's user (0600).
+
+    QEMU maps it privately like the template's own file; the guest's writes reach neither. The copy is read
+    through a descriptor opened without following links and must have the size :func:`find` verified.
+
+    :raises TemplateError: without a workdir, or if the copy cannot be made (a full ``/tmp``): boot cold.
+    """
+    assert found.ram_path is not None
+    if workdir is None:
+        raise TemplateError("the template's RAM file is not writable here and there is no directory to copy it to",
+                            field="template", value=str(found.ram_path), fix="boot cold: vm.start(cold=True)")
+    size = int(found.meta["files"][_RAM]["size"])
+    target = workdir / _RAM
+    try:
+        source = os.open(found.ram_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                copied = 0
+                while copied < size:
+                    sent = os.sendfile(out, source, copied, size - copied)
+                    if sent == 0:
+                        break
+                    copied += sent
+            finally:
+                os.close(out)
+        finally:
+            os.close(source)
+    except OSError as exc:
+        target.unlink(missing_ok=True)
+        raise TemplateError(f"the template's RAM file could not be copied ({exc.strerror or exc})",
+                            field="template", value=str(target), fix="free space there, or boot cold") from None
+    if copied != size:
+        target.unlink(missing_ok=True)
+        raise TemplateError(f"the template's RAM file gave {copied} bytes, not {size}", field="template",
+                            value=str(found.ram_path), fix="it is rebuilt by its owner; boot cold meanwhile")
+    return target
 
 
 def load(execute: Callable[[str, Mapping[str, Any]], Any], found: Template, state_fd: int, timeout: float) -> None:

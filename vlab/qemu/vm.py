@@ -465,7 +465,7 @@ class VM:
             extra["raw_qmp_path"] = workdir / "qmp-raw.sock"
         if restore is not None:
             self._pci_slots = template.restore_slots(self.config, restore[0])
-            extra.update(memory_backend=restore[0].memory_backend(), paused=True)
+            extra.update(memory_backend=restore[0].memory_backend(workdir), paused=True)
             incoming = "defer"  # capabilities first, then migrate-incoming from the state file's fd
         return LaunchIO(keep[first], keep[first + 1], disk_paths, secret_files, nic_fds, incoming,
                         qmp_sync_fd=keep[first + 2], macs=tuple(self._macs), pci_slots=dict(self._pci_slots),
