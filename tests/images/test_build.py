@@ -78,3 +78,19 @@ def test_changed_recipe_changes_the_inputs_key(images: Path, monkeypatch: pytest
     (recipe / "linux" / "init").write_text("#!/bin/sh\n")
     monkeypatch.setattr(build_module, "vm_images_src", lambda: recipe)
     assert build_module.inputs_key("linux-image-x=1") != before
+
+
+def test_initramfs_holds_cryptsetup_with_its_libraries_and_dm_crypt_modules_for_later(images: Path) -> None:
+    manifest = Manifest.load(images)
+    assert manifest is not None
+    if "/sbin/cryptsetup" not in manifest.details.get("host_programs", {}):
+        pytest.skip("built before cryptsetup was in the image: run `vlab images build`")
+    listing = subprocess.run(["cpio", "-t", "--quiet"], input=gzip.decompress((images / INITRD_NAME).read_bytes()),
+                             capture_output=True, check=True).stdout.decode().split()
+    copied = manifest.details["host_programs"]["/sbin/cryptsetup"]
+    assert copied[0] == "/lib64/ld-linux-x86-64.so.2" and "/lib/x86_64-linux-gnu/libcrypto.so.3" in copied
+    assert {"sbin/cryptsetup", "bin/cryptsetup", "etc/vlab/modules.dm-crypt"} | {p[1:] for p in copied} <= set(listing)
+    on_demand = manifest.details["on_demand_modules"]["dm-crypt"]
+    assert on_demand.index("dm_mod") < on_demand.index("dm_crypt") and {"ecb", "xts"} <= set(on_demand)
+    assert not set(on_demand) & set(manifest.details["kernel_modules"])  # not loaded at boot
+    assert "cryptsetup-bin" in manifest.sources and "libssl3" in manifest.sources

@@ -16,7 +16,9 @@ import base64
 import logging
 import os
 import pwd
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -142,6 +144,48 @@ def test_any_bytes_unlock_their_image_and_no_near_miss_does(
         WRONG,
     ]
     assert [passphrase_opens(image, other) for other in near_misses] == [False] * len(near_misses)
+
+
+#: the host's cryptsetup (cryptsetup-bin, in binder/apt.txt); /sbin is not on every user's PATH
+CRYPTSETUP = shutil.which("cryptsetup") or next(
+    (path for path in ("/usr/sbin/cryptsetup", "/sbin/cryptsetup") if os.access(path, os.X_OK)), None)
+#: qcow2 header extension "full disk encryption header pointer": where the LUKS header lies in the file
+QCOW2_CRYPTO_HEADER = 0x0537BE77
+
+
+def _luks_header(qcow2: Path) -> bytes:
+    """The LUKS header (with its keyslots) that QEMU keeps inside an encrypted qcow2, as bytes cryptsetup reads."""
+    data = qcow2.read_bytes()
+    assert data[:4] == b"QFI\xfb"
+    version = struct.unpack_from(">I", data, 4)[0]
+    position = struct.unpack_from(">I", data, 100)[0] if version >= 3 else 72  # header extensions follow
+    while True:
+        kind, length = struct.unpack_from(">II", data, position)
+        assert kind != 0, "no encryption header extension: not a LUKS qcow2"
+        if kind == QCOW2_CRYPTO_HEADER:
+            offset, size = struct.unpack_from(">QQ", data, position + 8)
+            return data[offset:offset + size]
+        position += 8 + (length + 7) // 8 * 8
+
+
+def test_the_hosts_cryptsetup_opens_a_bytes_passphrase_image_with_the_documented_bytes_only(
+        nasty_image: tuple[Path, Any], tmp_path: Path) -> None:
+    """Issue 12: ``luks_passphrase(secret)`` is the passphrase another LUKS tool needs, byte for byte."""
+    if CRYPTSETUP is None:
+        pytest.skip("cryptsetup is not installed on the host: apt-get install cryptsetup-bin (binder/apt.txt)")
+    header = tmp_path / "luks-header.img"  # QEMU's LUKS1 header; --test-passphrase needs nothing else
+    header.write_bytes(_luks_header(nasty_image[0]))
+
+    def opens(key: bytes) -> bool:
+        # --key-file=-: every byte of stdin is the passphrase (no newline handling), and it is on no command line
+        done = subprocess.run([CRYPTSETUP, "open", "--test-passphrase", "--key-file=-", str(header)], input=key,
+                              capture_output=True, timeout=60, check=False)
+        assert done.returncode in (0, 2), done.stderr  # 2: "No key available with this passphrase."
+        return done.returncode == 0
+
+    assert opens(luks_passphrase(NASTY))
+    near_misses = [NASTY, luks_passphrase(NASTY) + b"\n", base64.b64encode(NASTY), luks_passphrase(WRONG)]
+    assert [opens(key) for key in near_misses] == [False] * len(near_misses)
 
 
 def test_text_qemu_takes_is_the_luks_passphrase_as_it_is() -> None:

@@ -1,15 +1,18 @@
 """``vlab images build``: the guest images, from Debian packages only.
 
 Steps: resolve and download the kernel package, keep the kernel and the needed
-modules, compile the guest programs, stage and pack the busybox initramfs,
-assemble the toy VMM's RISC-V guest programs, and write the manifest. Work
+modules (those loaded at boot, and the groups a guest helper loads on demand),
+compile the guest programs, copy the host programs of ``linux/binaries`` with
+their loader and libraries (:mod:`vlab.images.elfdeps`), stage and pack the
+busybox initramfs, assemble the toy VMM's RISC-V guest programs, and write the
+manifest. Work
 happens in a temporary directory next to the image directory; files are moved
 into place only when all steps succeeded, and the temporary directory is
 always removed.
 
-A build is skipped when the manifest's *inputs key* (package versions and the
-hashes of every recipe file) is unchanged and the files still match their
-checksums.
+A build is skipped when the manifest's *inputs key* (package versions, the
+hashes of every recipe file and of the host programs' files) is unchanged and
+the files still match their checksums.
 """
 
 from __future__ import annotations
@@ -17,16 +20,17 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from vlab.errors import VlabError
-from vlab.images import initramfs, kernel
+from vlab.images import elfdeps, initramfs, kernel
 from vlab.images.manifest import FileEntry, Manifest, sha256_file
 from vlab.paths import images_dir, vm_images_src
 
@@ -75,12 +79,78 @@ def inputs_key(kernel_id: str) -> str:
     for path in _recipe_files():
         digest.update(str(path.relative_to(path.parents[1])).encode())
         digest.update(path.read_bytes())
+    digest.update(_host_programs_identity().encode())
     return digest.hexdigest()
 
 
-def _wanted_modules() -> list[str]:
-    text = (vm_images_src() / "linux" / "modules").read_text()
+def _recipe_lines(name: str) -> list[str]:
+    text = (vm_images_src() / "linux" / name).read_text()
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def _wanted_modules() -> list[str]:
+    return _recipe_lines("modules")
+
+
+def _on_demand_modules() -> dict[str, list[str]]:
+    """``linux/modules-<group>`` files: modules a guest helper loads when first needed, not at every boot."""
+    files = sorted((vm_images_src() / "linux").glob("modules-*"))
+    return {path.name.removeprefix("modules-"): _recipe_lines(path.name) for path in files}
+
+
+def _wanted_binaries() -> list[tuple[PurePosixPath, str]]:
+    """``linux/binaries``: (path of a host program, the Debian package that installs it), one pair a line."""
+    if not (vm_images_src() / "linux" / "binaries").exists():
+        return []
+    wanted = []
+    for line in _recipe_lines("binaries"):
+        words = line.split()
+        if len(words) != 2 or not words[0].startswith("/"):
+            raise VlabError("each line must be an absolute program path and its Debian package",
+                            field="vm-images/linux/binaries", value=line, fix="e.g. /sbin/cryptsetup cryptsetup-bin")
+        wanted.append((PurePosixPath(words[0]), words[1]))
+    return wanted
+
+
+def _host_programs() -> list[elfdeps.Program]:
+    """The programs of ``linux/binaries`` with their loader and libraries, resolved on this host."""
+    programs = []
+    for path, package in _wanted_binaries():
+        if not Path(path).is_file():
+            raise VlabError(f"{path} is not installed", field="vm-images/linux/binaries", value=str(path),
+                            fix=f"sudo apt-get install {package} (binder/apt.txt lists it)")
+        programs.append(elfdeps.needed_objects(Path(path), path))
+    return programs
+
+
+def _host_programs_identity() -> str:
+    """What the inputs key hashes for the host programs: every file's path and content (a Debian update of a
+    library rebuilds the image); a missing program is hashed as missing, and the build then says how to fix it."""
+    digest = hashlib.sha256()
+    try:
+        programs = _host_programs()
+    except VlabError as exc:
+        return f"unresolved: {exc}"
+    for program in programs:
+        for target, source in [(program.target, program.source), *((o.target, o.source) for o in program.objects)]:
+            digest.update(f"{target}\0{sha256_file(source)}\0".encode())
+    return digest.hexdigest()
+
+
+def _package_versions(paths: list[PurePosixPath]) -> dict[str, str]:
+    """Debian package -> version for the packages that installed ``paths`` (dpkg knows a file by the path its
+    package ships, e.g. /lib/x86_64-linux-gnu/libc.so.6 on Debian 12, /usr/lib/... on Ubuntu 24.04)."""
+    candidates = sorted({str(p) for path in paths for p in (path, PurePosixPath("/usr") / path.relative_to("/"))})
+    owners = subprocess.run(["dpkg-query", "-S", *candidates], capture_output=True, text=True, check=False)
+    # "libc6:amd64: /lib/x86_64-linux-gnu/libc.so.6"; diversion lines ("diversion by …") are not owners
+    names = {name.strip().split(":")[0] for line in owners.stdout.splitlines() if not line.startswith("diversion ")
+             for name in line.split(": /", 1)[0].split(",")}
+    packages = sorted(name for name in names if re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", name))
+    if not packages:
+        return {}
+    shown = subprocess.run(["dpkg-query", "-W", "-f=${Package} ${Version}\n", *packages], capture_output=True,
+                           text=True, check=False)
+    return dict(line.split(" ", 1) for line in shown.stdout.splitlines() if " " in line)
 
 
 def _kernel_identity(workdir: Path) -> str:
@@ -127,8 +197,9 @@ def _build_into(stage: Path, workdir: Path, report: Report) -> Manifest:
     deb, fetched_via = kernel.fetch_package(workdir)
     package = kernel.package_of(deb)
     report(f"extracting the kernel and modules from {package.name} {package.version}")
-    extracted = kernel.extract_kernel(deb, workdir, _wanted_modules())
+    extracted = kernel.extract_kernel(deb, workdir, _wanted_modules(), _on_demand_modules())
     shutil.copyfile(extracted.vmlinuz, stage / KERNEL_NAME)
+    host_programs = _host_programs()
 
     report("compiling the guest programs")
     programs_dir = workdir / "programs"
@@ -140,7 +211,9 @@ def _build_into(stage: Path, workdir: Path, report: Report) -> Manifest:
 
     report("packing the busybox initramfs")
     tree = workdir / "initramfs"
-    initramfs.stage_tree(tree, init=vm_images_src() / "linux" / "init", modules=extracted.modules, programs=programs)
+    initramfs.stage_tree(tree, init=vm_images_src() / "linux" / "init", modules=extracted.modules, programs=programs,
+                         on_demand=extracted.on_demand, host_programs=host_programs,
+                         scripts=sorted((vm_images_src() / "linux" / "scripts").glob("*")))
     initramfs.pack(tree, stage / INITRD_NAME)
 
     report("assembling the toy VMM guest programs")
@@ -152,6 +225,8 @@ def _build_into(stage: Path, workdir: Path, report: Report) -> Manifest:
         "busybox-static": _tool_version(["busybox"]),
         "gcc": _tool_version(["gcc", "--version"]),
     }
+    copied = [path for p in host_programs for path in (p.target, *(o.target for o in p.objects))]
+    sources.update(_package_versions(copied))
     if toy:
         sources["binutils-riscv64-unknown-elf"] = _tool_version(["riscv64-unknown-elf-as", "--version"])
     details = {
@@ -159,6 +234,8 @@ def _build_into(stage: Path, workdir: Path, report: Report) -> Manifest:
         "kernel_fetched_via": fetched_via,
         "kernel_modules": [m.stem for m in extracted.modules],
         "builtin_modules": extracted.builtin,
+        "on_demand_modules": {group: [m.stem for m in mods] for group, mods in extracted.on_demand.items()},
+        "host_programs": {str(p.target): [str(o.target) for o in p.objects] for p in host_programs},
         "guest_programs": [p.name for p in programs],
         "toyvmm_programs": sorted(toy),
     }

@@ -1,9 +1,12 @@
 """Assemble the busybox initramfs: a staging tree packed with ``cpio`` and ``gzip``.
 
 The tree holds the static busybox from Debian's ``busybox-static``, the init
-script from ``vm-images/linux/init``, the kernel modules in load order, the
-ACPI power-button action and the guest programs compiled from
-``vm-images/linux/programs/``. Timestamps are pinned and the file list sorted,
+script from ``vm-images/linux/init``, the kernel modules in load order (those
+loaded at boot, and groups loaded on demand by a helper), the ACPI power-button
+action, the guest programs compiled from ``vm-images/linux/programs/``, the
+helper scripts of ``vm-images/linux/scripts/`` and the host programs of
+``vm-images/linux/binaries`` (e.g. ``/sbin/cryptsetup``) with exactly the
+loader and libraries they need. Timestamps are pinned and the file list sorted,
 so the same inputs give the same bytes.
 """
 
@@ -15,6 +18,7 @@ import subprocess
 from pathlib import Path
 
 from vlab.errors import VlabError
+from vlab.images.elfdeps import Program
 
 __all__ = ["BUSYBOX", "stage_tree", "compile_program", "pack"]
 
@@ -56,8 +60,16 @@ def compile_program(source: Path, out: Path) -> Path:
     return out
 
 
-def stage_tree(root: Path, *, init: Path, modules: list[Path], programs: list[Path]) -> None:
-    """Lay out the initramfs file tree under ``root``."""
+def stage_tree(root: Path, *, init: Path, modules: list[Path], programs: list[Path],
+               on_demand: dict[str, list[Path]] | None = None, host_programs: list[Program] | None = None,
+               scripts: list[Path] | None = None) -> None:
+    """Lay out the initramfs file tree under ``root``.
+
+    :param on_demand: group -> modules in load order, listed in ``/etc/vlab/modules.<group>`` for a guest
+        helper to load when first needed (``/lib/modules`` holds them beside the boot modules).
+    :param host_programs: dynamically linked host programs, copied to their path with their loader and libraries.
+    :param scripts: guest helper scripts, installed in ``/bin`` (first in the guest's PATH).
+    """
     if not BUSYBOX.exists():
         raise VlabError(
             "busybox is missing", field="images", value=str(BUSYBOX), fix="sudo apt-get install busybox-static"
@@ -67,15 +79,26 @@ def stage_tree(root: Path, *, init: Path, modules: list[Path], programs: list[Pa
     shutil.copyfile(BUSYBOX, root / "bin" / "busybox")
     shutil.copyfile(init, root / "init")
     (root / "etc" / "acpi" / "PWRF" / "00000080").write_text(_POWER_ACTION)
-    for module in modules:
-        shutil.copyfile(module, root / "lib" / "modules" / module.name)
-    order = "".join(f"{module.stem}\n" for module in modules)
-    (root / "etc" / "vlab" / "modules").write_text(order)
+    groups = {"": modules, **(on_demand or {})}
+    for group, group_modules in groups.items():
+        for module in group_modules:
+            shutil.copyfile(module, root / "lib" / "modules" / module.name)
+        order = "".join(f"{module.stem}\n" for module in group_modules)
+        (root / "etc" / "vlab" / ("modules" + (f".{group}" if group else ""))).write_text(order)
     for program in programs:
         shutil.copyfile(program, root / "bin" / program.name)
+    for script in scripts or []:
+        shutil.copyfile(script, root / "bin" / script.name)
+    copied: dict[Path, bool] = {}  # guest file -> executable, as its host file is (the loader must be)
+    for host in host_programs or []:
+        for source, target in [(host.source, host.target), *((o.source, o.target) for o in host.objects)]:
+            dest = root / target.relative_to("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, dest)
+            copied[dest] = bool(source.stat().st_mode & 0o111)
     for path in [root, *root.rglob("*")]:
         executable = path.is_dir() or path.parent.name in ("bin", "PWRF") or path.name == "init"
-        os.chmod(path, 0o755 if executable else 0o644)
+        os.chmod(path, 0o755 if copied.get(path, executable) else 0o644)
 
 
 def pack(root: Path, out: Path) -> None:

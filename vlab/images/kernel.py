@@ -27,7 +27,7 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlab.errors import VlabError
@@ -324,17 +324,25 @@ def load_order(wanted: list[str], available: dict[str, Path]) -> list[str]:
 
 @dataclass(frozen=True)
 class ExtractedKernel:
-    """The kernel image and the modules (in load order) taken from the package."""
+    """The kernel image and the modules (in load order) taken from the package.
+
+    ``on_demand`` maps a group name to modules the guest loads only when it needs them (in load order, without
+    those ``modules`` already loads at boot); ``builtin`` lists wanted modules (of either kind) built into the kernel.
+    """
 
     vmlinuz: Path
     modules: list[Path]
     builtin: list[str]
+    on_demand: dict[str, list[Path]] = field(default_factory=dict)
 
 
-def extract_kernel(deb: Path, workdir: Path, wanted_modules: list[str]) -> ExtractedKernel:
+def extract_kernel(deb: Path, workdir: Path, wanted_modules: list[str],
+                   on_demand: dict[str, list[str]] | None = None) -> ExtractedKernel:
     """Unpack ``deb`` and keep the kernel image plus ``wanted_modules`` and their dependencies.
 
     A wanted module that is built into the kernel (listed in ``modules.builtin``) is simply not needed.
+
+    :param on_demand: group name -> modules (same syntax as ``wanted_modules``) the guest loads later.
     """
     root = workdir / "pkg"
     _run(["dpkg-deb", "-x", str(deb), str(root)])
@@ -352,18 +360,28 @@ def extract_kernel(deb: Path, workdir: Path, wanted_modules: list[str]) -> Extra
     builtin_file = trees[0] / "modules.builtin" if trees else None
     builtin_text = builtin_file.read_text() if builtin_file and builtin_file.exists() else ""
     builtin = {Path(line).name.split(".ko")[0].replace("-", "_") for line in builtin_text.split()}
-    # "name?" in the list marks a module the guest can live without (e.g. the ACPI button on a minimal flavour).
-    wanted = [(m.rstrip("?").replace("-", "_"), m.endswith("?")) for m in wanted_modules]
-    missing = [name for name, optional in wanted if name not in available and name not in builtin and not optional]
-    if missing:
-        raise VlabError(
-            f"the kernel package has no module {', '.join(missing)}",
-            field="vm-images/linux/modules",
-            value=deb.name,
-            fix="use a kernel flavour that has them (VLAB_KERNEL_PACKAGE), or mark them optional with a trailing ?",
-        )
     plain = workdir / "modules"
     plain.mkdir(exist_ok=True)
-    present = [name for name, _ in wanted if name in available]
-    ordered = [_decompressed(available[name], plain / f"{name}.ko") for name in load_order(present, available)]
-    return ExtractedKernel(images[0], ordered, sorted(name for name, _ in wanted if name in builtin))
+    groups = {"": wanted_modules, **(on_demand or {})}
+    ordered: dict[str, list[Path]] = {}
+    found_builtin: set[str] = set()
+    for group, names in groups.items():
+        source = "vm-images/linux/modules" + (f"-{group}" if group else "")
+        # "name?" in the list marks a module the guest can live without (e.g. the ACPI button on a minimal flavour).
+        wanted = [(m.rstrip("?").replace("-", "_"), m.endswith("?")) for m in names]
+        missing = [name for name, optional in wanted if name not in available and name not in builtin and not optional]
+        if missing:
+            raise VlabError(
+                f"the kernel package has no module {', '.join(missing)}",
+                field=source,
+                value=deb.name,
+                fix="use a kernel flavour that has them (VLAB_KERNEL_PACKAGE), or mark them optional with a "
+                "trailing ?",
+            )
+        present = [name for name, _ in wanted if name in available]
+        at_boot = {path.stem for path in ordered.get("", [])}
+        ordered[group] = [_decompressed(available[name], plain / f"{name}.ko")
+                          for name in load_order(present, available) if name not in at_boot]
+        found_builtin |= {name for name, _ in wanted if name in builtin}
+    boot = ordered.pop("")
+    return ExtractedKernel(images[0], boot, sorted(found_builtin), ordered)
