@@ -20,10 +20,7 @@ from vlab.toyvmm.exits import Exit
 CASES = rvtests.cases()
 REFERENCE = rvtests.load_reference()
 #: Differences from the real hart that remain, with the reason; strict: a fixed one must leave the list.
-KNOWN_DIFFERENCES = {
-    "rv64si/counters": "Unicorn 2.1.4 executes rdcycle/rdinstret natively in U-mode whatever mcounteren/"
-                       "scounteren say, so they cannot trap (rdtime, which traps, follows scounteren.TM)",
-}
+KNOWN_DIFFERENCES: dict[str, str] = {}
 
 
 def _marks(case: rvtests.Case) -> list[pytest.MarkDecorator]:

@@ -7,8 +7,8 @@ from vlab.toyvmm.nonvirt import is_counter_read
 COUNTER = kernel_program("rdcycle a0\nsrli a0, a0, 20\nj shutdown\n")
 
 
-def test_rdcycle_does_not_trap_and_leaks_the_host_clock() -> None:
-    with Machine() as machine:
+def test_with_the_leak_rdcycle_does_not_trap_and_reads_the_host_clock() -> None:
+    with Machine(leak_host_counters=True) as machine:
         guest = machine.add_guest(COUNTER)
         machine.run(ms=1)
         # no exit happened for rdcycle: the VMM never saw it, the guest read host ticks
@@ -16,10 +16,18 @@ def test_rdcycle_does_not_trap_and_leaks_the_host_clock() -> None:
         assert guest.exit_code is not None and guest.exit_code << 20 > 1000 * machine.now
 
 
+def test_by_default_the_vmm_catches_rdcycle_and_returns_virtual_time() -> None:
+    with Machine() as machine:
+        guest = machine.add_guest(COUNTER)
+        machine.run(ms=1)
+        assert guest.exits["CSR_READ"] == 1
+        assert guest.exit_code == 0  # virtual time (a few instructions) >> 20
+
+
 def test_scan_and_patch_makes_it_trap_and_return_virtual_time() -> None:
     patched, sites = patch_counter_reads(COUNTER)
     assert len(sites) == 1 and is_counter_read(int.from_bytes(COUNTER[sites[0]:sites[0] + 4], "little"))
-    with Machine() as machine:
+    with Machine(leak_host_counters=True) as machine:  # the fix for the leaky VMM
         guest = machine.add_guest(patched)
         machine.run(ms=1)
         assert guest.exits["CSR_READ"] == 1

@@ -11,7 +11,9 @@ against the vCPU's *virtual* CSRs and resumes the guest -- which cannot tell the
 cleanly at ≈ 370 k traps/s. On x86 at CPL3, ``pushf``/``popf`` do not trap (the textbook
 non-virtualizable case, :func:`~vlab.toyvmm.nonvirt.x86_popf_at_cpl3`) and #GP traps need a
 context-restore workaround (unicorn #1883) and run at ≈ 22 k/s. RISC-V in Unicorn still has one
-leak, ``rdcycle`` -- lab 02's case for paravirtualization and scan-and-patch (:mod:`.nonvirt`).
+leak: ``rdcycle``/``rdinstret`` run natively, so the VMM makes them trap itself with code hooks
+(:class:`.engine.CounterTraps`); ``Machine(leak_host_counters=True)`` keeps the leak -- lab 02's
+case for paravirtualization and scan-and-patch (:mod:`.nonvirt`).
 
 **One trap, guest -> handler -> guest, in four hops** (a ``csrw sstatus, a0`` in the guest kernel):
 
@@ -30,23 +32,26 @@ leak, ``rdcycle`` -- lab 02's case for paravirtualization and scan-and-patch (:m
 The handler returns, the hook returns, and Unicorn resumes the guest at its PC: past the ``csrw``,
 or at ``stvec``. A page fault takes the same hops from :meth:`.engine.Engine._on_error` (the
 TLB-fill hook asked :meth:`.mmu.MMU.fill`, which refused); a shadow-paging miss is a
-``SHADOW_FILL`` exit the engine dispatches from its TLB-fill hook before asking the MMU again.
+``SHADOW_FILL`` exit the engine dispatches from its TLB-fill hook before asking the MMU again. A
+counter read (``rdcycle``), which Unicorn would run, takes them from
+:meth:`.engine.Engine._on_counter_read`, the code hook on that instruction, called before it runs.
 
 **Unicorn quirks** (2.1.4), all in :mod:`.engine`: in the interrupt hook the PC is already past
 the trapping instruction and no trap entry happened; ``emu_stop()`` takes effect only at the end
 of a translation block, and ``count`` does not say how far it got, hence the *sink*; returning
 True from a write-protection hook after ``mem_protect`` drops the store (unicorn #2368), so
 copy-on-write uses TLB permissions; hooks added after translation may not fire (unicorn #2200),
-so all are installed at guest creation; ``emu_start``'s ``until`` would stop a guest running code
-there, so runs end by ``count`` alone; ``rdcycle``/``rdinstret`` run natively in U-mode whatever
-``mcounteren`` says (the leak of :mod:`.nonvirt`).
+so all are installed at guest creation -- except the counter-read code hooks, placed when a page is
+first fetched, before its code is translated; ``emu_start``'s ``until`` would stop a guest running
+code there, so runs end by ``count`` alone; ``rdcycle``/``rdinstret`` (and the hpm counters) run
+natively in U-mode whatever ``mcounteren`` says, hence those hooks.
 
 **Model** (checked against QEMU's riscv64 hart by ``tests/toyvmm/rvtests.py``): an rv64imac hart
 in S-mode with Sv39/Sv48, Sstc (``stimecmp``), supervisor software and timer interrupts, a 16550
 UART at 0x10000000 and hypercalls. The MMU sets the A and D bits in the guest's PTEs itself (as
 QEMU does; no Svade), write-protecting a clean page until its first store. ``sstatus.UXL`` = 2,
-``FS`` = 0 (no F/D). Known difference: ``rdcycle``/``rdinstret`` in U-mode do not trap when
-``scounteren`` forbids them (Unicorn executes them natively; ``rdtime`` is checked).
+``FS`` = 0 (no F/D). ``cycle``, ``instret`` and ``time`` read virtual time, ``hpmcounter3..31``
+read 0; S-mode may read them all, U-mode each only while its ``scounteren`` bit is set.
 
 **Modules, and the concept each teaches.**
 

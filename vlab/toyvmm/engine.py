@@ -3,7 +3,7 @@ its events into :class:`~vlab.toyvmm.exits.Exit` objects, fast register access, 
 
 One Unicorn instance per guest (each has its own address space). The host's frame pool is mapped
 into each at :data:`~vlab.toyvmm.memory.POOL_BASE`, reachable only through the TLB-fill hook
-(Unicorn's "virtual TLB" mode), which asks the MMU. Three hooks:
+(Unicorn's "virtual TLB" mode), which asks the MMU. Four kinds of hooks:
 
 * interrupt hook -- ``ecall`` (intno 8) and illegal instructions (intno 2: CSR access, ``wfi``,
   ``sret``, ``sfence.vma`` from U-mode). The PC is already past the instruction and no trap entry
@@ -14,6 +14,9 @@ into each at :data:`~vlab.toyvmm.memory.POOL_BASE`, reachable only through the T
   asks again. Returning ``False`` ends ``emu_start`` with an error; :meth:`Engine.run` then turns
   the pending fault into a ``PAGE_FAULT`` / ``ILLEGAL_ACCESS`` exit (or ``ebreak``'s invalid
   instruction into ``ILLEGAL_INSN``).
+* counter-read code hooks -- one on each ``rdcycle``/``rdinstret`` the guest's code holds, which
+  Unicorn would run natively (:class:`CounterTraps`); called before the instruction, the engine
+  sets the PC past it and makes the exit the interrupt hook would have made.
 
 Quirks handled here: hooks are registered on the C library directly (ctypes), not through the
 binding's wrappers, which add two Python frames and an exception guard per call (a bare hook runs
@@ -29,6 +32,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import struct
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import unicorn
@@ -39,17 +43,17 @@ from unicorn.unicorn_py3 import unicorn as binding
 from vlab.errors import StateError
 from vlab.toyvmm.devices import UART_BASE
 from vlab.toyvmm.exits import Exit, ExitReason
-from vlab.toyvmm.isa import CSR, Insn, decode
+from vlab.toyvmm.isa import CSR, Insn, decode, runs_natively
 from vlab.toyvmm.memory import PAGE, POOL_BASE
 from vlab.toyvmm.mmu import NEEDS_SHADOW_FILL, walk
 from vlab.toyvmm.vcpu import Mode
 
 if TYPE_CHECKING:
-    from vlab.toyvmm.machine import Machine
+    from vlab.toyvmm.machine import Guest, Machine
     from vlab.toyvmm.memory import HostMemory
     from vlab.toyvmm.vcpu import VCPU
 
-__all__ = ["Engine", "Sink", "FastRegs", "ClosedRegs", "classify", "new_cpu", "UcError"]
+__all__ = ["Engine", "Sink", "CounterTraps", "FastRegs", "ClosedRegs", "classify", "new_cpu", "UcError"]
 
 _Uc: Any = unicorn.Uc  # type: ignore[attr-defined]  # the binding's typing is partial
 UcError: type[Exception] = unicorn.UcError  # type: ignore[attr-defined]
@@ -57,6 +61,8 @@ UcError: type[Exception] = unicorn.UcError  # type: ignore[attr-defined]
 MASK64 = (1 << 64) - 1
 _PC, _REG_T0 = rv.UC_RISCV_REG_PC, rv.UC_RISCV_REG_X0 + 5
 _READ_EXEC = uc_const.UC_PROT_READ | uc_const.UC_PROT_EXEC
+_WRITE, _EXEC, _FETCH = uc_const.UC_PROT_WRITE, uc_const.UC_PROT_EXEC, uc_const.UC_MEM_FETCH
+_NEED = {uc_const.UC_MEM_FETCH: _EXEC, uc_const.UC_MEM_WRITE: _WRITE}  # else UC_PROT_READ
 _SYSTEM_REASONS = {"wfi": ExitReason.WFI, "sret": ExitReason.SRET, "sfence": ExitReason.SFENCE}
 # Module-level names for the reasons the hooks use: an enum class attribute lookup per trap adds up.
 _HYPERCALL, _SYSCALL, _ILLEGAL_INSN = ExitReason.HYPERCALL, ExitReason.SYSCALL, ExitReason.ILLEGAL_INSN
@@ -143,6 +149,114 @@ class Sink:
         return False if self.active else None
 
 
+class CounterTraps:
+    """Makes one guest's counter reads trap although Unicorn runs them natively (:func:`~.isa.runs_natively`).
+
+    When the guest fetches code from a page (a TLB fill for execution) the page is scanned and a code
+    hook put on each counter read in it, at every halfword (compressed code may put one at 2 mod 4):
+    Unicorn compiles a hook into the code it translates afterwards, and the hook, called before the
+    instruction, delivers it as the trap it should have been. The TLB is kept W^X: a fill for
+    execution takes write permission away, any other fill execution, and a frame is never writable
+    through one virtual page while executable through another (the TLB is flushed first), so code
+    the guest writes comes back through a fill -- and is scanned -- before it runs. The MMU's answer
+    for a page is kept until the next TLB flush (:attr:`granted`): W^X refills are no TLB misses.
+
+    Hooks stay until :meth:`reset`, which the engine does at the end of a chunk once there are more
+    than :data:`LIMIT` (every execution of a hooked instruction walks the whole list). A chunk never
+    holds more than :data:`HARD_LIMIT` -- room for the two pages of a translation block on top of the
+    limit, so each chunk makes progress: a page that would not fit stops the chunk before it runs
+    (the chunk is charged in full) and the reset makes room.
+    """
+
+    LIMIT = 128
+    HARD_LIMIT = LIMIT + 2 * (PAGE // 2)
+
+    def __init__(self, guest: Guest, callback: Any) -> None:
+        # a proxy, not the guest: guest -> traps -> guest would keep every Unicorn engine (~1 GiB of address
+        # space each) alive until a cyclic GC, and the grader's address-space limit is reached first
+        self._guest, self._uc, self._callback = weakref.proxy(guest), guest.uc, callback
+        self._view = guest.machine.host.view
+        self.sites: dict[int, int] = {}  #: address -> Unicorn hook handle
+        #: virtual page -> (machine address, permissions the MMU granted, permissions the TLB got), until a flush
+        self.granted: dict[int, tuple[int, int, int]] = {}
+        #: machine page -> the virtual page the TLB may write (execute) it through (-1: several), until a flush
+        self._writable: dict[int, int] = {}
+        self._executable: dict[int, int] = {}
+        self.reset_pending = False
+
+    def tlb_flushed(self) -> None:
+        self.granted.clear()
+        self._writable.clear()
+        self._executable.clear()
+
+    def refill(self, va: int, access: int, entry: Any) -> bool:
+        """Give the TLB back a permission W^X took away (no MMU walk): True if ``entry`` is filled."""
+        hit = self.granted.get(va >> 12)
+        need = _NEED.get(access, uc_const.UC_PROT_READ)
+        if hit is None or not hit[1] & need or hit[2] & need:  # a real miss (or an evicted entry): the MMU's
+            return False
+        entry.paddr = hit[0]
+        self.grant(va, access, entry, hit[1])
+        return True
+
+    def grant(self, va: int, access: int, entry: Any, perms: int) -> None:
+        """Hand the TLB ``perms`` (the MMU's) for ``entry`` minus W or X, scanning the page if it is fetched."""
+        page, paddr = va >> 12, entry.paddr
+        mine: dict[int, int] | None
+        if access == _FETCH:
+            given, mine, theirs = perms & ~_WRITE, self._executable, self._writable
+        else:
+            given, mine, theirs = perms & ~_EXEC, self._writable, self._executable
+            if not given & _WRITE:
+                mine = None
+        if mine is not None and paddr >= POOL_BASE:
+            other = theirs.get(paddr)
+            if other is not None and other != page:  # an alias has the other right: it must come back
+                self._guest.flush_tlb()
+            held = mine.get(paddr)
+            mine[paddr] = page if held is None or held == page else -1  # -1: more than one page
+        if given != perms:
+            entry.perms = given
+        self.granted[page] = (paddr, perms, given)
+        if access == _FETCH and paddr >= POOL_BASE:
+            self.scan(va & ~(PAGE - 1), paddr - POOL_BASE)
+
+    def scan(self, page_va: int, offset: int) -> None:
+        """Hook every counter read of the page at ``page_va`` (bytes at pool ``offset``)."""
+        code = bytes(self._view[offset:offset + PAGE])
+        found = []
+        for csr_high in (0xC0, 0xC1):  # the CSR number's top byte: rare in code, found at C speed
+            at = code.find(csr_high, 3)
+            while at >= 0:
+                start = at - 3
+                if not start & 1 and runs_natively(int.from_bytes(code[start:at + 1], "little")):
+                    found.append(page_va + start)
+                at = code.find(csr_high, at + 1)
+        if code[-2] & 0x7F == 0x73 and (code[-1] >> 4) & 7 in (2, 3, 6, 7):  # may run on into the next page
+            found.append(page_va + PAGE - 2)
+        new = [address for address in found if address not in self.sites]
+        if len(self.sites) + len(new) > self.HARD_LIMIT:  # stop before this page runs; the reset makes room
+            self._uc.emu_stop()
+            self.reset_pending = True
+            return
+        for address in new:
+            handle = ctypes.c_size_t()
+            status = binding.uclib.uc_hook_add(self._uc._uch, ctypes.byref(handle), uc_const.UC_HOOK_CODE,
+                                               self._callback, None, address, address)
+            if status:
+                raise UcError(status)
+            self.sites[address] = handle.value
+        self.reset_pending = self.reset_pending or len(self.sites) > self.LIMIT
+
+    def reset(self) -> None:
+        """Drop every hook and all translated code: through :meth:`Engine.reset_counter_traps`."""
+        for handle in self.sites.values():
+            binding.uclib.uc_hook_del(self._uc._uch, ctypes.c_size_t(handle))
+        self.sites.clear()
+        self.reset_pending = False
+        self._uc.ctl_flush_tb()
+
+
 @functools.lru_cache(maxsize=4096)
 def classify(word: int) -> tuple[ExitReason, Insn]:
     """Exit reason of an instruction word that trapped in the guest's (virtual) S-mode, and its
@@ -174,6 +288,26 @@ class Engine:
         self.current: VCPU | None = None
         self._in_trap_hook = False
         self._hook_error: BaseException | None = None
+        self._counter_hook = binding.HOOK_CODE_CFUNC(self._on_counter_read)  # one callback for every site
+        self._resetting = False
+
+    def counter_traps(self, guest: Guest) -> CounterTraps | None:
+        """The counter-read trapping of a new guest's CPU, or None under ``leak_host_counters``."""
+        return None if self.machine.leak_host_counters else CounterTraps(guest, self._counter_hook)
+
+    def reset_counter_traps(self, guest: Guest) -> None:
+        """Drop ``guest``'s counter hooks, its translated code and its TLB (outside ``emu_start``).
+
+        Deleting a hook, Unicorn looks its page up to drop the code translated with it: those TLB
+        fills get the sink's page (no guest frame, no MMU walk), and the TLB is flushed after."""
+        if guest.counter_traps is None:
+            return
+        self._resetting = True
+        try:
+            guest.counter_traps.reset()
+        finally:
+            self._resetting = False
+        guest.flush_tlb()
 
     def install(self, uc: Any) -> tuple[Any, ...]:
         """Register the hooks on the C library; returns the ctypes callbacks, which must live as
@@ -199,6 +333,8 @@ class Engine:
             uc.emu_start(vcpu.regs.read(_PC), 0, count=count)
         except UcError as error:
             failure = error
+        if vcpu.guest.counter_traps is not None and vcpu.guest.counter_traps.reset_pending:
+            self.reset_counter_traps(vcpu.guest)  # too many counter-read sites: start afresh
         if self._hook_error is not None:  # a hook raised (see _failed): it is the real cause
             raised, self._hook_error = self._hook_error, None
             if self.sink.active:
@@ -222,16 +358,27 @@ class Engine:
 
     def fetch(self, vcpu: VCPU, pc: int) -> int:
         """The instruction word at guest-virtual ``pc`` (0 if it cannot be read)."""
+        if pc & (PAGE - 1) == PAGE - 2:  # runs on into the next page, which may be another frame
+            return self._fetch_half(vcpu, pc) | self._fetch_half(vcpu, pc + 2) << 16
+        frame = self._frame(vcpu, pc)
+        if frame is None:
+            return 0
+        word: int = _unpack_word(self.machine.host.view, frame * PAGE + (pc & (PAGE - 1)))[0]
+        return word
+
+    def _fetch_half(self, vcpu: VCPU, pc: int) -> int:
+        frame, offset = self._frame(vcpu, pc), pc & (PAGE - 1)
+        return 0 if frame is None else int.from_bytes(self.machine.host.page(frame)[offset:offset + 2], "little")
+
+    def _frame(self, vcpu: VCPU, pc: int) -> int | None:
         frame = vcpu.guest.fetch_cache.get(pc >> 12)
         if frame is None:
             satp = vcpu.csrs[CSR.SATP]
             gpa = walk(vcpu.guest.memory, satp, pc).gpa if satp >> 60 else pc
             frame = vcpu.guest.memory.frame_of(gpa) if gpa is not None else None
-            if frame is None:
-                return 0
-            vcpu.guest.fetch_cache[pc >> 12] = frame
-        word: int = _unpack_word(self.machine.host.view, frame * PAGE + (pc & (PAGE - 1)))[0]
-        return word
+            if frame is not None:
+                vcpu.guest.fetch_cache[pc >> 12] = frame
+        return frame
 
     # The hooks are called from C through ctypes, which would print and drop an exception: each
     # catches everything and hands it to _failed, which stops the engine so that run() raises it.
@@ -259,6 +406,23 @@ class Engine:
         finally:
             self._in_trap_hook = False
 
+    def _on_counter_read(self, uc: Any, address: int, size: int, _data: Any) -> None:
+        """A code hook of :class:`CounterTraps`, before the instruction: make it the trap it should be."""
+        vcpu = self.current
+        if self.sink.active or vcpu is None:
+            return
+        self._in_trap_hook = True
+        try:
+            word = self.fetch(vcpu, address)
+            if runs_natively(word):  # not some other code written there since
+                vcpu.regs.write(_PC, address + 4)  # where Unicorn leaves a trap; Unicorn resumes at the PC
+                reason, insn = classify(word)
+                self._dispatch(Exit(reason if vcpu.mode else _ILLEGAL_INSN, vcpu, address, insn, word))
+        except BaseException as error:
+            self._failed(error)
+        finally:
+            self._in_trap_hook = False
+
     def _on_mmio_read(self, uc: Any, offset: int, size: int, _data: Any) -> int:
         try:
             exit = Exit(_MMIO_READ, self.current, None, None, 0, offset, size)  # type: ignore[arg-type]
@@ -276,6 +440,9 @@ class Engine:
 
     def _on_tlb_fill(self, uc: Any, va: int, access: int, entry: Any, _data: Any) -> bool:
         try:
+            if self._resetting:  # a lookup of uc_hook_del's (see reset_counter_traps)
+                entry.contents.paddr, entry.contents.perms = Sink.PA, _READ_EXEC
+                return True
             vcpu = self.current
             assert vcpu is not None
             entry = entry.contents
@@ -284,11 +451,16 @@ class Engine:
                 if not own and not self.sink.active:  # beyond any RAM, as for a real hart: a violation
                     vcpu.pending_fault = (va, self.machine.mmu.kind(access), True)
                 return own
+            traps = vcpu.guest.counter_traps
+            if traps is not None and va >> 12 in traps.granted and traps.refill(va, access, entry):
+                return True
             mmu = self.machine.mmu
             filled = mmu.fill(vcpu, va, access, entry)
             if filled is NEEDS_SHADOW_FILL:  # shadow paging's hidden fault: an exit, then again
                 self.machine.dispatch(Exit(ExitReason.SHADOW_FILL, vcpu, vcpu.pc, addr=va, access=mmu.kind(access)))
                 filled = mmu.fill(vcpu, va, access, entry, after_shadow_fill=True)
+            if filled is True and traps is not None:
+                traps.grant(va, access, entry, entry.perms)
             return filled is True
         except BaseException as error:
             self._failed(error)

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from vlab.toyvmm.devices import UART_LSR, UART_LSR_IDLE, UART_THR, handle_hypercall
 from vlab.toyvmm.exits import Exit, ExitHandler, ExitReason, refuse_withheld
-from vlab.toyvmm.isa import CSR
+from vlab.toyvmm.isa import CSR, HPMCOUNTER3, HPMCOUNTER31
 from vlab.toyvmm.mmu import walk
 from vlab.toyvmm.vcpu import Cause, VCPUState
 
-__all__ = ["DEFAULT_HANDLERS", "csr_access", "wfi", "sret", "sfence", "syscall", "mmio_read",
+__all__ = ["DEFAULT_HANDLERS", "counter", "csr_access", "wfi", "sret", "sfence", "syscall", "mmio_read",
            "mmio_write", "page_fault", "shadow_fill", "illegal_access", "illegal_insn", "timer"]
 
 _SUPERVISOR_CSRS = frozenset({CSR.SSTATUS, CSR.SIE, CSR.STVEC, CSR.SCOUNTEREN, CSR.SENVCFG, CSR.SSCRATCH,
                               CSR.SEPC, CSR.SCAUSE, CSR.STVAL, CSR.STIMECMP, CSR.SATP})  # sip: computed
-_COUNTERS = frozenset({CSR.CYCLE, CSR.TIME, CSR.INSTRET, CSR.PATCHED_COUNTER})
+_TIME_COUNTERS = frozenset({CSR.CYCLE, CSR.TIME, CSR.INSTRET, CSR.PATCHED_COUNTER})
 _SIP, _SATP = CSR.SIP, CSR.SATP
 #: CSRs whose write can make a pending interrupt deliverable at once
 _INTERRUPT_CSRS = frozenset({CSR.SSTATUS, CSR.SIE, CSR.SIP, CSR.STIMECMP})
@@ -39,10 +39,8 @@ def csr_access(exit: Exit) -> None:
         old: int | None = vcpu.csrs[csr]
     elif csr == _SIP:
         old = vcpu.pending(exit.vmm.now)
-    elif csr in _COUNTERS:
-        old = exit.vmm.now  # virtual time: instructions, never the host clock
     else:
-        old = None
+        old = counter(csr, exit.vmm.now)
     if old is None or (insn.writes and csr >> 10 == 3):  # unknown, or a write to a read-only CSR
         vcpu.inject_trap(Cause.ILLEGAL, exit.word, exit.pc)
         return
@@ -55,6 +53,15 @@ def csr_access(exit: Exit) -> None:
     vcpu.write_reg(insn.rd, old)
     if insn.writes and csr in _INTERRUPT_CSRS:
         vcpu.take_interrupt(exit.vmm.now)
+
+
+def counter(csr: int, now: int) -> int | None:
+    """What reading counter ``csr`` gives at virtual time ``now`` (``None``: not a counter). Cycles,
+    instructions and time are all virtual time -- instructions executed, never the host clock; the
+    hpm counters count no event here, so read 0."""
+    if csr in _TIME_COUNTERS:
+        return now
+    return 0 if HPMCOUNTER3 <= csr <= HPMCOUNTER31 else None
 
 
 def wfi(exit: Exit) -> None:
@@ -117,9 +124,10 @@ def illegal_insn(exit: Exit) -> None:
     if word == _EBREAK or word & 0xFFFF == _C_EBREAK:
         vcpu.inject_trap(Cause.BREAKPOINT, exit.pc, exit.pc)
         return
-    if (insn is not None and insn.kind == "csr" and not insn.writes and insn.csr in _COUNTERS
+    if (insn is not None and insn.kind == "csr" and not insn.writes
+            and (value := counter(insn.csr, exit.vmm.now)) is not None
             and vcpu.csrs[CSR.SCOUNTEREN] >> (insn.csr & 31) & 1):
-        vcpu.write_reg(insn.rd, exit.vmm.now)
+        vcpu.write_reg(insn.rd, value)
         return
     vcpu.inject_trap(Cause.ILLEGAL, word if word & 3 == 3 else word & 0xFFFF, exit.pc)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from typing import Any, NamedTuple
 
-__all__ = ["Insn", "decode", "disassemble", "CSR", "CSR_NAMES"]
+__all__ = ["Insn", "decode", "disassemble", "CSR", "CSR_NAMES", "HPMCOUNTER3", "HPMCOUNTER31", "runs_natively"]
 
 
 class CSR:
@@ -36,6 +36,18 @@ class CSR:
 
 
 CSR_NAMES = {v: k.lower() for k, v in vars(CSR).items() if k.isupper()}
+#: The hardware performance counters hpmcounter3..31 (read as 0 here: no events are counted).
+HPMCOUNTER3, HPMCOUNTER31 = 0xC03, 0xC1F
+
+
+def runs_natively(word: int) -> bool:
+    """A counter read Unicorn 2.1.4 executes in U-mode instead of trapping, whatever ``scounteren``
+    says: ``csrrs``/``csrrc`` (any ``rs1``: QEMU 5.0 checks the register's value, not its number) or
+    ``csrrsi``/``csrrci`` with 0, on ``cycle``, ``instret`` or ``hpmcounter3..31``. (``time`` traps:
+    Unicorn has no timer; the write forms trap: the counters are read-only.)"""
+    funct3, csr = (word >> 12) & 7, word >> 20
+    return (word & 0x7F == 0x73 and funct3 in (2, 3, 6, 7) and CSR.CYCLE <= csr <= HPMCOUNTER31
+            and csr != CSR.TIME and (funct3 < 4 or not (word >> 15) & 31))
 
 
 class Insn(NamedTuple):

@@ -89,6 +89,7 @@ class Guest:
         self.uc: Any = new_cpu(machine.host, machine.engine.sink)
         self._callbacks = machine.engine.install(self.uc)
         self.fetch_cache: dict[int, int] = {}
+        self.counter_traps = machine.engine.counter_traps(self)
         self._boot(vcpus)
 
     def _boot(self, vcpus: int) -> None:
@@ -100,6 +101,7 @@ class Guest:
                 self.uc.reg_write(reg, value)
             vcpu.context = self.uc.context_save()
         self.loaded: VCPU | None = None
+        self.machine.engine.reset_counter_traps(self)
         self.flush_tlb()
         self.uc.ctl_flush_tb()
 
@@ -142,6 +144,8 @@ class Guest:
     def flush_tlb(self) -> None:
         self.uc.ctl(uc_const.UC_CTL_TLB_FLUSH, uc_const.UC_CTL_IO_WRITE)
         self.fetch_cache.clear()
+        if self.counter_traps is not None:
+            self.counter_traps.tlb_flushed()
 
     def halt(self, code: int) -> None:
         """Shut down on the guest's request."""
@@ -179,6 +183,10 @@ class Machine:
     :param weak_bounds: the deliberately broken bounds check of lab 05 (off by default).
     :param on_violation: ``"fault"`` (deliver an access fault) or ``"kill"`` the guest.
     :param nested_levels: levels of the VMM's nested table, *m* in the 2-D walk cost.
+    :param leak_host_counters: let ``rdcycle``/``rdinstret`` (and the hpm counters) run natively, as
+        Unicorn 2.1.4 does: in either mode and whatever ``scounteren`` says, the guest reads the host's
+        cycle counter (lab 02's sensitive-but-unprivileged instruction, :mod:`.nonvirt`). Off (the
+        default), the VMM traps each one (:class:`~.engine.CounterTraps`) and emulates it.
     """
 
     #: Bound of :meth:`run` when it is given none (virtual milliseconds).
@@ -186,7 +194,8 @@ class Machine:
 
     def __init__(self, *, scheduler: Scheduler | str = "round-robin", paging: PagingMode | str = "shadow",
                  chunk: int = to_insns(0.2), host_memory: int = 32 << 20, log: bool = False,
-                 weak_bounds: bool = False, on_violation: str = "fault", nested_levels: int = 3) -> None:
+                 weak_bounds: bool = False, on_violation: str = "fault", nested_levels: int = 3,
+                 leak_host_counters: bool = False) -> None:
         if on_violation not in ("fault", "kill"):
             raise VlabError("unknown violation policy", field="on_violation", value=on_violation,
                             fix='use "fault" or "kill"')
@@ -202,6 +211,7 @@ class Machine:
             raise VlabError("unknown paging mode", field="paging", value=paging,
                             fix='use "shadow" or "nested"') from None
         self.chunk, self.weak_bounds, self.on_violation = chunk, weak_bounds, on_violation
+        self.leak_host_counters = leak_host_counters
         self.host = HostMemory(host_memory // PAGE)
         self.handlers = HandlerTable(DEFAULT_HANDLERS)
         self.guests: list[Guest] = []
@@ -261,6 +271,7 @@ class Machine:
             for guest in self.guests:
                 for vcpu in guest.vcpus:
                     vcpu.regs = ClosedRegs()  # its handle points into the engine freed below
+                guest.counter_traps = None  # it holds the engine too
                 guest.uc = None  # Unicorn closes the engine when the last reference goes
             self.host.close()
 

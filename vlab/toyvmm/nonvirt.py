@@ -5,12 +5,15 @@ or changes privileged state) is *privileged* (traps when run deprivileged). Unde
 RISC-V ``rdcycle``/``rdinstret`` run in U-mode **without trapping** and return the *host's*
 cycle counter: a guest reading them sees real time leak through, not its virtual time, and two
 identical runs differ -- equivalence is broken. ``rdtime`` does trap, and the VMM returns
-virtual time. x86 has the textbook case, shown by :func:`x86_popf_at_cpl3`: at CPL3 ``popf``
-silently ignores a change of the interrupt flag instead of trapping.
+virtual time. (Real RISC-V hardware traps them when the supervisor clears ``scounteren``; the toy
+VMM gets the same by putting a code hook on each one, :class:`~vlab.toyvmm.engine.CounterTraps`,
+so the leak is seen with ``Machine(leak_host_counters=True)``.) x86 has the textbook case, shown
+by :func:`x86_popf_at_cpl3`: at CPL3 ``popf`` silently ignores a change of the interrupt flag
+instead of trapping.
 
-Fixes: *paravirtualization* -- the guest asks the VMM (``HC_GET_TIME`` hypercall); or
-*scan-and-patch* (binary translation in miniature) -- :func:`patch_counter_reads` rewrites each
-``rdcycle``/``rdinstret`` into a read of a privileged CSR, which traps and is emulated.
+Fixes on the leaky VMM: *paravirtualization* -- the guest asks the VMM (``HC_GET_TIME``
+hypercall); or *scan-and-patch* (binary translation in miniature) -- :func:`patch_counter_reads`
+rewrites each ``rdcycle``/``rdinstret`` into a read of a privileged CSR, which traps and is emulated.
 """
 
 from __future__ import annotations
