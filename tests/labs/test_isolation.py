@@ -105,23 +105,83 @@ def _lab_cgroups() -> list[str]:
     return found
 
 
+def reference_argv(command: list[str], hostname: str) -> list[str]:
+    """A container's command line as a student would write it (lab 05 q2)."""
+    flags = ["--user", "--map-root-user"] if lab.needs_user_namespace() else []
+    flags += ["--pid", "--fork", "--mount-proc", "--mount", "--net", "--uts", "--ipc"]
+    return ["unshare", *flags, "sh", "-c", 'hostname "$0" && exec "$@"', hostname, *command]
+
+
+def reference_limits(memory_mib: int, pids_max: int) -> dict[str, str]:
+    limit = str(memory_mib << 20)
+    if lab.cgroup_version() == 2:
+        return {"memory.max": limit, "memory.swap.max": "0", "pids.max": str(pids_max)}
+    return {"memory.limit_in_bytes": limit, "memory.memsw.limit_in_bytes": limit, "pids.max": str(pids_max)}
+
+
 @needs_namespaces
 def test_container_sees_its_own_pids_hostname_and_network_but_the_hosts_kernel(tmp_path: Path) -> None:
     marker = tmp_path / "host-file"
     marker.write_text("host\n")
-    host, inside = lab.host_view(marker), lab.container_view(marker, "box-test")
+    host = lab.host_view(marker)
+    inside = lab.container_view(reference_argv(lab.view_command(marker), "box-test"))
     assert inside.hostname == "box-test" != host.hostname
     assert inside.processes < 10 < host.processes
     assert inside.boot_id == host.boot_id  # one kernel
     assert inside.sees_host_file  # a mount namespace alone hides no file
-    run = lab.run_container(["sh", "-c", "echo $$; ip -o link | cut -d: -f2"])
+    run = lab.run_container(reference_argv(["sh", "-c", "echo $$; ip -o link | cut -d: -f2"], "box"))
     assert run.status == 0
     assert run.output.split()[1:] == ["lo"]
 
 
+@needs_namespaces
+def test_a_command_line_missing_a_namespace_shows_what_it_leaks(tmp_path: Path) -> None:
+    """The lab grades a container by what it sees: without --mount-proc the new PID namespace still reads the
+    host's /proc, without --net it has the host's interfaces."""
+    marker = tmp_path / "m"
+    marker.write_text("x")
+    no_proc = [w for w in reference_argv(lab.view_command(marker), "box") if w != "--mount-proc"]
+    assert lab.container_view(no_proc).processes > 10
+    no_net = [w for w in reference_argv(["sh", "-c", "ip -o link | wc -l"], "box") if w != "--net"]
+    assert int(lab.run_container(no_net).output.split()[-1]) > 1
+
+
+@needs_namespaces
+@pytest.mark.parametrize(("argv", "field"), [
+    ([], "argv"), ("unshare --pid", "argv"), ([b"unshare"], "argv"), (["unshare", 5], "argv"), (None, "argv"),
+    (["unshare", "--pid\0"], "argv"),
+])
+def test_malformed_command_lines_are_refused(argv: object, field: str) -> None:
+    with pytest.raises(VlabError) as caught:
+        lab.run_container(argv)  # type: ignore[arg-type]
+    assert caught.value.field == field
+
+
+@needs_cgroups
+@pytest.mark.parametrize("limits", [
+    {"cgroup.procs": "1"}, {"../../../../etc/passwd": "1"}, {"memory.limit_in_bytes/../tasks": "1"},
+    {"pids.max": "-1"}, {"pids.max": "1; echo"}, {"pids.max": True}, {"pids.max": 1.5}, {"pids.max": "٣"},
+    {"pids.max": None}, ["pids.max"], "pids.max=5", {"memory.high": "1"},
+])
+def test_limits_outside_the_allow_list_or_not_numbers_are_refused_and_write_nothing(limits: object) -> None:
+    with pytest.raises(VlabError) as caught:
+        lab.run_container(["true"], limits=limits)  # type: ignore[arg-type]
+    assert (caught.value.field or "").startswith("limits")
+    assert not _lab_cgroups()
+
+
+@needs_cgroups
+def test_the_other_versions_file_name_says_which_version_this_host_has() -> None:
+    other = "memory.max" if lab.cgroup_version() == 1 else "memory.limit_in_bytes"
+    with pytest.raises(VlabError, match=f"cgroup v{lab.cgroup_version()}"):
+        lab.run_container(["true"], limits={other: "41943040"})
+    assert not _lab_cgroups()
+
+
 @needs_cgroups
 def test_memory_limit_kills_the_hog_and_the_cgroup_is_removed() -> None:
-    run = lab.run_container([lab.python(), "-c", "x = b'1' * (200 << 20); print('survived')"], memory_limit_mib=40)
+    hog = reference_argv(lab.reporting_status([lab.python(), "-c", "x = b'1' * (200 << 20); print('survived')"]), "box")
+    run = lab.run_container(hog, limits=reference_limits(40, 100))
     assert run.status == 137 and "survived" not in run.output
     assert run.oom_kills == 1
     assert not _lab_cgroups()
@@ -132,17 +192,18 @@ def test_memory_limit_kills_the_hog_and_the_cgroup_is_removed() -> None:
 def test_pids_limit_counts_unshare_and_the_init_shell(pids_max: int) -> None:
     program = ("import os\nn = 0\ntry:\n    while n < 50:\n        if os.fork() == 0:\n            import time; "
                "time.sleep(5); os._exit(0)\n        n += 1\nexcept OSError:\n    pass\nprint(n)")
-    run = lab.run_container([lab.python(), "-c", program], pids_max=pids_max)
-    assert int(run.output.split()[0]) == pids_max - 3  # the answer of question q2
-    assert run.pids_refused == 1
+    command = lab.reporting_status([lab.python(), "-c", program])
+    run = lab.run_container(reference_argv(command, "box"), limits={"pids.max": str(pids_max)})
+    assert int(run.output.split()[-1]) == pids_max - 3  # the answer of question q3
+    assert run.pids_refused == 1 and run.oom_kills is None
     assert not _lab_cgroups()
 
 
 @needs_namespaces
 def test_start_and_memory_of_a_container_are_measured() -> None:
-    starts = lab.container_start_seconds(3)
+    starts = lab.container_start_seconds(reference_argv(["true"], "box"), 3)
     assert len(starts) == 3 and all(0 < s < 5 for s in starts)
-    rss = lab.container_memory_kib()
+    rss = lab.container_memory_kib(reference_argv(lab.IDLE_COMMAND, "box"))
     assert len(rss) >= 2 and all(r > 0 for r in rss)  # unshare and the container's shell
 
 
@@ -187,7 +248,7 @@ def test_vms_isolation_control_plane_and_data() -> None:
 
     bridged, _ = bridge_supported()
     with lab.workspace() as work:
-        disk = lab.luks_image(work / "disk.qcow2")
+        disk = lab.blank_disk(work / "disk.img")
         marker = work / "host-file"
         marker.write_text("host\n")
         sock = work / "qmp.sock"
@@ -201,17 +262,32 @@ def test_vms_isolation_control_plane_and_data() -> None:
                     same = PARAMS["bridges"][other] == PARAMS["bridges"]["alpha"]
                     assert lab.ping(alpha, PARAMS["addresses"][other], count=1, wait_s=1).answered is same
             assert lab.socket_access(sock).who == "its owner"
-            secret = PARAMS["disk_secret"]
-            alpha.console.run(f"echo {secret} | dd of=/dev/vda conv=fsync 2>/dev/null")
-            assert secret in alpha.console.run("dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n 1").output
-            assert lab.file_occurrences(disk, secret.encode()) == 0
-            with lab.RawQMP(sock) as intruder:
-                intruder.execute("stop")
-                assert intruder.execute("query-status")["status"] == "paused"
-                intruder.execute("cont")
-                memory = lab.dump_guest_memory(intruder, alpha.config.mem << 20, work)
+            secret, passphrase = PARAMS["disk_secret"], PARAMS["passphrase"]
+            key = f"printf %s {passphrase} |"
+            for command in (f"{key} cryptsetup luksFormat --batch-mode --pbkdf pbkdf2 --pbkdf-force-iterations 1000 "
+                            "--key-file=- /dev/vda", f"{key} cryptsetup open --key-file=- /dev/vda secret",
+                            f"printf %s {secret} | dd of=/dev/mapper/secret conv=fsync 2>/dev/null"):
+                assert alpha.console.run(command, timeout=120).ok, command
+            assert alpha.console.run("head -c 21 /dev/mapper/secret").output.strip() == secret
+            volume_key = lab.volume_key(alpha.console, "/dev/vda", passphrase)
+            assert len(volume_key) == 64  # aes-xts-plain64, 512 bits: two AES-256 keys
+            with pytest.raises(VlabError, match="could not dump"):
+                lab.volume_key(alpha.console, "/dev/vda", passphrase + "x")
+            with lab.RawQMP(sock, timeout=60) as intruder:
+                intruder.send({"execute": "qmp_capabilities"})
+                intruder.send({"execute": "stop"})
+                assert intruder.send({"execute": "query-status"})["return"]["status"] == "paused"
+                intruder.send({"execute": "cont"})
+                dump = work / "ram.bin"
+                assert "return" in intruder.send({"execute": "pmemsave", "arguments": {
+                    "val": 0, "size": alpha.config.mem << 20, "filename": str(dump)}})
+                memory = dump.read_bytes()
+            image = disk.read_bytes()
+            assert image.startswith(lab.LUKS_MAGIC) and secret.encode() not in image
+            assert volume_key[:32] not in image and volume_key[32:] not in image
             assert len(memory) == alpha.config.mem << 20
             assert secret.encode() in memory
+            assert volume_key[:32] in memory and volume_key[32:] in memory  # each half starts its AES key schedule
             raise _EndOfTest  # a cell failing half-way: every VM must still be stopped
         assert all(vm.state.value == "stopped" for vm in vms)
     assert not work.exists()

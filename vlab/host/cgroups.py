@@ -195,11 +195,13 @@ class Cgroup:
             (path / "cpu.max").write_text(f"{quota} {period_us}")
 
     def set_memory_limit(self, limit_bytes: int) -> None:
-        """Limit memory (and, on v1 where swap accounting exists, memory + swap: no escape into swap)."""
+        """Limit memory, with no escape into swap where the host accounts it (v1 memory + swap = the limit,
+        v2 swap = 0)."""
         self._write("memory", "memory.limit_in_bytes", "memory.max", str(limit_bytes))
         version, path = self.dirs["memory"]
-        if version == 1 and (path / "memory.memsw.limit_in_bytes").exists():
-            (path / "memory.memsw.limit_in_bytes").write_text(str(limit_bytes))
+        swap, value = ("memory.memsw.limit_in_bytes", str(limit_bytes)) if version == 1 else ("memory.swap.max", "0")
+        if (path / swap).exists():
+            (path / swap).write_text(value)
 
     def set_pids_max(self, count: int) -> None:
         self._write("pids", "pids.max", "pids.max", str(count))

@@ -11,37 +11,39 @@ for real:
   (``Machine(weak_bounds=True)``), or the weakened one with a bounds check of the student's own
   installed (:func:`install_bounds_check`). The :class:`AttackReport` says what leaked and lists the
   audit trail: the VMM's recorded violations and its exit log.
-* **Containers** (``unshare`` + cgroup v1). :func:`run_container` starts a command in new PID, mount,
-  network, UTS and IPC namespaces, inside a cgroup with a memory and a pids limit; the command is held
-  at a gate until it is in the cgroup, so every byte and every fork it makes is counted.
-  :func:`container_support` says why this part is skipped where the host forbids it (Binder: no root).
+* **Containers** (``unshare`` + cgroups). The student writes the container: its ``unshare`` command line
+  and its cgroup limit files. :func:`run_container` runs that command line with the student's rights inside
+  a fresh cgroup holding those limits (only files in :data:`LIMIT_FILES`); the command is held at a gate
+  until it is in the cgroup, so every byte and every fork it makes is counted. :func:`container_support`
+  says why this part is skipped where the host forbids it (Binder: no namespaces).
 * **Real VMs** (:mod:`vlab.qemu`). :func:`lab_vm_configs` describes up to three guests on private
   bridges (root only) and :func:`running_vms` boots them in parallel and always stops them.
   :func:`guest_view` records what a guest can see of its host; :class:`RawQMP` is a twenty-line QMP
   client, enough to show that *anyone* who can open a VM's QMP socket controls the VM;
   :func:`socket_access` reads that socket's permissions.
-* **Data**. :func:`luks_image` makes a LUKS-encrypted qcow2 (a cached template: QEMU's key-slot
-  set-up costs seconds of CPU); :func:`file_occurrences` counts a plaintext in the host's image file and
-  :func:`dump_guest_memory` reads guest RAM from the host with QMP ``pmemsave``.
+* **Data**. ``alpha`` gets a :func:`blank_disk` that QEMU passes through unencrypted; the student's code
+  encrypts it *inside the guest* (LUKS2 with the guest's own cryptsetup and dm-crypt, the passphrase typed at
+  the guest's console) and dumps the guest's RAM from the host over a raw QMP socket
+  (:class:`~vlab.qemu.argv.RawQMP`, the same client as lab 01's). :func:`volume_key` reads the key dm-crypt
+  holds, for the student's search of the dump.
 
-What the student writes — the bounds check, the leak finder, the comparison table — is deliberately
-not here.
+What the student writes — the bounds check, the container's command line and cgroup limits, the leak
+finder, the comparison table — is deliberately not here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import functools
 import os
 import random
+import shlex
 import shutil
-import socket
 import stat
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -51,52 +53,59 @@ from typing import TYPE_CHECKING, Any
 
 from vlab.errors import VlabError
 from vlab.host import Cgroup, detect_cgroups, detect_namespaces
-from vlab.paths import images_dir, runtime_dir
+from vlab.host.namespaces import NamespaceSupport
+from vlab.paths import runtime_dir
+from vlab.qemu.argv import RawQMP
 from vlab.qemu.network import ping
 
 if TYPE_CHECKING:
     from vlab.qemu import VM, VMConfig
+    from vlab.qemu.console import Console
     from vlab.toyvmm import Machine, Violation
 
 __all__ = [
     "ATTACKS",
     "BOUNDARIES",
-    "LAB_PASSPHRASE",
-    "NAMESPACES",
-    "ROOTLESS",
+    "LUKS_MAGIC",
+    "CONTAINER_NAMESPACES",
+    "IDLE_COMMAND",
+    "LIMIT_FILES",
     "SPY_SOURCE",
     "AttackReport",
     "BoundsCheck",
     "ContainerRun",
     "GuestView",
     "RawQMP",
+    "blank_disk",
     "SocketAccess",
     "container_memory_kib",
     "container_start_seconds",
+    "cgroup_version",
     "container_support",
-    "dump_guest_memory",
-    "file_occurrences",
     "container_view",
     "guest_view",
     "host_view",
     "install_bounds_check",
     "lab_vm_configs",
-    "luks_image",
+    "volume_key",
     "median",
-    "namespace_flags",
+    "needs_user_namespace",
     "params_for",
     "ping",
     "python",
     "plain_process_seconds",
+    "reporting_status",
     "run_container",
     "running_vms",
     "socket_access",
     "topology",
+    "view_command",
     "toy_attack",
     "workspace",
 ]
 
 _PAGE = 4096
+_WORDS = ("amber", "basalt", "cobalt", "delta", "ember", "fjord", "granite", "harbor", "indigo", "juniper")
 _MIB = 1 << 20
 #: RAM of every toy guest in the attack: the shipped attacker assumes 1 MiB (its neighbour starts there).
 TOY_RAM = 1 << 20
@@ -137,8 +146,6 @@ BOUNDARIES: dict[str, str] = {
                     "memory from the hypervisor",
 }
 
-#: The LUKS passphrase of the lab's encrypted disk. Not a secret: the point is what the host sees *without* it.
-LAB_PASSPHRASE = "vlab-lab05-luks"
 
 
 def params_for(seed: int) -> dict[str, Any]:
@@ -156,6 +163,8 @@ def params_for(seed: int) -> dict[str, Any]:
         "bridges": {"alpha": "red", same: "red", other: "blue"},
         "addresses": {"alpha": "10.55.0.1", "beta": "10.55.0.2", "gamma": "10.55.0.3"},
         "disk_secret": f"card-{rng.randrange(10**15, 10**16)}",
+        # typed into the guest only: never on a QEMU command line or in a host file
+        "passphrase": f"{rng.choice(_WORDS)}-{rng.choice(_WORDS)}-{rng.randrange(100, 1000)}",
         "attacks": attacks,
     }
 
@@ -318,108 +327,176 @@ def toy_attack(params: dict[str, Any], *, weak_bounds: bool = False, check: Boun
 
 # ---------------------------------------------------------------------------------------------- containers
 
-#: The namespaces of the lab's container, as ``unshare`` flags.
-NAMESPACES = ("--pid", "--fork", "--mount-proc", "--mount", "--net", "--uts", "--ipc")
-#: Without root: the same inside a new user namespace that maps you to its root (how rootless containers work).
-ROOTLESS = ("--user", "--map-root-user")
+#: The namespace kinds of the lab's container (what the student's ``unshare`` command line must create).
+CONTAINER_NAMESPACES = ("pid", "mount", "net", "uts", "ipc")
 #: Holds the command until the parent has moved it into the cgroup (``read`` returns at the newline).
 _GATE = ["sh", "-c", 'read go && exec "$@"', "gate"]
 _cgroup_ids = iter(range(1 << 30))
-_flags_cache: list[tuple[str, ...] | None] = []
 
 
-def namespace_flags() -> tuple[str, ...] | None:
-    """The ``unshare`` flags of the lab's container on this host: :data:`NAMESPACES` as root, prefixed by
-    :data:`ROOTLESS` otherwise; None if the host allows neither (Binder's container forbids ``unshare``)."""
-    if not _flags_cache:
-        choices: list[tuple[str, ...]] = [NAMESPACES] if os.geteuid() == 0 else []
-        choices.append(ROOTLESS + NAMESPACES)
-        found = None
-        for flags in choices:
-            with contextlib.suppress(OSError, subprocess.SubprocessError):
-                if subprocess.run(["unshare", *flags, "true"], capture_output=True, timeout=10).returncode == 0:
-                    found = flags
-                    break
-        _flags_cache.append(found)
-    return _flags_cache[0]
+@functools.cache
+def _namespaces() -> NamespaceSupport:
+    return detect_namespaces()
+
+
+def needs_user_namespace() -> bool:
+    """True if this user gets the container's namespaces only inside a user namespace that maps it to root (a
+    rootless container: not root here, or the grader's throw-away user)."""
+    return any(kind in _namespaces().rootless for kind in CONTAINER_NAMESPACES)
 
 
 def container_support() -> tuple[bool, bool, str]:
     """(namespaces usable, memory+pids cgroups usable, an explanation for the notebook)."""
-    flags = namespace_flags()
-    groups = detect_cgroups()
-    cgroups_ok = all(groups.where(c) for c in ("memory", "pids"))
-    if flags is None:
-        why = (f"{detect_namespaces().describe()}: this host does not let this user create namespaces (as on "
-               "Binder, whose notebooks run in a locked-down container): the container part is skipped")
-    elif flags[:1] == ROOTLESS[:1]:
+    support = _namespaces()
+    ns_ok = all(kind in support.available for kind in CONTAINER_NAMESPACES)
+    cgroups_ok = cgroup_version() is not None
+    if not ns_ok:
+        why = (f"{support.describe()}: this host does not let this user create namespaces (as on Binder, whose "
+               "notebooks run in a locked-down container): the container part is skipped")
+    elif needs_user_namespace():
         why = "not root: a rootless container (a user namespace maps you to root inside it)"
     else:
         why = "root: PID, mount, network, UTS and IPC namespaces"
-    why += "; " + groups.describe()
-    if flags is not None and not cgroups_ok:
-        why += ": no writable memory and pids controllers, so the limits are skipped"
-    return flags is not None, cgroups_ok, why
+    why += "; " + detect_cgroups().describe()
+    if ns_ok and not cgroups_ok:
+        why += ": no writable memory and pids controllers of one cgroup version, so the limits are skipped"
+    return ns_ok, cgroups_ok, why
 
 
 @dataclass(frozen=True)
 class ContainerRun:
-    """One container run: its output, the exit status its shell reported, and what the cgroup saw.
+    """One container run: its output, its exit status, and what the cgroup saw.
 
-    :ivar status: the inner shell's ``$?`` for the command (137 = killed by SIGKILL), None if unknown.
-    :ivar oom_kills: processes the memory cgroup's OOM killer killed (None without a memory cgroup).
-    :ivar pids_refused: forks the pids cgroup refused (None without a pids cgroup).
+    :ivar status: the container's exit status as a shell reports it (137 = killed by SIGKILL).
+    :ivar oom_kills: processes the memory cgroup's OOM killer killed (None without a memory limit).
+    :ivar pids_refused: forks the pids cgroup refused (None without a pids limit).
     """
 
     output: str
-    status: int | None
+    status: int
     seconds: float
     oom_kills: int | None = None
     pids_refused: int | None = None
 
 
-def run_container(command: Sequence[str], *, hostname: str | None = None, memory_limit_mib: int | None = None,
-                  pids_max: int | None = None, timeout: float = 30.0) -> ContainerRun:
-    """Run ``command`` as PID 1 of a new set of namespaces, optionally inside a limited cgroup.
+#: The only cgroup files a container's limits may write, each with its controller and what it means. vlab writes
+#: nothing else into a group (a student's dict naming ``cgroup.procs`` or ``../x`` is refused).
+LIMIT_FILES: dict[str, tuple[str, str]] = {
+    "memory.limit_in_bytes": ("memory", "v1: the memory limit in bytes"),
+    "memory.memsw.limit_in_bytes": ("memory", "v1: memory + swap, in bytes (exists where swap is accounted)"),
+    "memory.max": ("memory", "v2: the memory limit in bytes"),
+    "memory.swap.max": ("memory", "v2: the swap limit in bytes"),
+    "pids.max": ("pids", "v1 and v2: the most tasks the group may hold"),
+}
+#: Swap limits are written only where the host accounts swap (their file exists); every other file must exist.
+_SWAP_FILES = ("memory.memsw.limit_in_bytes", "memory.swap.max")
 
-    The cgroup is created below this process's own group and removed afterwards; the command is held at
-    a gate until it has joined the group.
 
-    :param hostname: set in the new UTS namespace before the command runs.
-    :raises VlabError: if ``unshare`` fails or the command outlives ``timeout``.
+def cgroup_version() -> int | None:
+    """The cgroup version (1 or 2) of this host's memory and pids controllers; None if either is not writable."""
+    groups = detect_cgroups()
+    places = [groups.where(c) for c in ("memory", "pids")]
+    versions = {place[0] for place in places if place is not None}
+    return versions.pop() if None not in places and len(versions) == 1 else None
+
+
+def _checked_argv(argv: object) -> list[str]:
+    if not isinstance(argv, (list, tuple)) or not argv or not all(isinstance(w, str) for w in argv):
+        raise VlabError("a container's command line must be a non-empty list of strings", field="argv",
+                        value=repr(argv)[:120], fix='return a list like ["unshare", "--pid", ..., "sh", "-c", ...]')
+    if any("\0" in word for word in argv):
+        raise VlabError("a command-line word cannot hold a NUL byte", field="argv", value=repr(argv)[:120],
+                        fix="remove the NUL")
+    return list(argv)
+
+
+def _checked_limits(limits: object) -> list[tuple[str, str]]:
+    if not isinstance(limits, dict):
+        raise VlabError("limits must be a dict {cgroup file name: value}", field="limits",
+                        value=repr(limits)[:120], fix='return e.g. {"pids.max": "20", ...}')
+    checked = []
+    for name, value in limits.items():
+        if name not in LIMIT_FILES:
+            raise VlabError("not a limit file a container may set", field="limits", value=repr(name)[:80],
+                            fix="use one of " + ", ".join(LIMIT_FILES))
+        text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        if not isinstance(text, str) or not ((text.isascii() and text.isdigit()) or text == "max"):
+            raise VlabError("a limit is a whole number (or max), as text", field=f"limits[{name!r}]",
+                            value=repr(value)[:80], fix='write it like "41943040"')
+        checked.append((name, text))
+    return checked
+
+
+def _apply_limits(group: Cgroup, limits: list[tuple[str, str]]) -> None:
+    for name, value in limits:
+        controller = LIMIT_FILES[name][0]
+        version, directory = group.dirs[controller]
+        target = directory / name
+        if not target.exists():
+            if name in _SWAP_FILES:
+                continue
+            other = "v2" if version == 1 else "v1"
+            raise VlabError(f"this host's {controller} controller is cgroup v{version}: it has no {name}",
+                            field="limits", value=name, fix=f"that is the {other} name: use the v{version} file")
+        try:
+            target.write_text(value)
+        except OSError as exc:
+            raise VlabError(f"the kernel refused {name} = {value}", field=f"limits[{name!r}]", value=value,
+                            fix="on v1 set memory.limit_in_bytes before memory.memsw.limit_in_bytes (memsw may "
+                                "not be below it)", detail=str(exc)) from None
+
+
+#: Marks the exit status that :func:`reporting_status` prints as the container's last line.
+_STATUS = "vlab-status="
+
+
+def reporting_status(command: Sequence[str]) -> list[str]:
+    """``command`` wrapped so that it prints its exit status last, read by :func:`run_container`.
+
+    ``unshare --fork`` cannot pass on a child's SIGKILL (it fails re-raising it and exits 1), so an
+    OOM-killed command's 137 is only known from inside the container.
     """
-    inner = ["sh", "-c", 'h="$1"; shift; [ -z "$h" ] || hostname "$h"; "$@"; echo "vlab-status=$?"',
-             "container", hostname or "", *command]
-    flags = namespace_flags()
-    if flags is None:
-        raise VlabError("this host does not allow namespaces for this user", field="namespaces",
-                        value=detect_namespaces().describe(), fix="run as root, or where user namespaces are allowed")
-    argv = [*_GATE, "unshare", *flags, *inner]
-    limited = memory_limit_mib is not None or pids_max is not None
-    group = Cgroup(f"vlab-lab05-{os.getpid()}-{next(_cgroup_ids)}", ("memory", "pids")) if limited else None
+    return ["sh", "-c", f'"$@"; echo "{_STATUS}$?"', "container", *command]
+
+
+def run_container(argv: Sequence[str], *, limits: dict[str, str] | None = None,
+                  timeout: float = 30.0) -> ContainerRun:
+    """Run a container's command line ``argv`` (e.g. ``unshare ...``), with ``limits`` written into a fresh cgroup.
+
+    The command is held at a gate until it has joined the group, so every byte and every fork it makes is
+    counted; the group is created below this process's own group and removed afterwards. The command runs with
+    this process's rights: vlab adds nothing to it.
+
+    :raises VlabError: for a malformed ``argv`` or ``limits``, if ``unshare`` fails, or on ``timeout``.
+    """
+    words = _checked_argv(argv)
+    settings = _checked_limits(limits) if limits is not None else []
+    controllers = tuple(sorted({LIMIT_FILES[name][0] for name, _ in settings}))
+    group = Cgroup(f"vlab-lab05-{os.getpid()}-{next(_cgroup_ids)}", controllers) if controllers else None
     try:
         if group is not None:
-            if memory_limit_mib is not None:
-                group.set_memory_limit(memory_limit_mib * _MIB)
-            if pids_max is not None:
-                group.set_pids_max(pids_max)
+            _apply_limits(group, settings)
         started = time.perf_counter()
-        output = _run_gated(argv, group, timeout)
+        output, returncode = _run_gated([*_GATE, *words], group, timeout)
         seconds = time.perf_counter() - started
-        oom, refused = _cgroup_events(group) if group is not None else (None, None)
+        oom = refused = None
+        if group is not None:
+            oom = group.oom_kills() if "memory" in controllers else None
+            refused = group.pids_refused() if "pids" in controllers else None
     finally:
         if group is not None:
             group.remove()
-    status = None
-    if "vlab-status=" in output:
-        output, _, tail = output.rpartition("vlab-status=")
-        status = int(tail.split()[0])
+    status = 128 - returncode if returncode < 0 else returncode  # killed by a signal: as a shell reports it
+    if _STATUS in output:
+        output, _, tail = output.rpartition(_STATUS)
+        with contextlib.suppress(IndexError, ValueError):
+            status = int(tail.split()[0])
     return ContainerRun(output, status, seconds, oom, refused)
 
 
-def _run_gated(argv: list[str], group: Cgroup | None, timeout: float) -> str:
+def _run_gated(argv: list[str], group: Cgroup | None, timeout: float) -> tuple[str, int]:
     process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)
+                               text=True, errors="replace", start_new_session=True)
     try:
         if group is not None:
             group.add(process.pid)
@@ -432,20 +509,10 @@ def _run_gated(argv: list[str], group: Cgroup | None, timeout: float) -> str:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, 9)
             process.wait()
-    if "unshare:" in output and "vlab-status=" not in output:
-        raise VlabError("unshare could not create the namespaces", field="namespaces", value=" ".join(argv),
-                        fix="run as root (the lab skips this part where the host forbids it)", detail=output[-500:])
-    return output
-
-
-def _cgroup_events(group: Cgroup) -> tuple[int | None, int | None]:
-    oom = refused = None
-    with contextlib.suppress(OSError, KeyError, ValueError):
-        text = (group.dirs["memory"][1] / "memory.oom_control").read_text()
-        oom = int(dict(line.split() for line in text.splitlines()).get("oom_kill", "0"))
-    with contextlib.suppress(OSError, KeyError, ValueError):
-        refused = int((group.dirs["pids"][1] / "pids.events").read_text().split()[1])
-    return oom, refused
+    if _STATUS not in output and "unshare failed" in output:
+        raise VlabError("unshare could not create the namespaces", field="argv", value=" ".join(argv[len(_GATE):]),
+                        fix="as a user that is not root, start with --user --map-root-user", detail=output[-500:])
+    return output, process.returncode
 
 
 def _timed_runs(argv: list[str], repeats: int) -> list[float]:
@@ -457,9 +524,10 @@ def _timed_runs(argv: list[str], repeats: int) -> list[float]:
     return times[1:]
 
 
-def container_start_seconds(repeats: int = 5) -> list[float]:
-    """Seconds from spawn to exit of ``true`` in fresh namespaces (a container's whole start-up and exit)."""
-    return _timed_runs(["unshare", *(namespace_flags() or NAMESPACES), "true"], repeats)
+def container_start_seconds(argv: Sequence[str], repeats: int = 5) -> list[float]:
+    """Seconds from spawn to exit of a container's command line ``argv`` that runs ``true`` (its whole start-up
+    and exit)."""
+    return _timed_runs(_checked_argv(argv), repeats)
 
 
 def plain_process_seconds(repeats: int = 5) -> list[float]:
@@ -467,9 +535,14 @@ def plain_process_seconds(repeats: int = 5) -> list[float]:
     return _timed_runs(["true"], repeats)
 
 
-def container_memory_kib() -> list[int]:
-    """Resident memory (KiB) of each process of an idle container running a shell, seen from the host."""
-    process = subprocess.Popen(["unshare", *(namespace_flags() or NAMESPACES), "sh", "-c", "echo ready; read line"],
+#: What an idle container runs while :func:`container_memory_kib` measures it: say "ready", wait for a line.
+IDLE_COMMAND = ["sh", "-c", "echo ready; read line"]
+
+
+def container_memory_kib(argv: Sequence[str]) -> list[int]:
+    """Resident memory (KiB) of each process of a container's command line ``argv`` that runs
+    :data:`IDLE_COMMAND`, seen from the host."""
+    process = subprocess.Popen(_checked_argv(argv),
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert process.stdout is not None and process.stdin is not None
@@ -529,7 +602,7 @@ def workspace() -> Iterator[Path]:
 
 def lab_vm_configs(params: dict[str, Any], *, bridges: bool, disk: Path | None = None,
                    qmp_socket: Path | None = None, mem: int = 128) -> list[VMConfig]:
-    """alpha (with the encrypted disk and an extra QMP socket), and, with ``bridges``, beta and gamma on the
+    """alpha (with the blank disk and an extra QMP socket), and, with ``bridges``, beta and gamma on the
     seed's private bridges; without bridges (not root) only alpha, with no NIC."""
     from vlab.qemu import Disk, Nic, VMConfig
 
@@ -542,7 +615,7 @@ def lab_vm_configs(params: dict[str, Any], *, bridges: bool, disk: Path | None =
         disks: tuple[Disk, ...] = ()
         if name == "alpha":
             if disk is not None:
-                disks = (Disk(disk, secret=LAB_PASSPHRASE, overlay=False),)
+                disks = (Disk(disk, overlay=False),)  # plain: the guest encrypts it, QEMU holds no key
             if qmp_socket is not None:
                 extra = ("-qmp", f"unix:{qmp_socket},server=on,wait=off")
         configs.append(VMConfig(name=name, mem=mem, append=_APPEND, accel="auto", nics=nics, disks=disks,
@@ -592,7 +665,13 @@ class GuestView:
 
 def _view_command(host_file: Path) -> str:
     return (f"hostname; uname -r; cat /proc/sys/kernel/random/boot_id; ls -d /proc/[0-9]* | wc -l; "
-            f"cat {host_file} >/dev/null 2>&1 && echo visible || echo no-such-file")
+            f"cat {shlex.quote(str(host_file))} >/dev/null 2>&1 && echo visible || echo no-such-file")
+
+
+def view_command(host_file: Path) -> list[str]:
+    """The command whose output :func:`container_view` reads: hostname, kernel, boot id, process count and
+    whether ``host_file`` is readable."""
+    return ["sh", "-c", _view_command(host_file)]
 
 
 def _parse_view(text: str) -> GuestView:
@@ -608,9 +687,9 @@ def guest_view(vm: VM, host_file: Path) -> GuestView:
     return _parse_view(vm.console.run(_view_command(host_file)).output)
 
 
-def container_view(host_file: Path, hostname: str) -> GuestView:
-    """The same questions asked inside a fresh container (:func:`run_container`) named ``hostname``."""
-    return _parse_view(run_container(["sh", "-c", _view_command(host_file)], hostname=hostname).output)
+def container_view(argv: Sequence[str]) -> GuestView:
+    """The same questions asked inside a container: ``argv`` is its command line running :func:`view_command`."""
+    return _parse_view(run_container(argv).output)
 
 
 def host_view(host_file: Path) -> GuestView:
@@ -650,106 +729,35 @@ def socket_access(path: Path) -> SocketAccess:
                         " and ".join(classes) or "nobody but root")
 
 
-class RawQMP:
-    """The whole QMP protocol in a few lines: JSON objects, one per line, over a UNIX socket.
-
-    No password, no token: the greeting, ``qmp_capabilities``, and every command QEMU has — ``stop``,
-    ``quit``, ``pmemsave``, ``human-monitor-command`` … — is available to whoever connected.
-    """
-
-    def __init__(self, path: Path, timeout: float = 30.0) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(str(path))
-        self._stream = self.sock.makefile("rw", encoding="utf-8", newline="\n")
-        self.greeting: dict[str, Any] = self._read()
-        self.execute("qmp_capabilities")
-
-    def _read(self) -> dict[str, Any]:
-        line = self._stream.readline()
-        if not line:
-            raise VlabError("QEMU closed the QMP socket", field="qmp", fix="is the VM still running?")
-        message: dict[str, Any] = json.loads(line)
-        return message
-
-    def execute(self, command: str, **arguments: Any) -> Any:
-        """Send one command; skip events; return its ``return`` value.
-
-        :raises VlabError: with QEMU's error description.
-        """
-        request: dict[str, Any] = {"execute": command}
-        if arguments:
-            request["arguments"] = {k.replace("_", "-"): v for k, v in arguments.items()}
-        self._stream.write(json.dumps(request) + "\n")
-        self._stream.flush()
-        while True:
-            reply = self._read()
-            if "return" in reply:
-                return reply["return"]
-            if "error" in reply:
-                raise VlabError(f"QMP {command} failed", field="qmp", value=command,
-                                detail=reply["error"].get("desc", str(reply["error"])))
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._stream.close()
-            self.sock.close()
-
-    def __enter__(self) -> RawQMP:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 # ---------------------------------------------------------------------------------------------- data
 
-_template_lock = threading.Lock()
-
-
-def luks_image(path: Path, size: str = "8M") -> Path:
-    """A fresh LUKS-encrypted qcow2 at ``path`` (passphrase :data:`LAB_PASSPHRASE`), copied from a cached
-    template because ``qemu-img`` spends seconds of CPU on LUKS key-slot set-up whatever the iteration time."""
-    template = images_dir() / "lab05" / f"luks-{size}.qcow2"
-    with _template_lock:
-        try:
-            if not template.is_file():
-                template.parent.mkdir(parents=True, exist_ok=True)
-                _create_luks(template, size)
-            tmp = path.with_name(f".{path.name}.tmp")
-            shutil.copyfile(template, tmp)
-            tmp.rename(path)
-        except PermissionError:  # a cache this user cannot write (e.g. the grader's): make one here
-            _create_luks(path, size)
+def blank_disk(path: Path, size_mib: int = 32) -> Path:
+    """A blank raw disk image of ``size_mib`` MiB at ``path`` (sparse): QEMU gives it to the guest as it is, with no
+    encryption and no key of its own -- whatever protects its contents, the guest must do it."""
+    with open(path, "xb") as image:
+        image.truncate(size_mib * _MIB)
     return path
 
 
-def _create_luks(path: Path, size: str) -> None:
-    from vlab.qemu.disks import create_image
-
-    for attempt in range(5):
-        try:
-            create_image(path, size, secret=LAB_PASSPHRASE, iter_time_ms=50)  # temp file + rename inside
-            return
-        except VlabError as exc:
-            # qemu-img's PBKDF benchmark fails at random when the thread's CPU time has not ticked yet
-            if "accurate CPU usage" not in (exc.detail or "") or attempt == 4:
-                raise
+#: The magic bytes a LUKS header (version 1 or 2) starts with.
+LUKS_MAGIC = b"LUKS\xba\xbe"
 
 
-def file_occurrences(path: Path, needle: bytes) -> int:
-    """How many times ``needle`` occurs in the file (the host's view of a disk image)."""
-    return path.read_bytes().count(needle)
-
-
-def dump_guest_memory(qmp: RawQMP, size: int, directory: Path) -> bytes:
-    """Guest-physical memory ``[0, size)`` as the host reads it with QMP ``pmemsave`` (file removed after)."""
-    target = directory / "guest-ram.bin"
-    try:
-        qmp.execute("pmemsave", val=0, size=size, filename=str(target))
-        return target.read_bytes()
-    finally:
-        target.unlink(missing_ok=True)
+def volume_key(console: Console, device: str, passphrase: str) -> bytes:
+    """The dm-crypt volume key of the open LUKS ``device``, as the guest's ``cryptsetup luksDump
+    --dump-volume-key`` shows it to whoever knows the passphrase (it goes in on stdin, never on a command line)."""
+    answer = console.run(f"printf %s {shlex.quote(passphrase)} | cryptsetup luksDump --dump-volume-key --batch-mode "
+                         f"--key-file=- {shlex.quote(device)}", timeout=120)
+    if not answer.ok:
+        raise VlabError("cryptsetup could not dump the volume key", field="device", value=device,
+                        fix="format and open the device first (your store_secret)", detail=answer.output[-500:])
+    lines = answer.output.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("MK dump:"):
+            rows = [line.partition(":")[2], *(row for row in lines[i + 1:] if row.startswith(("\t", " ")))]
+            return bytes.fromhex("".join(" ".join(rows).split()))
+    raise VlabError("no volume key in cryptsetup's answer", field="device", value=device,
+                    detail=answer.output[-500:])
 
 
 def median(values: Sequence[float]) -> float:

@@ -234,7 +234,7 @@ class RawQMP:
     the caller sends it. :meth:`send` writes one JSON object and returns the next reply, skipping the events
     QEMU sends meanwhile (kept in :attr:`events`). Everything sent is kept in :attr:`sent`.
 
-    :param path: the monitor's UNIX socket (in the VM's private workdir).
+    :param path: the monitor's UNIX socket (in the VM's private workdir, or any ``-qmp unix:`` socket).
     :param describe_failure: why QEMU may have gone (exit status and stderr), for error messages.
     :param timeout: seconds to wait for the greeting, and for each reply.
     """
@@ -242,8 +242,8 @@ class RawQMP:
     _MAX_LINE = 1 << 20
     _MAX_EVENTS = 1000
 
-    def __init__(self, path: Path, describe_failure: Callable[[], str], timeout: float) -> None:
-        self._describe_failure = describe_failure
+    def __init__(self, path: Path, describe_failure: Callable[[], str] | None = None, timeout: float = 5.0) -> None:
+        self._describe_failure = describe_failure or (lambda: "")
         self.timeout = timeout
         self.sent: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
