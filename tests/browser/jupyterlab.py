@@ -123,14 +123,17 @@ def wait_all_run(page: Any, timeout_s: float) -> None:
         timeout=timeout_s * 1000, polling=500)
 
 
-def open_notebook(page: Any, server: LabServer, notebook: str) -> None:
-    """Open ``notebook`` in JupyterLab and wait until its kernel is idle."""
+def open_notebook(page: Any, server: LabServer, notebook: str, *, kernel: bool = True) -> None:
+    """Open ``notebook`` in JupyterLab and wait until its kernel is idle (``kernel=False``: only until it is shown,
+    for reading rendered Markdown)."""
     page.goto(f"{server.url}/lab/tree/{notebook}?token={server.token}&reset")
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
     page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget", timeout=60_000)
     # A notebook without kernelspec metadata asks which kernel to start: take the default (Python 3).
     with contextlib.suppress(Exception):
         page.click(".jp-Dialog button.jp-mod-accept", timeout=5_000)
+    if not kernel:
+        return
     # Wait for the kernel before running, or the first cells race its start.
     page.wait_for_function(
         "() => { const w = window.jupyterapp.shell.currentWidget;"
