@@ -102,7 +102,7 @@ for value in [0, -1, "x", True, 1.5, 10**9, [], "1 2", None, "4096"]:
     add("vcpus", f"vcpus={value!r:.30}", config(vcpus=value))
 for value in [5, "xen", "", "tcg,thread=multi", None]:
     add("accel", f"accel={value!r:.30}", config(accel=value))
-for value in [5, "microvm", "", "pc,accel=kvm", None]:
+for value in [5, "isapc", "", "pc,accel=kvm", "microvm,pcie=on", None]:
     add("machine", f"machine={value!r:.30}", config(machine=value))
 for value in [5, "disk.img", None, b"x"]:
     add("disks", f"disks={value!r:.30}", config(disks=value))

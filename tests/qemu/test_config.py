@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from vlab.errors import VlabError
-from vlab.qemu.config import LaunchIO, Nic, VMConfig, parse_size_mib
+from vlab.qemu.config import LaunchIO, Nic, VMConfig, host_tsc_khz, parse_size_mib
 
 TEXTBOOK_CONF = '''kernel = "/boot/vmlinuz"
 initrd = "/boot/initrd.img"
@@ -88,7 +88,7 @@ def test_sizes_as_people_write_them(text: str | int, mib: int) -> None:
     ('vcpus = "two"', "vcpus", "two", "whole number"),
     ('vcpus = "4096"', "vcpus", "4096", "more vCPUs than the host"),
     ('accel = "xen"', "accel", "xen", "auto, tcg or kvm"),
-    ('machine = "microvm"', "machine", "microvm", "pc or q35"),
+    ('machine = "isapc"', "machine", "isapc", "auto, pc, q35 or microvm"),
     ('root = "/dev/sda 1"', "root", "/dev/sda 1", "without spaces"),
     ('name = "my vm"', "name", "my vm", "letters"),
     ('balloon = "maybe"', "balloon", "maybe", "yes or no"),
@@ -145,7 +145,7 @@ def test_nic_validation() -> None:
 def test_standalone_argv_is_a_runnable_nographic_command(files: tuple[Path, Path]) -> None:
     kernel, initrd = files
     config = VMConfig(kernel=kernel, initrd=initrd, mem="512M",  # type: ignore[arg-type]  # units accepted at runtime
-                      vcpus=1, append="console=ttyS0", root="/dev/sda1")
+                      vcpus=1, append="console=ttyS0", root="/dev/sda1", machine="pc")
     argv = config.qemu_argv()
     assert argv[0] == "qemu-system-x86_64"
     pairs = {argv[i]: argv[i + 1] for i in range(1, len(argv) - 1) if argv[i].startswith("-")}
@@ -157,6 +157,10 @@ def test_standalone_argv_is_a_runnable_nographic_command(files: tuple[Path, Path
     assert pairs["-serial"] == "mon:stdio"
     assert pairs["-append"] == "console=ttyS0 root=/dev/sda1 vlab.hostname=vlab"
     assert shlex.split(config.shell_command()) == argv
+    micro = config.replace(machine="microvm") if host_tsc_khz() is not None else None
+    if micro is not None:  # no HPET on microvm: the guest is told the host's TSC rate instead of calibrating
+        append = micro.qemu_argv()[micro.qemu_argv().index("-append") + 1]
+        assert append.endswith(f"vlab.hostname=vlab tsc_early_khz={host_tsc_khz()} tsc=reliable")
 
 
 def test_launch_argv_uses_inherited_fds_nics_and_incoming(files: tuple[Path, Path]) -> None:

@@ -34,9 +34,11 @@ from vlab.images import elfdeps, initramfs, kernel
 from vlab.images.manifest import FileEntry, Manifest, sha256_file
 from vlab.paths import images_dir, vm_images_src
 
-__all__ = ["KERNEL_NAME", "INITRD_NAME", "BUILD_STEPS", "BuildResult", "build_images", "inputs_key"]
+__all__ = ["KERNEL_NAME", "PVH_KERNEL_NAME", "INITRD_NAME", "BUILD_STEPS", "BuildResult", "build_images", "inputs_key"]
 
 KERNEL_NAME = "vmlinuz"
+#: the kernel's PVH-entry ELF, when the bzImage's payload could be decompressed (see kernel.pvh_elf)
+PVH_KERNEL_NAME = "vmlinux"
 INITRD_NAME = "initramfs.cpio.gz"
 TOYVMM_DIR = "toyvmm"
 
@@ -74,7 +76,7 @@ def inputs_key(kernel_id: str) -> str:
     """Hash of everything the build reads: the kernel package, tool versions and recipe files."""
     digest = hashlib.sha256()
     digest.update(kernel_id.encode())
-    for argv in (["busybox"], ["gcc", "--version"], ["riscv64-unknown-elf-as", "--version"]):
+    for argv in (["busybox"], ["gcc", "--version"], ["riscv64-unknown-elf-as", "--version"], ["lz4", "--version"]):
         digest.update(_tool_version(argv).encode())
     for path in _recipe_files():
         digest.update(str(path.relative_to(path.parents[1])).encode())
@@ -199,6 +201,8 @@ def _build_into(stage: Path, workdir: Path, report: Report) -> Manifest:
     report(f"extracting the kernel and modules from {package.name} {package.version}")
     extracted = kernel.extract_kernel(deb, workdir, _wanted_modules(), _on_demand_modules())
     shutil.copyfile(extracted.vmlinuz, stage / KERNEL_NAME)
+    # the same kernel as a PVH ELF, which -M microvm enters directly (vlab.qemu.config.pvh_kernel)
+    pvh = kernel.pvh_elf(stage / KERNEL_NAME, stage / PVH_KERNEL_NAME)
     host_programs = _host_programs()
 
     report("compiling the guest programs")
@@ -219,7 +223,8 @@ def _build_into(stage: Path, workdir: Path, report: Report) -> Manifest:
     report("assembling the toy VMM guest programs")
     toy = _build_toyvmm(stage / TOYVMM_DIR)
 
-    names = [KERNEL_NAME, INITRD_NAME, *(f"{TOYVMM_DIR}/{p.name}" for p in toy.values())]
+    names = [KERNEL_NAME, *([PVH_KERNEL_NAME] if pvh else []), INITRD_NAME,
+             *(f"{TOYVMM_DIR}/{p.name}" for p in toy.values())]
     sources = {
         package.name: package.version,
         "busybox-static": _tool_version(["busybox"]),

@@ -21,6 +21,7 @@ package, unpinned) and ``VLAB_KERNEL_DEB`` (a .deb file) override the pin.
 
 from __future__ import annotations
 
+import gzip
 import json
 import lzma
 import os
@@ -293,6 +294,62 @@ def _decompressed(path: Path, out: Path) -> Path:
     else:
         shutil.copyfile(path, out)
     return out
+
+
+def pvh_elf(vmlinuz: Path, out: Path) -> Path | None:
+    """Write the ELF kernel inside bzImage ``vmlinuz`` to ``out`` if it has a PVH entry; None when it cannot.
+
+    QEMU starts such an ELF at its PVH entry (``XEN_ELFNOTE_PHYS32_ENTRY``) on ``-M microvm``: no firmware boot
+    path and no decompressor, about 0.4 s of a TCG cold boot. It is the same kernel, only not compressed: the
+    bzImage's payload (``payload_offset``/``payload_length`` of the boot protocol), decompressed with Python's
+    gzip/lzma or the ``lz4``/``zstd`` tools. A format without a decompressor here, or an ELF without the note,
+    gives None (microvm then boots the bzImage).
+    """
+    data = vmlinuz.read_bytes()
+    if len(data) < 0x250 or data[0x202:0x206] != b"HdrS":
+        return None
+    setup_sects = data[0x1F1] or 4
+    start = (setup_sects + 1) * 512 + int.from_bytes(data[0x248:0x24C], "little")
+    payload = data[start:start + int.from_bytes(data[0x24C:0x250], "little")]
+    tools = {b"\x02\x21\x4c\x18": "lz4", b"\x28\xb5\x2f\xfd": "zstd"}
+    try:
+        if payload[:2] == b"\x1f\x8b":
+            elf = gzip.decompress(payload)
+        elif payload[:6] == b"\xfd7zXZ\x00":
+            elf = lzma.decompress(payload)
+        elif payload[:4] in tools and shutil.which(tools[payload[:4]]):
+            # lz4 exits 1 at the 4-byte size the kernel build appends; the size check below is what counts
+            elf = subprocess.run([tools[payload[:4]], "-d", "-c", "-q"], input=payload, capture_output=True,
+                                 check=False, timeout=300).stdout
+        else:
+            return None
+    except (OSError, EOFError, lzma.LZMAError, subprocess.SubprocessError):
+        return None
+    if len(elf) != int.from_bytes(payload[-4:], "little") or not _has_pvh_note(elf):
+        return None
+    out.write_bytes(elf)
+    return out
+
+
+def _has_pvh_note(elf: bytes) -> bool:
+    """Does this ELF64 have a ``Xen`` note of type 18 (``XEN_ELFNOTE_PHYS32_ENTRY``) in a PT_NOTE segment?"""
+    if elf[:5] != b"\x7fELF\x02":
+        return False
+    phoff, phentsize, phnum = (int.from_bytes(elf[0x20:0x28], "little"), int.from_bytes(elf[0x36:0x38], "little"),
+                               int.from_bytes(elf[0x38:0x3A], "little"))
+    for i in range(phnum):
+        header = elf[phoff + i * phentsize: phoff + (i + 1) * phentsize]
+        if int.from_bytes(header[0:4], "little") != 4:  # PT_NOTE
+            continue
+        offset, size = int.from_bytes(header[8:16], "little"), int.from_bytes(header[32:40], "little")
+        pos, end = offset, offset + size
+        while pos + 12 <= end:
+            namesz, descsz, kind = (int.from_bytes(elf[pos + k:pos + k + 4], "little") for k in (0, 4, 8))
+            name = elf[pos + 12:pos + 12 + namesz]
+            if name == b"Xen\x00" and kind == 18:
+                return True
+            pos += 12 + (namesz + 3) // 4 * 4 + (descsz + 3) // 4 * 4
+    return False
 
 
 def _depends(module: Path) -> list[str]:

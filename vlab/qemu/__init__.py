@@ -2,7 +2,8 @@
 
 Architecture (one module per concern):
 
-* :mod:`~vlab.qemu.config` — :class:`VMConfig` (validated; the classic ``vm.conf``; :meth:`VMConfig.qemu_argv`).
+* :mod:`~vlab.qemu.config` — :class:`VMConfig` (validated; the classic ``vm.conf``; :meth:`VMConfig.qemu_argv`;
+  ``machine="auto"``: cold boots on ``-M microvm`` where the devices allow, :meth:`VMConfig.boot_machine`).
 * :mod:`~vlab.qemu.vm` — :class:`VM`: states, start/stop, QMP helpers, snapshots, balloon, migration.
 * :mod:`~vlab.qemu.loop` — vlab's private asyncio loop in a daemon thread (so the sync API works in Jupyter).
 * :mod:`~vlab.qemu.qmp` — a ``qemu.qmp`` client per VM on that loop, errors as :class:`~vlab.errors.VlabError`,

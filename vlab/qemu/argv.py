@@ -204,9 +204,12 @@ def _config(values: Mapping[str, str | None], name: str | None, nics: Sequence[N
             raise _refuse(accel, "-accel must be tcg or kvm, without options", fix='"-accel", "tcg" (or leave it '
                                                                                    'out: vlab picks)')
         fields["accel"] = accel
-    machine = values.get("-M")
-    if machine is not None:
-        fields["machine"] = machine
+    # the classic PC, as QEMU runs it without -M: lab 01 teaches that boot (VMConfig's "auto" and "microvm"
+    # are vlab's own choices, not QEMU machine names a student's argv may use)
+    machine = values.get("-M") or "pc"
+    if machine not in ("pc", "q35"):
+        raise _refuse(machine, "-M must be pc or q35 here", fix='"-M", "pc" (or leave it out)')
+    fields["machine"] = machine
     if values.get("-cpu") is not None:
         fields["cpu"] = values["-cpu"]
     argv_name = values.get("-name")

@@ -1,8 +1,9 @@
 """Snapshot templates: a booted, idle guest saved once, so that a VM starts by restoring it.
 
 A *template* is the saved state of a guest that booted with a VM's hardware and nothing else: its machine
-type, memory, vCPUs, firmware, kernel, initramfs, kernel command line (without the per-VM words) and the
-balloon. Disks and NICs are not part of it: a restored VM hot-plugs its own (see :mod:`vlab.qemu.vm`) and
+type (``pc`` for ``machine="auto"``: restored VMs hot-plug over PCI, which ``microvm`` lacks), memory, vCPUs,
+firmware, kernel, initramfs, kernel command line (without the per-VM words) and the balloon. Disks and NICs are
+not part of it: a restored VM hot-plugs its own (see :mod:`vlab.qemu.vm`) and
 :mod:`vlab.qemu.individualize` gives it its hostname, addresses, clock and randomness.
 
 Every template lives in ``templates_dir()/<key>/`` where *key* hashes everything that must match for a
@@ -162,16 +163,24 @@ def cold_reason(config: VMConfig, cold: bool | None = None) -> str | None:
         return f"{COLD_BOOT_ENV}=1 is set"
     if config.extra_args:
         return "extra_args may change the device set, which a template must match exactly"
-    if config.machine != "pc" and (config.disks or config.nics):
+    if config.machine == "microvm":
+        return "templates run on machine 'pc' (a restored VM's disks and NICs are hot-plugged over PCI, and " \
+               "microvm has no PCI)"
+    if config.machine not in ("pc", "auto") and (config.disks or config.nics):
         return f"disks and NICs are hot-plugged after a restore, which vlab does on machine 'pc' only, not " \
                f"{config.machine!r}"
     return None
 
 
 def base_config(config: VMConfig) -> VMConfig:
-    """The hardware a template of ``config`` boots: no disks, no NICs, no per-VM kernel arguments."""
+    """The hardware a template of ``config`` boots: no disks, no NICs, no per-VM kernel arguments.
+
+    ``machine="auto"`` means ``pc`` here: a template's VMs hot-plug their disks and NICs over PCI (a cold
+    boot of the same config may run on microvm instead, see :meth:`VMConfig.boot_machine`).
+    """
     words = [w for w in config.append.split() if not w.startswith(_PER_VM_WORDS)]
-    return config.replace(name=_NAME, disks=(), nics=(), append=" ".join(words), cold_boot=False)
+    machine = "pc" if config.machine == "auto" else config.machine
+    return config.replace(name=_NAME, disks=(), nics=(), append=" ".join(words), cold_boot=False, machine=machine)
 
 
 def restore_slots(config: VMConfig, template: Template) -> dict[str, int]:

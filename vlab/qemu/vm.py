@@ -149,6 +149,8 @@ class VM:
         self._bridges: list[str] = []
         self._macs: list[str] = []
         self._inherit_macs: list[str] = []  # a migration destination takes over its source's MACs
+        self._inherit_machine: str | None = None  # ... and its machine (a restored source ran "pc")
+        self._hardware: VMConfig = config  # config with the machine QEMU runs (machine="auto" resolved)
         self._vmstate_ready = False
         self._qmp_sock: socket.socket | None = None
         self._qmp_sync_sock: socket.socket | None = None
@@ -281,6 +283,12 @@ class VM:
         return self._console
 
     @property
+    def machine(self) -> str:
+        """The machine QEMU runs (or would run for a cold boot): ``pc``, ``q35`` or ``microvm``, with
+        ``machine="auto"`` resolved (a VM restored from a template always runs ``pc``)."""
+        return self._hardware.machine if self._hardware.machine != "auto" else self.config.boot_machine()
+
+    @property
     def workdir(self) -> Path | None:
         """The VM's private directory (None when not running)."""
         return self._process.workdir if self._process else None
@@ -303,7 +311,8 @@ class VM:
         :param progress: show the boot's steps (a bar in a notebook or terminal, a line per step in logs).
         :param cold: True: boot the kernel (what lab 01 measures). False: use a template even if the config or
             ``VLAB_COLD_BOOT`` asks for a cold boot. None (default): ``config.cold_boot`` and the environment
-            decide. A VM that needs extra_args, or hot-plug on a machine other than ``pc``, always boots cold.
+            decide. A VM that needs extra_args, runs on ``microvm``, or needs hot-plug on ``q35``, always boots
+            cold. A cold boot of ``machine="auto"`` runs on ``microvm`` where it can (:attr:`machine` says).
         :raises VlabError: with the console tail and QEMU's stderr if the guest never becomes ready.
         """
         timeout = check_seconds("timeout", timeout)
@@ -365,7 +374,7 @@ class VM:
             io = self._io
             assert io is not None
             template.load(self._execute, found, state_fd, timeout)
-            individualize.hotplug(self._execute, self.config, io)
+            individualize.hotplug(self._execute, self._hardware, io)
             self._qmp.execute("cont")
             with self._state_lock:
                 self._state = VMState.RUNNING
@@ -408,7 +417,11 @@ class VM:
 
     def _spawn(self, incoming: bool, connect_timeout: float, restore: tuple[Template, int] | None = None) -> None:
         assert self.config.kernel is not None and self.config.initrd is not None
-        verify_guest_file("kernel", self.config.kernel)
+        if restore is not None:  # the template's hardware: pc, its devices hot-plugged over PCI
+            self._hardware = self.config.replace(machine=template.base_config(self.config).machine)
+        elif self._from_argv is None:
+            self._hardware = self.config.replace(machine=self._inherit_machine or self.config.boot_machine())
+        verify_guest_file("kernel", self._hardware.boot_kernel())
         verify_guest_file("initrd", self.config.initrd)
         sweep_orphans()
         network.sweep_orphan_namespaces()
@@ -424,7 +437,7 @@ class VM:
             if self._from_argv is not None:
                 self.argv = self._from_argv.launch_argv(io, kind)
             elif restore is None:
-                self.argv = self.config.qemu_argv(io, accel=kind)
+                self.argv = self._hardware.qemu_argv(io, accel=kind)
             else:  # the template's exact hardware, under this VM's name; its devices are hot-plugged
                 self.argv = template.base_config(self.config).qemu_argv(io, accel=kind)
                 self.argv[self.argv.index("-name") + 1] = f"{self.config.name},debug-threads=on"
@@ -748,7 +761,7 @@ class VM:
                                           now["tm_hour"], now["tm_min"], now["tm_sec"])))
         except (KeyError, TypeError) as exc:
             raise VlabError("QEMU's rtc-time is not the struct tm it documents", field="rtc-time",
-                            value=shown(now), fix="a machine type with an RTC (pc or q35)") from exc
+                            value=shown(now), fix="a machine with an RTC (pc, q35, microvm as vlab runs it)") from exc
 
     def vcpu_times(self) -> dict[int, float]:
         """Host CPU seconds used so far by each vCPU thread."""
@@ -919,7 +932,7 @@ class VM:
         self._require("migrate_to", VMState.RUNNING, VMState.PAUSED)
         other._require("be a migration destination", VMState.CREATED)
         self._check_migratable(other)
-        uri = other._start_incoming(self._macs, self._pci_slots, min(30.0, budget.left()))
+        uri = other._start_incoming(self._macs, self._pci_slots, self.machine, min(30.0, budget.left()))
 
         def source(command: str, args: Mapping[str, Any] | None = None) -> Any:
             # the cancel after a timeout gets a short grace of its own, so the source is not left migrating
@@ -953,8 +966,13 @@ class VM:
             raise VlabError("migration supports guests without disks and with the same NICs", field="disks",
                             value=len(mine.disks), fix="migrate a diskless guest (the default VMConfig())")
 
-    def _start_incoming(self, macs: list[str], slots: Mapping[str, int], timeout: float) -> str:
-        """Launch as a migration destination (with the source's MACs and PCI slots); returns the URI."""
+    def _start_incoming(self, macs: list[str], slots: Mapping[str, int], machine: str, timeout: float) -> str:
+        """Launch as a migration destination (with the source's MACs, PCI slots and machine); returns the URI.
+
+        Migration needs the same machine on both sides: a source restored from a template runs ``pc`` even
+        when a cold boot of the same config would run ``microvm``.
+        """
+        self._inherit_machine = machine
         self._inherit_macs = list(macs)
         self._pci_slots = dict(slots)
         self._launch(incoming=True, timeout=timeout)
