@@ -254,6 +254,9 @@ CONSOLE_CASES: list[tuple[str, Callable[[VM], Any]]] = [
     ("command", lambda vm: vm.console.run(None)),  # type: ignore[arg-type]
     ("command", lambda vm: vm.console.run("x" * 5000)),
     ("command", lambda vm: vm.console.run("echo \x04")),
+    # an open quote would leave the guest's shell waiting for a continuation line until the timeout
+    ("command", lambda vm: vm.console.run("printf %s 'it's' | cat", timeout=60)),
+    ("command", lambda vm: vm.console.run('echo "unclosed', timeout=60)),
     ("timeout", lambda vm: vm.console.run("true", timeout=float("inf"))),
     ("timeout", lambda vm: vm.console.run("true", timeout=0)),
     ("max_output", lambda vm: vm.console.run("true", max_output=0)),
@@ -272,3 +275,5 @@ def test_bad_console_inputs_are_refused_and_the_console_still_works(shared_vm: V
             call(shared_vm)
         assert caught.value.field == field and caught.value.fix
     assert shared_vm.console.run("echo still-fine").output == "still-fine\n"
+    # quotes the shell accepts are not refused: escaped, nested in the other kind, inside a comment
+    assert shared_vm.console.run("""echo "it's" \\' 'a"b' # don't""").output == "it's ' a\"b\n"

@@ -44,6 +44,18 @@ _SHELL_BANNER = re.compile(rb"BusyBox v[^\n]* built-in shell")  # what a newly s
 MAX_COMMAND_BYTES = 3000
 
 
+
+def _check_quotes(command: str) -> None:
+    """Refuse a command that leaves a quote open: the guest's shell would wait for the rest of it (a
+    continuation line) until the timeout, instead of failing at once."""
+    try:
+        shlex.split(command, comments=True, posix=True)  # a quote inside a # comment is no quote to sh either
+    except ValueError as exc:
+        raise VlabError(f"the command leaves a quote open ({exc}): the guest's shell would wait for the rest",
+                        field="command", value=shown(command),
+                        fix="close every ' and \"; put values into a command with shlex.quote(value)") from None
+
+
 class ConsoleClosed(VlabError):
     """The console's socket closed (QEMU exited) while waiting for output."""
 
@@ -207,12 +219,14 @@ class Console:
         guest command (Ctrl-C on the guest's terminal) and waits for the shell to answer again, so the
         next ``run()`` works.
 
-        :raises VlabError: if the command is not one printable line, times out, the VM is paused or stops.
+        :raises VlabError: if the command is not one printable line, leaves a quote open, times out, the VM is
+            paused or stops.
         """
         command = check_text("command", command, max_len=MAX_COMMAND_BYTES, allow_empty=True,
                              fix="one shell command line; for raw input use console.send()").strip()
         timeout = check_seconds("timeout", timeout)
         limit = check_int("max_output", max_output, 1, 1 << 34)
+        _check_quotes(command)
         deadline = time.monotonic() + timeout
         if not self._run_lock.acquire(timeout=timeout):
             raise VlabError(f"another run() was still using the console after {timeout} s", field="command",
