@@ -61,7 +61,8 @@ UcError: type[Exception] = unicorn.UcError  # type: ignore[attr-defined]
 MASK64 = (1 << 64) - 1
 _PC, _REG_T0 = rv.UC_RISCV_REG_PC, rv.UC_RISCV_REG_X0 + 5
 _READ_EXEC = uc_const.UC_PROT_READ | uc_const.UC_PROT_EXEC
-_WRITE, _EXEC, _FETCH = uc_const.UC_PROT_WRITE, uc_const.UC_PROT_EXEC, uc_const.UC_MEM_FETCH
+_READ, _WRITE, _EXEC = uc_const.UC_PROT_READ, uc_const.UC_PROT_WRITE, uc_const.UC_PROT_EXEC
+_FETCH = uc_const.UC_MEM_FETCH
 _NEED = {uc_const.UC_MEM_FETCH: _EXEC, uc_const.UC_MEM_WRITE: _WRITE}  # else UC_PROT_READ
 _SYSTEM_REASONS = {"wfi": ExitReason.WFI, "sret": ExitReason.SRET, "sfence": ExitReason.SFENCE}
 # Module-level names for the reasons the hooks use: an enum class attribute lookup per trap adds up.
@@ -149,6 +150,9 @@ class Sink:
         return False if self.active else None
 
 
+_SINK_PAGE = Sink.VA >> 12
+
+
 class CounterTraps:
     """Makes one guest's counter reads trap although Unicorn runs them natively (:func:`~.isa.runs_natively`).
 
@@ -159,7 +163,8 @@ class CounterTraps:
     execution takes write permission away, any other fill execution, and a frame is never writable
     through one virtual page while executable through another (the TLB is flushed first), so code
     the guest writes comes back through a fill -- and is scanned -- before it runs. The MMU's answer
-    for a page is kept until the next TLB flush (:attr:`granted`): W^X refills are no TLB misses.
+    for a page is kept until the next TLB flush (:attr:`granted`): W^X refills are no TLB misses. A page
+    whose bytes are those it had when last scanned is not scanned again (each ``satp`` write refetches it).
 
     Hooks stay until :meth:`reset`, which the engine does at the end of a chunk once there are more
     than :data:`LIMIT` (every execution of a hooked instruction walks the whole list). A chunk never
@@ -182,6 +187,9 @@ class CounterTraps:
         #: machine page -> the virtual page the TLB may write (execute) it through (-1: several), until a flush
         self._writable: dict[int, int] = {}
         self._executable: dict[int, int] = {}
+        #: virtual page -> its bytes when it was scanned (all its hooks in place), until a reset: the TLB
+        #: forgets a page at each flush (a satp write), its code rarely changes, and comparing is cheaper
+        self._scanned: dict[int, bytes] = {}
         self.reset_pending = False
 
     def tlb_flushed(self) -> None:
@@ -189,41 +197,44 @@ class CounterTraps:
         self._writable.clear()
         self._executable.clear()
 
-    def refill(self, va: int, access: int, entry: Any) -> bool:
-        """Give the TLB back a permission W^X took away (no MMU walk): True if ``entry`` is filled."""
-        hit = self.granted.get(va >> 12)
-        need = _NEED.get(access, uc_const.UC_PROT_READ)
-        if hit is None or not hit[1] & need or hit[2] & need:  # a real miss (or an evicted entry): the MMU's
+    def refill(self, page: int, access: int, entry: Any, hit: tuple[int, int, int]) -> bool:
+        """Give the TLB back a permission W^X took away from ``hit`` (:attr:`granted`'s entry for
+        ``page``) without an MMU walk: True if ``entry`` is filled."""
+        need = _NEED.get(access, _READ)
+        if not hit[1] & need or hit[2] & need:  # a real miss (or an evicted entry): the MMU's
             return False
         entry.paddr = hit[0]
-        self.grant(va, access, entry, hit[1])
+        self.grant(page, access, entry, hit[0], hit[1])
         return True
 
-    def grant(self, va: int, access: int, entry: Any, perms: int) -> None:
-        """Hand the TLB ``perms`` (the MMU's) for ``entry`` minus W or X, scanning the page if it is fetched."""
-        page, paddr = va >> 12, entry.paddr
-        mine: dict[int, int] | None
-        if access == _FETCH:
-            given, mine, theirs = perms & ~_WRITE, self._executable, self._writable
+    def grant(self, page: int, access: int, entry: Any, paddr: int, perms: int) -> None:
+        """Hand the TLB ``perms`` (the MMU's) for virtual ``page`` -> ``paddr`` minus W or X, scanning
+        the page if it is fetched. On every fill: each step here is a cost memdirty measures."""
+        if access != _FETCH:  # a load or a store
+            given = perms & ~_EXEC
+            if given & _WRITE and paddr >= POOL_BASE:
+                if self._executable.get(paddr, page) != page:  # an alias may run it: that must come back
+                    self._guest.flush_tlb()
+                if self._writable.setdefault(paddr, page) != page:
+                    self._writable[paddr] = -1  # -1: more than one page
         else:
-            given, mine, theirs = perms & ~_EXEC, self._writable, self._executable
-            if not given & _WRITE:
-                mine = None
-        if mine is not None and paddr >= POOL_BASE:
-            other = theirs.get(paddr)
-            if other is not None and other != page:  # an alias has the other right: it must come back
-                self._guest.flush_tlb()
-            held = mine.get(paddr)
-            mine[paddr] = page if held is None or held == page else -1  # -1: more than one page
+            given = perms & ~_WRITE
+            if paddr >= POOL_BASE:
+                if self._writable.get(paddr, page) != page:  # an alias may write it: that must come back
+                    self._guest.flush_tlb()
+                if self._executable.setdefault(paddr, page) != page:
+                    self._executable[paddr] = -1
         if given != perms:
             entry.perms = given
         self.granted[page] = (paddr, perms, given)
         if access == _FETCH and paddr >= POOL_BASE:
-            self.scan(va & ~(PAGE - 1), paddr - POOL_BASE)
+            self.scan(page << 12, paddr - POOL_BASE)
 
     def scan(self, page_va: int, offset: int) -> None:
         """Hook every counter read of the page at ``page_va`` (bytes at pool ``offset``)."""
         code = bytes(self._view[offset:offset + PAGE])
+        if self._scanned.get(page_va) == code:  # these very bytes, their hooks in place: nothing new
+            return
         found = []
         for csr_high in (0xC0, 0xC1):  # the CSR number's top byte: rare in code, found at C speed
             at = code.find(csr_high, 3)
@@ -247,12 +258,16 @@ class CounterTraps:
                 raise UcError(status)
             self.sites[address] = handle.value
         self.reset_pending = self.reset_pending or len(self.sites) > self.LIMIT
+        if len(self._scanned) >= self.LIMIT:  # bounded, as the hooks are
+            self._scanned.clear()
+        self._scanned[page_va] = code
 
     def reset(self) -> None:
         """Drop every hook and all translated code: through :meth:`Engine.reset_counter_traps`."""
         for handle in self.sites.values():
             binding.uclib.uc_hook_del(self._uc._uch, ctypes.c_size_t(handle))
         self.sites.clear()
+        self._scanned.clear()
         self.reset_pending = False
         self._uc.ctl_flush_tb()
 
@@ -440,31 +455,43 @@ class Engine:
 
     def _on_tlb_fill(self, uc: Any, va: int, access: int, entry: Any, _data: Any) -> bool:
         try:
-            if self._resetting:  # a lookup of uc_hook_del's (see reset_counter_traps)
-                entry.contents.paddr, entry.contents.perms = Sink.PA, _READ_EXEC
-                return True
+            entry, page = entry.contents, va >> 12
+            if self.sink.active or page == _SINK_PAGE or self._resetting:  # no guest page: the sink's
+                return self._fill_aside(va, access, entry)
             vcpu = self.current
             assert vcpu is not None
-            entry = entry.contents
-            own = self.sink.fill(va, entry)
-            if own is not None:
-                if not own and not self.sink.active:  # beyond any RAM, as for a real hart: a violation
-                    vcpu.pending_fault = (va, self.machine.mmu.kind(access), True)
-                return own
             traps = vcpu.guest.counter_traps
-            if traps is not None and va >> 12 in traps.granted and traps.refill(va, access, entry):
-                return True
+            if traps is not None:
+                hit = traps.granted.get(page)
+                if hit is not None and traps.refill(page, access, entry, hit):
+                    return True
             mmu = self.machine.mmu
             filled = mmu.fill(vcpu, va, access, entry)
             if filled is NEEDS_SHADOW_FILL:  # shadow paging's hidden fault: an exit, then again
                 self.machine.dispatch(Exit(ExitReason.SHADOW_FILL, vcpu, vcpu.pc, addr=va, access=mmu.kind(access)))
                 filled = mmu.fill(vcpu, va, access, entry, after_shadow_fill=True)
-            if filled is True and traps is not None:
-                traps.grant(va, access, entry, entry.perms)
-            return filled is True
+            if filled is not True:
+                return False
+            if traps is not None:
+                traps.grant(page, access, entry, entry.paddr, entry.perms)
+            return True
         except BaseException as error:
             self._failed(error)
             return False
+
+    def _fill_aside(self, va: int, access: int, entry: Any) -> bool:
+        """The TLB fills no MMU answers: uc_hook_del's lookups (see :meth:`reset_counter_traps`),
+        the sink's page, and any page while a vCPU is parked."""
+        if self._resetting:
+            entry.paddr, entry.perms = Sink.PA, _READ_EXEC
+            return True
+        vcpu = self.current
+        assert vcpu is not None
+        own = self.sink.fill(va, entry)
+        assert own is not None  # the sink's page, or parked
+        if not own and not self.sink.active:  # beyond any RAM, as for a real hart: a violation
+            vcpu.pending_fault = (va, self.machine.mmu.kind(access), True)
+        return own
 
     def _failed(self, error: BaseException) -> None:
         if self._hook_error is None:  # the first one is the cause; later ones are consequences
