@@ -101,8 +101,15 @@ def stage_tree(root: Path, *, init: Path, modules: list[Path], programs: list[Pa
         os.chmod(path, 0o755 if copied.get(path, executable) else 0o644)
 
 
-def pack(root: Path, out: Path) -> None:
-    """Pack ``root`` as a gzip-compressed newc cpio archive at ``out`` (reproducibly)."""
+#: initramfs compressors: argv reading the cpio archive on stdin (both reproducible: no name, no time stored)
+COMPRESSORS = {"gzip": ["gzip", "-9", "-n"],
+               # -l: the legacy frame format, the only one the kernel's initramfs unpacker reads
+               "lz4": ["lz4", "-l", "-9", "-q", "-c"]}
+
+
+def pack(root: Path, out: Path, compress: str = "gzip") -> None:
+    """Pack ``root`` as a compressed newc cpio archive at ``out`` (reproducibly); ``compress`` names a
+    :data:`COMPRESSORS` entry."""
     _check_tool("cpio", "cpio")
     paths = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
     for rel in [".", *paths]:
@@ -117,5 +124,6 @@ def pack(root: Path, out: Path) -> None:
     )
     if archive.returncode != 0:
         raise VlabError("cpio failed", field="images", detail=archive.stderr.decode()[-2000:])
-    packed = subprocess.run(["gzip", "-9", "-n"], input=archive.stdout, capture_output=True, check=True)
+    _check_tool(COMPRESSORS[compress][0], "lz4" if compress == "lz4" else "gzip")
+    packed = subprocess.run(COMPRESSORS[compress], input=archive.stdout, capture_output=True, check=True)
     out.write_bytes(packed.stdout)

@@ -21,13 +21,13 @@ package, unpinned) and ``VLAB_KERNEL_DEB`` (a .deb file) override the pin.
 
 from __future__ import annotations
 
-import gzip
 import json
 import lzma
 import os
 import re
 import shutil
 import subprocess
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -302,7 +302,7 @@ def pvh_elf(vmlinuz: Path, out: Path) -> Path | None:
     QEMU starts such an ELF at its PVH entry (``XEN_ELFNOTE_PHYS32_ENTRY``) on ``-M microvm``: no firmware boot
     path and no decompressor, about 0.4 s of a TCG cold boot. It is the same kernel, only not compressed: the
     bzImage's payload (``payload_offset``/``payload_length`` of the boot protocol), decompressed with Python's
-    gzip/lzma or the ``lz4``/``zstd`` tools. A format without a decompressor here, or an ELF without the note,
+    zlib/lzma or the ``lz4``/``zstd`` tools. A format without a decompressor here, or an ELF without the note,
     gives None (microvm then boots the bzImage).
     """
     data = vmlinuz.read_bytes()
@@ -313,17 +313,19 @@ def pvh_elf(vmlinuz: Path, out: Path) -> Path | None:
     payload = data[start:start + int.from_bytes(data[0x24C:0x250], "little")]
     tools = {b"\x02\x21\x4c\x18": "lz4", b"\x28\xb5\x2f\xfd": "zstd"}
     try:
+        # one stream each: the kernel build appends the 4-byte size, which the one-shot decompressors would take
+        # for the start of a second stream and reject
         if payload[:2] == b"\x1f\x8b":
-            elf = gzip.decompress(payload)
+            elf = zlib.decompressobj(wbits=31).decompress(payload)
         elif payload[:6] == b"\xfd7zXZ\x00":
-            elf = lzma.decompress(payload)
+            elf = lzma.LZMADecompressor().decompress(payload)
         elif payload[:4] in tools and shutil.which(tools[payload[:4]]):
             # lz4 exits 1 at the 4-byte size the kernel build appends; the size check below is what counts
             elf = subprocess.run([tools[payload[:4]], "-d", "-c", "-q"], input=payload, capture_output=True,
                                  check=False, timeout=300).stdout
         else:
             return None
-    except (OSError, EOFError, lzma.LZMAError, subprocess.SubprocessError):
+    except (OSError, EOFError, lzma.LZMAError, zlib.error, subprocess.SubprocessError):
         return None
     if len(elf) != int.from_bytes(payload[-4:], "little") or not _has_pvh_note(elf):
         return None
