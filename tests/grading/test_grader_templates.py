@@ -25,6 +25,7 @@ import pytest
 
 from tests.grading.conftest import private_tmpdir
 from tests.grading.grading_submissions import DATA
+from tests.qemu.template_cache import private_template_cache
 from vlab.errors import VlabError
 from vlab.grading.assign import build
 from vlab.grading.bundle import Bundle
@@ -95,19 +96,10 @@ def cache(guest_images: tuple[Path, Path]) -> Iterator[Path]:
     """A template cache of root's, with both templates built (before grading, as the instructor would)."""
     root = Path(tempfile.mkdtemp(prefix="vlab-grader-templates-"))
     root.chmod(0o755)
-    old = os.environ.get(template.TEMPLATES_ENV)
-    os.environ[template.TEMPLATES_ENV] = str(root)
-    template._failed_builds.clear()
-    try:
+    with private_template_cache(root):
         for config in CONFIGS:
             template.ensure(config, "tcg")
         yield root
-    finally:
-        if old is None:
-            os.environ.pop(template.TEMPLATES_ENV, None)
-        else:
-            os.environ[template.TEMPLATES_ENV] = old
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.qemu.template_cache import private_template_cache
 from vlab.qemu import VM, Disk, Nic, VMConfig, template
 from vlab.qemu.disks import create_image
 from vlab.qemu.template import Template, TemplateError
@@ -26,17 +27,8 @@ pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory, guest_images: tuple[Path, Path]) -> Iterator[Path]:
     """A private template cache for this module (VLAB_TEMPLATES), removed afterwards."""
-    root = tmp_path_factory.mktemp("templates")
-    old = os.environ.get(template.TEMPLATES_ENV)
-    os.environ[template.TEMPLATES_ENV] = str(root)
-    template._failed_builds.clear()
-    try:
+    with private_template_cache(tmp_path_factory.mktemp("templates"), remove=False) as root:
         yield root
-    finally:
-        if old is None:
-            os.environ.pop(template.TEMPLATES_ENV, None)
-        else:
-            os.environ[template.TEMPLATES_ENV] = old
 
 
 @pytest.fixture(scope="module")

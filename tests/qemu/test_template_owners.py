@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.qemu.template_cache import private_template_cache
 from vlab.grading.jail import JailSpec
 from vlab.grading.mounts import student_readonly
 from vlab.qemu import VMConfig, template
@@ -38,17 +39,8 @@ def cache(guest_images: tuple[Path, Path]) -> Iterator[Path]:
     """A private cache of root's (0755), as the grader's would be."""
     root = Path(tempfile.mkdtemp(prefix="vlab-owners-"))
     root.chmod(0o755)
-    old = os.environ.get(template.TEMPLATES_ENV)
-    os.environ[template.TEMPLATES_ENV] = str(root)
-    template._failed_builds.clear()
-    try:
+    with private_template_cache(root):
         yield root
-    finally:
-        if old is None:
-            os.environ.pop(template.TEMPLATES_ENV, None)
-        else:
-            os.environ[template.TEMPLATES_ENV] = old
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
