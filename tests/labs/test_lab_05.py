@@ -9,14 +9,12 @@ through the lab's own checks on the real kernel and real guests.
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from vlab.grading.testing import lab_checks, run_check
+from vlab.grading.testing import lab_checks, run_check, solution_answers
 from vlab.labs import isolation as lab
 
 SOURCE = Path(__file__).resolve().parents[2] / "labs" / "source" / "05-isolation.ipynb"
@@ -26,36 +24,16 @@ needs_cgroups = pytest.mark.skipif(not (NAMESPACES and CGROUPS), reason=_WHY)
 HELPERS = ("def container_trial(", "def q5_trial(")
 
 
-def _cells() -> dict[str, str]:
-    """Solution cells by question, then the read-only cells that define the checks' helpers."""
-    found, helpers = {}, {}
-    for cell in json.loads(SOURCE.read_text())["cells"]:
-        text = "".join(cell["source"])
-        head = re.match(r"# vlab: solution (q\d)", text)
-        if head:
-            found[head.group(1)] = text
-        elif text.startswith("# vlab: readonly") and any(h in text for h in HELPERS):
-            helpers[cell["id"]] = text
-    return {**found, **helpers}
-
-
 def answers(**replace: tuple[str, str]) -> dict[str, Any]:
     """The solution's answers (with ``replace[q] = (old, new)`` applied to question q's cell), the read-only helpers
     and the measurements the locked cells would have exported."""
-    from typing import Any as TypingAny
-
-    namespace: dict[str, Any] = {"lab": lab, "Any": TypingAny}
-    for question, text in _cells().items():
-        if question in replace:
-            old, new = replace[question]
-            assert old in text, f"{old!r} is not in the solution of {question}"
-            text = text.replace(old, new)
-        exec(text, namespace)
+    namespace = solution_answers(SOURCE, {"lab": lab, "Any": Any}, replace=replace,
+                                 readonly=lambda text: any(helper in text for helper in HELPERS))
     namespace.update(disk_facts={"luks_header": True, "image_bytes": 32 << 20, "plain_copies": 0,
                                  "reads_back": True, "ram_bytes": 128 << 20},
                      image_hits=0, dump_hits=2, key_hits={"data": 1, "tweak": 1}, passphrase_hits=0,
                      measured_forks=None)
-    return {k: v for k, v in namespace.items() if not k.startswith("__")}
+    return namespace
 
 
 @pytest.fixture(scope="module")

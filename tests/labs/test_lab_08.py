@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from vlab.grading.assign import build
-from vlab.grading.testing import lab_checks, run_check
+from vlab.grading.testing import lab_checks, run_check, solution_answers
 from vlab.labs import containers as lab
 
 SOURCE = Path(__file__).resolve().parents[2] / "labs" / "source" / "08-containers.ipynb"
@@ -25,31 +25,16 @@ HOST = lab.support()
 needs_ns = pytest.mark.skipif(not HOST.namespaces, reason=HOST.why)
 
 
-def _cells(role: str) -> dict[str, str]:
-    found = {}
-    for cell in json.loads(SOURCE.read_text())["cells"]:
-        text = "".join(cell["source"])
-        head = re.match(rf"# vlab: {role} (q\d)", text)
-        if head:
-            found[head.group(1)] = text
-    return found
-
-
 def answers(**replace: tuple[str, str]) -> dict[str, Any]:
     """The solution's exports (with ``replace[q] = (old, new)`` applied to question q's cell) and the read-only
     helpers, as the grader's exports would hold them."""
-    namespace: dict[str, Any] = {"lab": lab}
-    for question, text in {**_cells("solution"), **{f"r{q}": t for q, t in _cells("readonly").items()}}.items():
-        if question in replace:
-            old, new = replace[question]
-            assert old in text, f"{old!r} is not in the solution of {question}"
-            text = text.replace(old, new)
-        exec(text, namespace)
+    namespace = solution_answers(SOURCE, {"lab": lab}, replace=replace,
+                                 readonly=lambda text: re.match(r"# vlab: readonly q\d", text) is not None)
     host = {"kernel": "6.1.0-9-amd64", "boot_id": "b00t", "hostname": "h", "uptime_s": 9.0, "modules": 3,
             "processes": 99}
     namespace["measured"] = {"container_kib": 1500, "vm_kib": 150_000,
                              "views": {"host": host, "vm": dict(host, boot_id="0ther"), "container": dict(host)}}
-    return {k: v for k, v in namespace.items() if not k.startswith("__")}
+    return namespace
 
 
 @pytest.fixture(scope="module")

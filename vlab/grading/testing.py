@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,24 @@ def locked_helpers(source: Path | str, defines: str, **namespace: Any) -> dict[s
             exec(text, namespace)
             return namespace
     raise KeyError(f"no read-only cell of {source} defines {defines}()")
+
+
+def solution_answers(source: Path | str, namespace: dict[str, Any], *, readonly: Callable[[str], bool] | None = None,
+                     replace: Mapping[str, tuple[str, str]] | None = None) -> dict[str, Any]:  # exec globals
+    """Run ``source``'s solution cells, then the read-only cells ``readonly(text)`` selects, in ``namespace``;
+    ``replace[question] = (old, new)`` edits a question's solution first (a student's variant). Returns the
+    names a grader's exports would hold: pass them to :func:`run_check` to test a check on that variant."""
+    edits = dict(replace or {})
+    for index, cell in enumerate(load_notebook(Path(source))["cells"]):
+        spec, text = cell_spec(cell, index), "".join(cell["source"])
+        if spec.role == "solution" and spec.question in edits:
+            old, new = edits.pop(spec.question)
+            assert old in text, f"{old!r} is not in the solution of {spec.question}"
+            text = text.replace(old, new)
+        if spec.role == "solution" or (spec.role == "readonly" and readonly is not None and readonly(text)):
+            exec(text, namespace)
+    assert not edits, f"no solution cell for {sorted(edits)}"
+    return {k: v for k, v in namespace.items() if not k.startswith("__")}
 
 
 def student_params(source: Path | str, student: str, course: str = DEFAULT_COURSE) -> dict[str, Any]:  # any values
