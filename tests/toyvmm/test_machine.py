@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -184,3 +187,24 @@ def test_a_closed_machine_frees_its_engine_at_once() -> None:
     finally:
         gc.enable()
     assert grown < 2048, f"{grown} MiB of address space kept by 20 closed machines"
+
+
+def test_machines_dropped_without_close_fit_under_an_address_space_limit() -> None:
+    """A notebook that drops machines without ``close()`` keeps their engines until the cyclic GC runs. With
+    Unicorn's default 1 GiB code buffer per engine, thirty of them passed a 4 GiB RLIMIT_AS and Unicorn *exited the
+    process* ("Could not allocate dynamic translator buffer"); with :data:`TCG_BUFFER_BYTES` they fit."""
+    script = textwrap.dedent("""
+        import gc, resource
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+        from vlab.toyvmm.machine import Machine
+        gc.disable()
+        kept = []
+        for _ in range(30):
+            machine = Machine()
+            machine.add_guest("hello")
+            machine.run(ms=1)
+            kept.append(machine)  # never closed, never collected
+        print("ran", len(kept))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "ran 30" in done.stdout, (done.returncode, done.stdout, done.stderr[-500:])

@@ -58,6 +58,7 @@ from unicorn.x86_const import (
 from vlab import plots
 from vlab.errors import VlabError
 from vlab.measure import Sample
+from vlab.toyvmm.engine import open_unicorn
 from vlab.toyvmm.exits import ExitHandler, ExitReason
 from vlab.toyvmm.machine import MAILBOX, Machine
 from vlab.toyvmm.programs import kernel_program, load_program
@@ -289,7 +290,6 @@ _GPRS = {"eax": UC_X86_REG_EAX, "ebx": UC_X86_REG_EBX, "ecx": UC_X86_REG_ECX, "e
 #: hypercalls of the paravirtual x86 guest: the VMM's pushf and popf
 HC_PUSHF, HC_POPF = 0x81, 0x82
 _GP, _BREAKPOINT = 13, 3
-_Uc: Any = unicorn.Uc  # type: ignore[attr-defined]  # the binding's typing is partial
 _UcError: type[Exception] = unicorn.UcError  # type: ignore[attr-defined]
 
 
@@ -353,7 +353,7 @@ def disassemble_x86(code: bytes, address: int = _CODE) -> list[tuple[int, int, s
 
 
 def _machine() -> Any:
-    uc: Any = _Uc(UC_ARCH_X86, UC_MODE_32)
+    uc: Any = open_unicorn(UC_ARCH_X86, UC_MODE_32)
     uc.mem_map(0, _MEMORY)
     uc.mem_write(_GDT, _GDT_BYTES)
     uc.reg_write(UC_X86_REG_GDTR, (0, _GDT, len(_GDT_BYTES) - 1, 0))

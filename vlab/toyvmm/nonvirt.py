@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import unicorn
 from unicorn import x86_const as x86
 
+from vlab.toyvmm.engine import open_unicorn
 from vlab.toyvmm.isa import CSR
 
 __all__ = ["patch_counter_reads", "is_counter_read", "PopfResult", "x86_popf_at_cpl3"]
@@ -71,7 +72,7 @@ def x86_popf_at_cpl3() -> PopfResult:
     ``popfd`` silently ignores the IF change and does not trap, so a VMM running the guest kernel
     deprivileged never learns that the guest disabled interrupts; ``cli`` does trap (#GP).
     """
-    uc: Any = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_32)  # type: ignore[attr-defined,no-untyped-call]
+    uc: Any = open_unicorn(unicorn.UC_ARCH_X86, unicorn.UC_MODE_32)
     gdt_base, kernel, user, stack0, stack3 = 0x1000, 0x10000, 0x10100, 0x20000, 0x30000
     uc.mem_map(0, 0x100000)
 
