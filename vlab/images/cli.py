@@ -46,6 +46,18 @@ def _template(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prune(args: argparse.Namespace) -> int:
+    """Remove the snapshot templates that can never be restored again (their kernel or initramfs changed)."""
+    from vlab.qemu import template
+
+    root = template.templates_dir()
+    removed = template.prune(root)
+    for directory in removed:
+        print(f"  removed {directory}")
+    print(f"images prune: {len(removed)} template{'' if len(removed) == 1 else 's'} removed from {root}")
+    return 0
+
+
 def _verify(args: argparse.Namespace) -> int:
     directory = args.dir or images_dir()
     manifest = Manifest.load(directory)
@@ -75,6 +87,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     build.set_defaults(func=_build)
     tmpl = sub.add_parser("template", help="build the default guest's snapshot template (no-op if up to date)")
     tmpl.set_defaults(func=_template)
+    prune = sub.add_parser("prune", help="remove snapshot templates of older images (building one does it too)")
+    prune.set_defaults(func=_prune)
     verify = sub.add_parser("verify", help="check the built files against the manifest's checksums")
     verify.add_argument("--dir", type=Path, default=None)
     verify.set_defaults(func=_verify)

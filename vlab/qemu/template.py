@@ -27,6 +27,9 @@ user's QEMU reads the copy form's stream from a descriptor vlab opened read-only
 QEMU 7.2 opens read-write even to map it privately, is first copied into the VM's own directory
 (:func:`private_ram`), so nothing that user's QEMU may write is the template.
 
+A rebuilt image gives new keys, so the templates of the old one could never be restored again: building a template
+removes them (:func:`prune`; also ``vlab images prune``), judged by the kernel and initramfs each one recorded.
+
 The shared form is used only for VMs without a balloon: QEMU 7.2 discards ballooned pages of a file-backed
 RAM block by punching holes into the file itself, which for a template would zero pages under every VM.
 """
@@ -54,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 from vlab.errors import VlabError
 from vlab.files import write_atomic
 from vlab.host import procfs
+from vlab.images.build import INITRD_NAME, KERNEL_NAME
 from vlab.paths import images_dir
 from vlab.qemu.config import BALLOON_ID, QEMU_BINARY, RAM_BACKEND_ID, VMConfig
 
@@ -73,6 +77,7 @@ __all__ = [
     "key_fields",
     "load",
     "private_ram",
+    "prune",
     "restore_slots",
     "templates_dir",
     "trusted_owners",
@@ -338,17 +343,7 @@ def find(config: VMConfig, accel: str) -> Template | None:
     directory = _root(create=False) / _key(fields)
     if not directory.exists() and not directory.is_symlink():
         return None
-    _check_owned(directory, "directory", directory=True)
-    meta_path = directory / _META
-    _check_owned(meta_path, "meta.json", directory=False)
-    try:
-        with open(meta_path, "rb", opener=_nofollow) as stream:
-            meta = json.loads(stream.read(_MAX_META_BYTES + 1))
-        if not isinstance(meta, dict):
-            raise ValueError("not an object")
-    except (OSError, ValueError) as exc:
-        raise TemplateError(f"the template's meta.json cannot be read ({exc})", field="template",
-                            value=str(meta_path), fix="it is removed and rebuilt automatically") from None
+    meta = _read_meta(directory)
     if meta.get("fields") != fields:
         wrong = sorted(k for k in fields if dict(meta.get("fields") or {}).get(k) != fields[k])
         raise TemplateError(f"the template was made for other hardware (differs in: {', '.join(wrong) or 'all'})",
@@ -362,8 +357,24 @@ def find(config: VMConfig, accel: str) -> Template | None:
             raise ValueError("no RAM file")
     except (KeyError, TypeError, ValueError) as exc:
         raise TemplateError(f"the template's meta.json is malformed ({exc})", field="template",
-                            value=str(meta_path), fix="it is removed and rebuilt automatically") from None
+                            value=str(directory / _META), fix="it is removed and rebuilt automatically") from None
     return Template(_key(fields), directory, meta)
+
+
+def _read_meta(directory: Path) -> dict[str, Any]:
+    """A template directory's ``meta.json``, after checking both are ours or root's alone and not symlinks."""
+    _check_owned(directory, "directory", directory=True)
+    meta_path = directory / _META
+    _check_owned(meta_path, "meta.json", directory=False)
+    try:
+        with open(meta_path, "rb", opener=_nofollow) as stream:
+            meta = json.loads(stream.read(_MAX_META_BYTES + 1))
+        if not isinstance(meta, dict):
+            raise ValueError("not an object")
+    except (OSError, ValueError) as exc:
+        raise TemplateError(f"the template's meta.json cannot be read ({exc})", field="template",
+                            value=str(meta_path), fix="it is removed and rebuilt automatically") from None
+    return meta
 
 
 def _nofollow(path: str, flags: int) -> int:
@@ -383,11 +394,14 @@ _failed_builds: dict[str, TemplateError] = {}
 
 
 @contextlib.contextmanager
-def _locked(root: Path, key: str) -> Iterator[None]:
-    """One builder per key across processes (``flock`` is released if the holder dies)."""
+def _locked(root: Path, key: str, wait: float = _LOCK_WAIT) -> Iterator[None]:
+    """One builder per key across processes (``flock`` is released if the holder dies).
+
+    :raises TemplateError: if another process still holds it after ``wait`` seconds.
+    """
     fd = os.open(root / f".{key}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
-        deadline = time.monotonic() + _LOCK_WAIT
+        deadline = time.monotonic() + wait
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -447,10 +461,73 @@ def _ensure(config: VMConfig, accel: str, timeout: float) -> tuple[Template, str
             log.warning("template %s: %s", key, note)
             remove(root / key)
         try:
-            return build(config, accel, timeout=timeout), note or "built the template (first use)"
+            built = build(config, accel, timeout=timeout)
         except TemplateError as exc:
             _failed_builds[key] = exc
             raise
+    removed = prune(root)  # a new template is often a rebuilt image's: its predecessors can go
+    if removed:
+        note = f"{note}; " if note else ""
+        note += f"removed {len(removed)} template{'s' if len(removed) > 1 else ''} of older images"
+    return built, note or "built the template (first use)"
+
+
+# -- pruning --------------------------------------------------------------------------------------------
+
+
+def _superseded(meta: Mapping[str, Any]) -> str | None:
+    """Why a template can never be restored again (None: it still can): its kernel or initramfs changed since.
+
+    Its key holds their sha256, so a rebuilt image simply gets new keys and the old templates would stay forever.
+    """
+    sources, fields = meta.get("sources"), meta.get("fields")
+    if meta.get("format") != FORMAT or not isinstance(fields, dict):
+        return "made by an older vlab"
+    if not isinstance(sources, dict):  # recorded since 2026-12: before, templates were the default guest's
+        sources = {"kernel": images_dir() / KERNEL_NAME, "initrd": images_dir() / INITRD_NAME}
+    for name in ("kernel", "initrd"):
+        path = Path(str(sources.get(name)))
+        try:
+            if not stat.S_ISREG(path.stat().st_mode):
+                return f"its {name} is not a regular file"
+            current = _sha256(path)
+        except OSError:
+            return f"its {name} is gone"
+        if current != fields.get(f"{name}_sha256"):
+            return f"its {name} changed"
+    return None
+
+
+def prune(root: Path | None = None) -> list[Path]:
+    """Remove this user's templates that can never be restored again (see :func:`_superseded`).
+
+    Only real directories owned by this user whose ``meta.json`` is readable are judged; a template being built
+    by another process at this moment is skipped (its lock is held), and nothing is followed through a
+    symlink. A VM restored from a removed template keeps its open files. :returns: what was removed.
+    """
+    root = templates_dir() if root is None else root
+    removed: list[Path] = []
+    try:
+        entries = sorted(root.iterdir())
+    except OSError:
+        return removed
+    for directory in entries:
+        if len(directory.name) != 32 or not all(c in "0123456789abcdef" for c in directory.name):
+            continue  # locks, build directories, anything else
+        try:
+            if directory.lstat().st_uid != os.geteuid():
+                continue  # root's templates, seen by a graded notebook's uid: never ours to remove
+            meta = _read_meta(directory)
+        except (OSError, TemplateError):
+            continue
+        reason = _superseded(meta)
+        if reason is None:
+            continue
+        with contextlib.suppress(TemplateError, OSError), _locked(root, directory.name, wait=0.0):
+            remove(directory)
+            log.info("removed template %s: %s", directory.name, reason)
+            removed.append(directory)
+    return removed
 
 
 # -- building -------------------------------------------------------------------------------------------
@@ -502,7 +579,9 @@ def build(config: VMConfig, accel: str, *, timeout: float = 60.0) -> Template:
             with open(ram, "rb+") as stream:
                 os.fsync(stream.fileno())
             files[_RAM] = _record(ram)
+        base = base_config(config)
         meta = {"format": FORMAT, "key": key, "fields": fields, "files": files, "shared": fields["shared"],
+                "sources": {"kernel": str(base.kernel), "initrd": str(base.initrd)},  # for prune()
                 "slots": slots, "saved_uptime": uptime, "built_seconds": round(time.monotonic() - started, 3),
                 "created": time.time()}
         write_atomic(work / _META, json.dumps(meta, indent=1, sort_keys=True))
