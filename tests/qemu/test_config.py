@@ -130,7 +130,9 @@ def test_missing_conf_file_and_missing_initrd(files: tuple[Path, Path], tmp_path
     assert caught.value.field == "conf"
     with pytest.raises(VlabError) as caught:
         VMConfig(kernel=kernel, initrd=tmp_path / "missing.img")
-    assert (caught.value.field, caught.value.value) == ("initrd", str(tmp_path / "missing.img"))
+    # the value is the path, cut in the middle when long (pytest-xdist's tmp_path is): its file name always shows
+    assert caught.value.field == "initrd" and str(caught.value.value).endswith("/missing.img")
+    assert str(tmp_path / "missing.img").startswith(str(caught.value.value).split("…")[0])
 
 
 def test_nic_validation() -> None:

@@ -40,14 +40,16 @@ _SHOWN = 80
 
 
 def shown(value: Any) -> Any:
-    """The value as an error message may show it: long strings and reprs are cut to 80 characters."""
+    """The value as an error message may show it: long strings and reprs are cut to about 80 characters, in the
+    middle, so that a long path still shows its file name."""
+    half = _SHOWN // 2
     if isinstance(value, str) and len(value) > _SHOWN:
-        return value[:_SHOWN] + "…"
+        return value[:half] + "…" + value[-half:]
     if isinstance(value, bytes) and len(value) > _SHOWN:
-        return value[:_SHOWN] + b"..."
+        return value[:half] + b"..." + value[-half:]
     if not isinstance(value, (str, bytes, int, float, bool, type(None), Path)):
         text = repr(value)
-        return text if len(text) <= _SHOWN else text[:_SHOWN] + "…"
+        return text if len(text) <= _SHOWN else text[:half] + "…" + text[-half:]
     if isinstance(value, Path):
         return shown(str(value))
     return value
