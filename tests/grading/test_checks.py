@@ -16,9 +16,13 @@ from vlab.grading.checks import (
     expect,
     expect_close,
     expect_equal,
+    needs_host,
     run_checks,
     run_public,
 )
+from vlab.grading.gradebook import feedback_html
+from vlab.grading.results import QuestionScore, SubmissionResult
+from vlab.grading.sandbox import _score
 
 
 def test_expect_close_names_the_relative_tolerance() -> None:
@@ -93,6 +97,32 @@ def test_results_carry_misconception_and_student_errors_without_crashing() -> No
     assert results[0].message == "you added the two walks"
     assert "ZeroDivisionError" in results[1].message
     assert "not answered yet" in results[2].message
+
+
+def test_a_check_the_host_cannot_run_is_unchecked_with_zero_points_and_says_why() -> None:
+    with Registry() as registry:
+
+        @check_for("q2", points=2)
+        def needs_namespaces(sub: object, params: object) -> None:
+            needs_host(True, "never shown")  # a host that can: the check goes on
+            needs_host(False, "unshare(1) is not installed")
+            raise AssertionError("not reached")
+
+    (result,) = run_checks(registry.checks, object(), {})
+    assert (result.passed, result.unchecked, result.unanswered, result.score) == (False, True, False, 0)
+    assert result.message == "not checked on this host: unshare(1) is not installed"
+    assert result.as_dict()["unchecked"] is True and checks.CheckResult(**result.as_dict()) == result
+    hidden = checks.CheckResult("q2", "hidden_one", 1, True, False, result.message, unchecked=True)
+    assert hidden.as_dict(reveal=False)["message"] == result.message  # it names the host, not the answer
+    report = checks.CheckReport("q2", [result])
+    assert "n/a   needs_namespaces  0/2" in report.text() and ">n/a<" in report.html()
+    # the submission's status names it, after the others
+    graded = SubmissionResult("s1", "05", "s1.ipynb", {"q2": QuestionScore(0, 2)}, 2)
+    _score(graded, [result])
+    assert graded.status == "unchecked" and graded.total == 0
+    assert "<tr class='unchecked'><td>unchecked</td>" in feedback_html(graded)
+    graded.flag("errors")
+    assert graded.status == "errors+unchecked"
 
 
 def test_hidden_message_is_dropped_when_not_revealed() -> None:

@@ -71,15 +71,18 @@ def test_a_runtime_that_skips_a_step_loses_q1_with_that_steps_hint(checks: Any, 
     assert not passed and hint in message, message
 
 
-def test_without_namespaces_the_container_checks_fail_and_say_why(checks: Any, monkeypatch: pytest.MonkeyPatch,
-                                                                  tmp_path: Path) -> None:
+def test_without_namespaces_the_container_checks_are_unchecked(checks: Any, monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
     """A grading host that cannot create namespaces (unshare(1) not found, as the probe sees Binder) must not
-    hand out the container questions' points to whoever submits: the checks fail, naming the host."""
+    hand out the container questions' points to whoever submits: the checks score 0 as not checked on this host
+    (the grader's status then says ``unchecked``), naming the host."""
     monkeypatch.setenv("PATH", str(tmp_path))
+    params, found = checks
     for name in ("your_container_is_isolated", "your_runtime_contains_and_cleans_up", "escape_with_a_fresh_secret",
                  "practice_failure_leaves_nothing"):
-        passed, message = verdict(checks, name)
-        assert not passed and "not checked on this host" in message, (name, message)
+        result = run_check(found[name], params, **answers())
+        assert (result.passed, result.unchecked) == (False, True), (name, result)
+        assert result.message.startswith("not checked on this host: "), (name, result.message)
 
 
 @needs_ns

@@ -38,6 +38,7 @@ from vlab.grading.checks import (
     expect_close,
     expect_equal,
     fail,
+    needs_host,
 )
 from vlab.grading.choice import Choice
 from vlab.grading.predict import Prediction, predict_then_measure
@@ -57,6 +58,7 @@ __all__ = [
     "expect_equal",
     "fail",
     "is_stale",
+    "needs_host",
     "practice_seed",
     "predict_then_measure",
     "resolve_student",

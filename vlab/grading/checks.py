@@ -26,6 +26,7 @@ __all__ = [
     "CheckReport",
     "CheckResult",
     "Exports",
+    "HostCannotCheck",
     "Registry",
     "StudentCodeError",
     "check",
@@ -34,6 +35,7 @@ __all__ = [
     "expect_close",
     "expect_equal",
     "fail",
+    "needs_host",
     "run_checks",
     "run_public",
 ]
@@ -47,6 +49,20 @@ class CheckFailed(AssertionError):
 
 class StudentCodeError(Exception):
     """The student's code raised (or timed out) while a check called it."""
+
+
+class HostCannotCheck(Exception):
+    """The host lacks what the check needs (e.g. namespaces): it was not checked, neither passed nor failed."""
+
+
+def needs_host(condition: object, why: str) -> None:
+    """Stop the running check as *not checked on this host* unless ``condition`` is true.
+
+    The check scores 0 and the submission's status says ``unchecked``, so an instructor knows to grade it again on
+    a host that can; it is never judged by a weaker stand-in (reading a command line instead of running it).
+    """
+    if not condition:
+        raise HostCannotCheck(why)
 
 
 def fail(message: str) -> NoReturn:
@@ -128,6 +144,8 @@ class CheckResult:
     message: str = ""
     #: The check failed because the student's stub still raises NotImplementedError.
     unanswered: bool = False
+    #: The check could not run on this host (:func:`needs_host`): 0 points, and the submission is ``unchecked``.
+    unchecked: bool = False
 
     @property
     def score(self) -> float:
@@ -135,14 +153,15 @@ class CheckResult:
 
     def as_dict(self, *, reveal: bool = True) -> dict[str, Any]:  # the JSON form: result.json, feedback
         """JSON form (without ``unanswered``: it has done its work by then); ``reveal=False`` drops the message of a
-        hidden check."""
+        hidden check (not of an unchecked one: it names the host, not the answer)."""
         return {
             "question": self.question,
             "name": self.name,
             "points": self.points,
             "hidden": self.hidden,
             "passed": self.passed,
-            "message": self.message if reveal or not self.hidden else "",
+            "message": self.message if reveal or not self.hidden or self.unchecked else "",
+            "unchecked": self.unchecked,
         }
 
 
@@ -222,11 +241,13 @@ def run_checks(checks: list[Check], sub: object, params: Mapping[str, Any]) -> l
 
 
 def _run_one(one: Check, sub: object, params: Mapping[str, Any]) -> CheckResult:
-    def result(passed: bool, message: str = "", unanswered: bool = False) -> CheckResult:
-        return CheckResult(one.question, one.name, one.points, one.hidden, passed, message, unanswered)
+    def result(passed: bool, message: str = "", unanswered: bool = False, unchecked: bool = False) -> CheckResult:
+        return CheckResult(one.question, one.name, one.points, one.hidden, passed, message, unanswered, unchecked)
 
     try:
         one.function(sub, params)
+    except HostCannotCheck as exc:
+        return result(False, f"not checked on this host: {exc}", unchecked=True)
     except CheckFailed as exc:
         return result(False, str(exc))
     except StudentCodeError as exc:
@@ -236,6 +257,9 @@ def _run_one(one: Check, sub: object, params: Mapping[str, Any]) -> CheckResult:
     except Exception as exc:  # a check calling student code in the notebook: report, don't crash
         return result(False, f"{type(exc).__name__}: {exc}")
     return result(True)
+
+
+_COLOURS = {"pass": "green", "n/a": "gray"}
 
 
 @dataclass
@@ -255,7 +279,8 @@ class CheckReport:
 
     def rows(self) -> Iterator[tuple[str, str, str, str]]:
         for r in self.results:
-            yield ("pass" if r.passed else "FAIL", r.name, f"{r.score:g}/{r.points:g}", r.message)
+            status = "pass" if r.passed else "n/a" if r.unchecked else "FAIL"
+            yield (status, r.name, f"{r.score:g}/{r.points:g}", r.message)
 
     def text(self) -> str:
         if not self.results:
@@ -267,7 +292,7 @@ class CheckReport:
 
     def html(self) -> str:
         rows = "".join(
-            f"<tr><td style='color:{'green' if s == 'pass' else 'crimson'}'><b>{s}</b></td>"
+            f"<tr><td style='color:{_COLOURS.get(s, 'crimson')}'><b>{s}</b></td>"
             f"<td><code>{html.escape(n)}</code></td><td>{p}</td><td>{html.escape(m)}</td></tr>"
             for s, n, p, m in self.rows()
         )

@@ -55,7 +55,7 @@ def feedback_html(result: SubmissionResult) -> str:
             if c.question != qid:
                 continue
             shown = c.as_dict(reveal=False)["message"]  # never a hidden check's message
-            state = "pass" if c.passed else "fail"
+            state = "pass" if c.passed else "unchecked" if c.unchecked else "fail"
             kind = "hidden" if c.hidden else "public"
             rows.append(
                 f"<tr class='{state}'><td>{state}</td><td><code>{esc(c.name)}</code></td><td>{kind}</td>"
@@ -72,7 +72,7 @@ def feedback_html(result: SubmissionResult) -> str:
         "<!doctype html><meta charset='utf-8'>"
         f"<title>Lab {esc(result.lab)}: {esc(result.student)}</title>"
         "<style>body{font-family:sans-serif}.pass td:first-child{color:green}"
-        ".fail td:first-child{color:crimson}td{padding:2px 8px}</style>"
+        ".fail td:first-child{color:crimson}.unchecked td:first-child{color:gray}td{padding:2px 8px}</style>"
         f"<h1>Lab {esc(result.lab)} — {esc(result.student)}</h1>"
         f"<p><b>{result.total:g} / {result.max:g}</b> points, status <code>{esc(result.status)}</code></p>"
         + "".join(rows)

@@ -28,6 +28,7 @@ FLAGS = (
     "errors",
     "export-failed",
     "unanswered",
+    "unchecked",
     "leftovers",
     "grader-error",
 )

@@ -432,6 +432,8 @@ def _score(result: SubmissionResult, checks: list[CheckResult]) -> None:
     result.total = float(sum(e.score for e in result.questions.values()))
     if checks and all(_unanswered(qid, checks) for qid in result.questions):
         result.flag("unanswered")  # a blank submission: no question was even attempted
+    if any(c.unchecked for c in checks):
+        result.flag("unchecked")  # this host could not run some checks: grade again on one that can
 
 
 def _unanswered(question: str, checks: list[CheckResult]) -> bool:
