@@ -79,7 +79,7 @@ case "$job" in
         mypy
         # nbval runs the notebooks students get (labs/NN-*.ipynb); the solutions (labs/source/) run top to bottom
         # in tests/labs/test_labs.py, whose grading fails on any cell error, so nbval would run them a second time
-        exec pytest -q --durations=15 tests labs/[0-9][0-9]-*.ipynb --nbval-lax \
+        exec pytest -q -n 2 --dist loadfile --tb=native --durations=15 tests labs/[0-9][0-9]-*.ipynb --nbval-lax \
             --nbval-sanitize-with labs/nbval-sanitize.cfg ;;
     *)
         echo "usage: ./setup.sh [--headless | test | packages]" >&2; exit 2 ;;

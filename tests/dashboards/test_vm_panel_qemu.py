@@ -24,7 +24,8 @@ def vm() -> Iterator[VM]:
         default_kernel(), default_initrd()
     except VlabError as exc:
         pytest.skip(f"guest images not built ({exc.value}): run `vlab images build`")
-    machine = VM(VMConfig(name="panel-qemu", accel="tcg"))
+    # a cold boot: a template restore (0.2 s) may end before the panel's first sample, and the boot is sampled
+    machine = VM(VMConfig(name="panel-qemu", accel="tcg", cold_boot=True))
     try:
         yield machine
     finally:

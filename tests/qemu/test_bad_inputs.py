@@ -54,7 +54,16 @@ def ctx(tmp_path_factory: pytest.TempPathFactory, guest_images: tuple[Path, Path
 
 INJECTION = ["a,b=c", "x,file.filename=/etc/shadow", '{"driver":"raw"}', "x\ny", "x\0y", "x\rY", "\x1b[2J",
              "a b", "=", ",", "", " "]
-WRONG_TYPES: list[Any] = [5, 5.5, None, True, [], {}, b"bytes", object()]
+
+
+class Opaque:
+    """An object of no type vlab knows, with a stable repr: test ids must not change between runs (pytest-xdist)."""
+
+    def __repr__(self) -> str:
+        return "<object>"
+
+
+WRONG_TYPES: list[Any] = [5, 5.5, None, True, [], {}, b"bytes", Opaque()]
 HUGE = "a" * 100_000
 
 Case = tuple[str, Callable[[Ctx], Any]]

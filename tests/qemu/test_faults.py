@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -216,10 +217,10 @@ def test_qmp_events_are_bounded_and_drops_are_counted(vm: VM) -> None:
 
 
 @pytest.fixture
-def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A real 2 MiB tmpfs: the guest's writes fill it up."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
+def tiny_fs() -> Iterator[Path]:
+    """A real 2 MiB tmpfs: the guest's writes fill it up. Mounted at a short path: under a deep one (pytest-xdist's
+    tmp_path) vlab puts a VM's work directory in /tmp instead, where UNIX socket paths fit."""
+    mount = Path(tempfile.mkdtemp(prefix="tiny-"))
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
@@ -227,6 +228,7 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+        shutil.rmtree(mount, ignore_errors=True)
 
 
 def test_a_guest_io_error_pauses_the_vm_and_says_why(config: VMConfig, tiny_fs: Path) -> None:

@@ -77,11 +77,13 @@ from vlab.grading.results import CellError, Leftover, QuestionScore, SubmissionR
 from vlab.paths import images_dir
 from vlab.qemu.template import TEMPLATES_ENV, templates_dir
 
-__all__ = ["MAX_MESSAGE_BYTES", "Job", "empty_result", "grade_submission", "isolation_mode"]
+__all__ = ["MAX_MESSAGE_BYTES", "THROWAWAY_UIDS", "Job", "empty_result", "grade_submission", "isolation_mode"]
 
 _QUIET_ERRORS = {"NotImplementedError", "CellTimeout", "KeyboardInterrupt", "MemoryError", "BlockingIOError"}
 #: The largest kernel message the supervisor accepts (a bigger one is dropped by ZeroMQ, unread).
 MAX_MESSAGE_BYTES = 8 * 2**20
+#: The uids a submission runs as when graded as root: one per supervisor process, owned by no account.
+THROWAWAY_UIDS = range(1_900_000_000, 2_000_000_000)
 
 
 @dataclass(frozen=True)
@@ -399,7 +401,7 @@ def _run_checks(
 
 
 def _throwaway_uid() -> int:
-    return 1_900_000_000 + os.getpid() % 100_000_000
+    return THROWAWAY_UIDS.start + os.getpid() % len(THROWAWAY_UIDS)
 
 
 def _student_env(work: Path, job: Job, mode: str) -> dict[str, str]:
