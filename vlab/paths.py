@@ -15,7 +15,8 @@ from pathlib import Path
 
 from vlab.errors import VlabError
 
-__all__ = ["images_dir", "runtime_dir", "check_private_dir", "repo_root", "vm_images_src"]
+__all__ = ["images_dir", "runtime_dir", "short_runtime_dir", "short_runtime_path", "check_private_dir", "repo_root",
+           "vm_images_src"]
 
 
 def images_dir() -> Path:
@@ -39,12 +40,26 @@ def runtime_dir() -> Path:
     """
     env = os.environ.get("VLAB_RUNTIME")
     if env:
-        path = Path(env)
-        source = "VLAB_RUNTIME"
-    else:
-        xdg = os.environ.get("XDG_RUNTIME_DIR")
-        path = Path(xdg) / "vlab" if xdg and len(xdg) < 40 else Path(f"/tmp/vlab-{os.getuid()}")
-        source = "XDG_RUNTIME_DIR" if xdg and len(xdg) < 40 else "the fallback"
+        return _private_dir(Path(env), "VLAB_RUNTIME")
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and len(xdg) < 40:
+        return _private_dir(Path(xdg) / "vlab", "XDG_RUNTIME_DIR")
+    return short_runtime_dir()
+
+
+def short_runtime_dir() -> Path:
+    """``/tmp/vlab-<uid>``, made and verified like :func:`runtime_dir`: its fallback, and where a VM's work
+    directory goes when the runtime directory is too deep for UNIX socket paths (108 bytes)."""
+    return _private_dir(short_runtime_path(), "the fallback")
+
+
+def short_runtime_path() -> Path:
+    """The path of :func:`short_runtime_dir`, neither made nor checked."""
+    return Path(f"/tmp/vlab-{os.getuid()}")
+
+
+def _private_dir(path: Path, source: str) -> Path:
+    """``path`` made (0700) if missing, then checked: see :func:`runtime_dir`."""
     if not path.is_absolute() or not _SAFE_PATH.fullmatch(str(path)):
         raise VlabError("the runtime directory must be an absolute path of letters, digits and '/_.-'",
                         field="runtime_dir", value=str(path)[:80], fix="export VLAB_RUNTIME=/run/user/$(id -u)/vlab")

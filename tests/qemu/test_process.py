@@ -15,7 +15,7 @@ import pytest
 
 from vlab.errors import VlabError
 from vlab.host.procfs import start_time as process_start_time
-from vlab.paths import runtime_dir
+from vlab.paths import check_private_dir, runtime_dir, short_runtime_path
 from vlab.qemu import VM, VMConfig, VMState
 from vlab.qemu.process import make_workdir, sweep_orphans
 
@@ -96,16 +96,28 @@ def test_normal_interpreter_exit_stops_running_vms(guest_images: tuple[Path, Pat
     assert not os.path.exists(f"/proc/{qemu_pid}") and not Path(workdir).exists()
 
 
-def test_workdir_moves_to_tmp_when_the_runtime_dir_is_too_deep_for_sockets(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_runtime_dir_too_deep_for_sockets_puts_workdirs_in_the_short_one_where_the_sweep_finds_them(
+        guest_images: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     monkeypatch.setenv("VLAB_RUNTIME", str(deep))
     workdir = make_workdir()
     try:
         assert len(str(workdir / "mig.sock")) < 108
-        assert not workdir.is_relative_to(deep)
+        assert workdir.parent == short_runtime_path()  # private (0700, ours), not /tmp itself
+        check_private_dir(workdir.parent)
     finally:
         workdir.rmdir()
+    # a VM of an owner killed -9 leaves its work directory there: the next sweep removes it
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        int(holder.stdout.readline())
+    finally:
+        holder.kill()
+        holder.wait()
+    assert list(short_runtime_path().glob(f"vm{holder.pid}-*"))
+    sweep_orphans()
+    assert not list(short_runtime_path().glob(f"vm{holder.pid}-*"))
 
 
 def _interrupt_main_later(exc_type: type[BaseException], delay: float) -> threading.Timer:

@@ -23,6 +23,7 @@ its tail (:meth:`QemuProcess.stderr_tail`) without a reader thread.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import itertools
 import json
@@ -39,7 +40,7 @@ from typing import Any
 from vlab.errors import VlabError
 from vlab.files import write_atomic
 from vlab.host import procfs
-from vlab.paths import runtime_dir
+from vlab.paths import check_private_dir, runtime_dir, short_runtime_dir, short_runtime_path
 from vlab.qemu.loop import call_in_loop_thread
 
 __all__ = ["QemuProcess", "make_workdir", "sweep_orphans", "is_our_qemu", "child_setup", "TOKEN_ENV"]
@@ -59,15 +60,16 @@ _MAX_WORKDIR_LEN = 90
 def make_workdir() -> Path:
     """A fresh private directory for one VM's pidfile, stderr, sockets and overlays.
 
-    Under :func:`vlab.paths.runtime_dir` if its path is short enough for UNIX sockets, else under /tmp
-    (``mkdtemp`` makes it 0700 with a random name).
+    Under :func:`vlab.paths.runtime_dir` if its path is short enough for UNIX sockets, else under
+    :func:`vlab.paths.short_runtime_dir` (both verified private; ``mkdtemp`` makes it 0700 with a random name), where
+    :func:`sweep_orphans` finds it too.
 
     :raises VlabError: if the directory cannot be made (full or read-only filesystem).
     """
     base = runtime_dir()
     name = f"{_WORKDIR_PREFIX}{os.getpid()}-{next(_counter)}-"
     if len(str(base)) + len(name) + 8 > _MAX_WORKDIR_LEN:
-        base = Path(tempfile.gettempdir())  # the user's runtime dir is too deep for socket paths
+        base = short_runtime_dir()  # the user's runtime dir is too deep for socket paths
     try:
         return Path(tempfile.mkdtemp(prefix=name, dir=base))
     except OSError as exc:
@@ -93,8 +95,26 @@ def sweep_orphans() -> list[int]:
     :returns: the pids of the QEMU processes killed.
     """
     killed: list[int] = []
-    base = runtime_dir()
-    _remove_unowned_workdirs(base)
+    for base in _workdir_bases():
+        _remove_unowned_workdirs(base)
+        killed += _sweep(base)
+    return killed
+
+
+def _workdir_bases() -> list[Path]:
+    """Where VM work directories may be: the runtime directory, and the short one if it exists and is private
+    (a planted one is never looked into: it is only refused when a VM needs it)."""
+    bases = [runtime_dir()]
+    short = short_runtime_path()
+    if short != bases[0]:
+        with contextlib.suppress(VlabError):
+            check_private_dir(short)
+            bases.append(short)
+    return bases
+
+
+def _sweep(base: Path) -> list[int]:
+    killed: list[int] = []
     for owner_file in base.glob(f"{_WORKDIR_PREFIX}*/{_OWNER_FILE}"):
         info = _read_owner_file(owner_file)
         if info is None:
