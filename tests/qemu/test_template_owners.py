@@ -21,6 +21,7 @@ import pytest
 from tests.qemu.template_cache import private_template_cache
 from vlab.grading.jail import JailSpec
 from vlab.grading.mounts import student_readonly
+from vlab.paths import images_dir
 from vlab.qemu import VMConfig, template
 from vlab.qemu.template import Template, TemplateError
 
@@ -66,8 +67,7 @@ def _as_student(code: str, uid: int = STUDENT) -> dict[str, object]:
         spec = JailSpec(mode="root", uid=uid, address_space_mb=16384, cpu_seconds=60, file_mb=512, processes=64,
                         workdir=str(base / "work"), readonly=student_readonly(), stage=str(base / "stage"))
         env = {"PATH": "/usr/bin:/bin", "HOME": str(base / "work"), "TMPDIR": "/tmp",
-               template.TEMPLATES_ENV: os.environ[template.TEMPLATES_ENV], "VLAB_IMAGES": os.environ.get(
-                   "VLAB_IMAGES", str(Path.home() / ".cache/vlab/images"))}
+               template.TEMPLATES_ENV: os.environ[template.TEMPLATES_ENV], "VLAB_IMAGES": str(images_dir())}
         done = subprocess.run(spec.command([sys.executable, "-c", code]), capture_output=True, text=True,
                               timeout=120, cwd="/", env=env)
         assert done.returncode == 0, done.stderr[-3000:]
