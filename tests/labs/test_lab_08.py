@@ -71,6 +71,24 @@ def test_a_runtime_that_skips_a_step_loses_q1_with_that_steps_hint(checks: Any, 
     assert not passed and hint in message, message
 
 
+_FIRST_LINE = "    layers = [rootfs] if isinstance(rootfs, (str, Path)) else list(rootfs)"
+
+
+@needs_ns
+@pytest.mark.parametrize(("forgery", "hint"), [
+    # the probe's expected output, made up: no process ever ran the command
+    ("    return lab.Completed(0, f\"host={limits['hostname']}\\n\", 0.1)\n", "the host saw no process"),
+    # the command run for real, on the host: the output may say anything, the kernel says where it ran
+    ("    return lab.spawn(lambda: os.execv('/bin/sh', list(cmd)), timeout=10)\n", "not PID 1"),
+])
+def test_a_runtime_that_reports_instead_of_isolating_fails_q1(checks: Any, forgery: str, hint: str) -> None:
+    """What a runtime returns is the student's to make up; what the host sees of the process that ran the probe
+    (lab.Observer: its PID in its namespace, its namespaces, its root) is not."""
+    for name in ("practice_container_is_isolated", "your_container_is_isolated"):
+        passed, message = verdict(checks, name, q1=(_FIRST_LINE, forgery + _FIRST_LINE))
+        assert not passed and hint in message, (name, message)
+
+
 def test_without_namespaces_the_container_checks_are_unchecked(checks: Any, monkeypatch: pytest.MonkeyPatch,
                                                                tmp_path: Path) -> None:
     """A grading host that cannot create namespaces (unshare(1) not found, as the probe sees Binder) must not

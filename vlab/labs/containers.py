@@ -11,6 +11,9 @@ and the cgroup handle :class:`vlab.host.Cgroup`. This module holds only what is 
   container's PID 1 takes its whole PID namespace with it — on exit, timeout or error. :func:`scratch`
   gives a runtime a private directory for its overlay's upper layer; :func:`leftovers` and :func:`sweep`
   find and remove what a failed or killed runtime left (mounts, cgroups, directories, processes).
+* **The checks' eyes**: :class:`Observer` looks at the shell that runs a check's probe from the host, in
+  ``/proc`` (its PID inside, its namespaces, its root): a runtime reports the container's output itself, and a
+  runtime could make that up.
 * **An escape**: :func:`leaky_container` is a container built with ``unshare(1)`` and ``chroot`` that skips
   one step — it keeps the host's ``/proc`` instead of mounting a fresh one. The student finds the escape.
 * **OCI images** (from :mod:`vlab.labs.oci`): :func:`layer_tar`, :func:`rootfs_layer` and
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import glob
 import itertools
 import os
 import random
@@ -58,6 +62,7 @@ __all__ = [
     "PREFIX",
     "VIEW_COMMAND",
     "Completed",
+    "Observer",
     "Support",
     "VMRun",
     "boot_vm",
@@ -349,6 +354,83 @@ def namespace_ids() -> dict[str, str]:
     """This process's namespaces as the kernel names them (``"net:[4026531840]"``), by kind: a container's
     differ from its creator's exactly where it has a namespace of its own."""
     return {kind: os.readlink(f"/proc/self/ns/{kind}") for kind in ("ipc", "mnt", "net", "pid", "uts")}
+
+
+_SHELLS = (b"sh", b"ash", b"busybox")
+
+
+class Observer:
+    """Watches, from the host, for the process whose command line holds :attr:`token`, and records what the kernel
+    shows of it while it runs: its PID in its own PID namespace, its namespaces, what its ``/`` holds and which of
+    ``watch`` (host paths) it can reach. A runtime reports the container's output itself, which a runtime's code
+    could make up; what ``/proc`` shows of a live process it cannot.
+
+    Use as a context manager around the run; the command must carry the token (:meth:`tagged`) and keep its shell
+    a moment (``...; sleep 1; :`` -- with a command last, the shell would exec it in its own place and its command
+    line, the token's, would be gone) so that a look finds it.
+    """
+
+    _PERIOD = 0.002  # s between two looks through /proc
+
+    def __init__(self, watch: tuple[str, ...] = ()) -> None:
+        self.token = f"vlab-observed-{os.urandom(8).hex()}"
+        self._needle = self.token.encode()
+        self._watch = tuple(watch)
+        self._argv_end: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._look, name="vlab-observer", daemon=True)
+        #: what was seen (None until the process was found), as plain data
+        self.seen: dict[str, Any] | None = None
+
+    def tagged(self, command: str) -> str:
+        """``command`` for ``sh -c``, carrying the token (a no-op word in front of it)."""
+        self._argv_end = [b"-c", f": {self.token}; {command}".encode()]
+        return self._argv_end[1].decode()
+
+    def __enter__(self) -> Observer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _look(self) -> None:
+        me = os.geteuid()
+        while not self._stop.is_set() and self.seen is None:
+            for entry in os.listdir("/proc"):
+                if not entry.isdigit():
+                    continue
+                pid = int(entry)
+                try:
+                    if procfs.owner_uid(pid) != me or self._needle not in (raw := Path(f"/proc/{pid}/cmdline")
+                                                                           .read_bytes()):
+                        continue
+                    argv = raw.split(b"\0")[:-1]
+                    # the shell running the command, not a tool that starts it (unshare ... sh -c COMMAND)
+                    if argv[-2:] != self._argv_end or os.path.basename(argv[0]) not in _SHELLS:
+                        continue
+                    self.seen = self._facts(pid)
+                    break
+                except OSError:
+                    continue  # it ended meanwhile: the next look may find it again, or nothing
+            self._stop.wait(self._PERIOD)
+
+    def _facts(self, pid: int) -> dict[str, Any]:
+        """What the kernel shows of ``pid`` (raises OSError if it ended meanwhile: then it was not seen)."""
+        status = Path(f"/proc/{pid}/status").read_text()
+        nspid = next(line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:"))
+        root = f"/proc/{pid}/root"
+        reached = [path for path in self._watch
+                   if os.path.lexists(root + path) or glob.glob(f"{root}/*{path}") or glob.glob(f"{root}/.*{path}")
+                   or glob.glob(f"{root}/proc/[0-9]*/root{path}")]
+        return {
+            "pid_inside": int(nspid[-1]),
+            "namespaces": {kind: os.readlink(f"/proc/{pid}/ns/{kind}") for kind in ("ipc", "mnt", "net", "pid", "uts")},
+            "root_entries": len(os.listdir(root)),
+            "processes": len(glob.glob(f"{root}/proc/[0-9]*")),
+            "reached": reached,
+        }
 
 
 def leftovers() -> dict[str, list[str]]:
