@@ -78,7 +78,7 @@ def nothing_left() -> Any:
 def probe(run: Runtime, rootfs: Path, marker: Path, **limits: Any) -> dict[str, str]:
     command = (f'echo "pid=$$"; echo "host=$(hostname)"; echo "procs=$(ls -d /proc/[0-9]* | wc -l)"; '
                f'echo "links=$(ls /sys/class/net 2>/dev/null | wc -l)"; echo "root1=$(ls /proc/1/root | wc -l)"; '
-               f'cat {marker} ../../../..{marker} /proc/1/root{marker} 2>/dev/null; echo x > /etc/passwd')
+               f'cat {marker} ../../../..{marker} /proc/1/root{marker} 2>/dev/null; echo x > {lab.SCRIBBLE_DIR}/x')
     done = run(rootfs, ["sh", "-c", command], {"hostname": "box-7", **limits})
     assert done.status == 0, done.output
     return {"raw": done.output, **dict(line.split("=", 1) for line in done.output.splitlines() if "=" in line)}

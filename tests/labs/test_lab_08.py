@@ -84,9 +84,12 @@ _FIRST_LINE = "    layers = [rootfs] if isinstance(rootfs, (str, Path)) else lis
 def test_a_runtime_that_reports_instead_of_isolating_fails_q1(checks: Any, forgery: str, hint: str) -> None:
     """What a runtime returns is the student's to make up; what the host sees of the process that ran the probe
     (lab.Observer: its PID in its namespace, its namespaces, its root) is not."""
+    passwd = Path("/etc/passwd").read_bytes()
     for name in ("practice_container_is_isolated", "your_container_is_isolated"):
         passed, message = verdict(checks, name, q1=(_FIRST_LINE, forgery + _FIRST_LINE))
         assert not passed and hint in message, (name, message)
+    # the probe run on the host's root wrote nothing there (it once overwrote /etc/passwd as root)
+    assert not Path(lab.SCRIBBLE_DIR).exists() and Path("/etc/passwd").read_bytes() == passwd
 
 
 def test_without_namespaces_the_container_checks_are_unchecked(checks: Any, monkeypatch: pytest.MonkeyPatch,

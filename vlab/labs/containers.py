@@ -60,6 +60,7 @@ __all__ = [
     "BUSYBOX",
     "Bridge",
     "PREFIX",
+    "SCRIBBLE_DIR",
     "VIEW_COMMAND",
     "Completed",
     "Observer",
@@ -90,6 +91,9 @@ __all__ = [
 
 #: Debian's statically linked busybox (package ``busybox-static``): the whole userland of the container.
 BUSYBOX = Path("/bin/busybox")
+#: A directory only the image has (never a host): probes write into it, so that a runtime that fails to put the
+#: container in its own root makes the write fail instead of changing the host's file (as root, /etc/passwd once).
+SCRIBBLE_DIR = "/etc/vlab-image"
 #: Prefix of everything this lab creates on the host (scratch directories, cgroups), followed by the pid.
 PREFIX = "vlab-l8"
 _MIB = 1 << 20
@@ -157,7 +161,8 @@ def support() -> Support:
 def build_rootfs(dest: Path | str) -> Path:
     """Lay out a minimal root filesystem at ``dest`` (a new or empty directory) from :data:`BUSYBOX`:
     ``/bin/busybox`` and one relative symlink per applet, the usual top-level directories, ``/etc/passwd``,
-    ``/etc/group``, ``/etc/hostname``. Takes a few milliseconds; nothing is downloaded."""
+    ``/etc/group``, ``/etc/hostname``, and :data:`SCRIBBLE_DIR`. Takes a few milliseconds; nothing is
+    downloaded."""
     dest = Path(dest)
     if dest.is_symlink() or (dest.exists() and (not dest.is_dir() or any(dest.iterdir()))):
         raise VlabError("the root filesystem's directory must be new or empty (and not a symlink)",
@@ -177,6 +182,7 @@ def build_rootfs(dest: Path | str) -> Path:
     (dest / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n")
     (dest / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
     (dest / "etc" / "hostname").write_text("busybox\n")
+    (dest / SCRIBBLE_DIR.lstrip("/")).mkdir()
     for name in ("null", "zero", "urandom"):  # bind-mount targets for the host's device nodes
         (dest / "dev" / name).touch()
     return dest
