@@ -43,7 +43,8 @@ def test_a_real_vm_through_the_panel_buttons(vm: VM) -> None:
         assert panel.wait_idle(30)
         assert any(state == "starting" for _, state in panel.timeline)  # sampled while booting too
         assert wait_until(lambda: len(panel.vcpu_utilisation().get(0, [])) >= 3, 10)
-        assert panel.enabled_actions() == ["pause", "stop"]
+        # the buttons follow at the next redraw (each sample's), not at once
+        assert wait_until(lambda: panel.enabled_actions() == ["pause", "stop"], 5), panel.enabled_actions()
 
         assert wait_until(lambda: len(panel.guest_lag()) >= 3, 10)
         panel.buttons["pause"].click()
