@@ -75,17 +75,19 @@ _FIRST_LINE = "    layers = [rootfs] if isinstance(rootfs, (str, Path)) else lis
 
 
 @needs_ns
-@pytest.mark.parametrize(("forgery", "hint"), [
-    # the probe's expected output, made up: no process ever ran the command
-    ("    return lab.Completed(0, f\"host={limits['hostname']}\\n\", 0.1)\n", "the host saw no process"),
+@pytest.mark.parametrize(("forgery", "hint", "also"), [
+    # a result made up from the command (the exit status is its last word): no process ever ran it
+    ("    return lab.Completed(int(cmd[-1].split()[-1]) if 'exit' in cmd[-1] else 0, "
+     "f\"host={limits['hostname']}\\n\", 0.1)\n", "the host saw no process", ["your_runtime_contains_and_cleans_up"]),
     # the command run for real, on the host: the output may say anything, the kernel says where it ran
-    ("    return lab.spawn(lambda: os.execv('/bin/sh', list(cmd)), timeout=10)\n", "not PID 1"),
+    ("    return lab.spawn(lambda: os.execv('/bin/sh', list(cmd)), timeout=10)\n", "not PID 1", []),
 ])
-def test_a_runtime_that_reports_instead_of_isolating_fails_q1(checks: Any, forgery: str, hint: str) -> None:
+def test_a_runtime_that_reports_instead_of_isolating_fails_q1(checks: Any, forgery: str, hint: str,
+                                                              also: list[str]) -> None:
     """What a runtime returns is the student's to make up; what the host sees of the process that ran the probe
     (lab.Observer: its PID in its namespace, its namespaces, its root) is not."""
     passwd = Path("/etc/passwd").read_bytes()
-    for name in ("practice_container_is_isolated", "your_container_is_isolated"):
+    for name in ["practice_container_is_isolated", "your_container_is_isolated", *also]:
         passed, message = verdict(checks, name, q1=(_FIRST_LINE, forgery + _FIRST_LINE))
         assert not passed and hint in message, (name, message)
     # the probe run on the host's root wrote nothing there (it once overwrote /etc/passwd as root)
