@@ -356,42 +356,38 @@ def _places() -> list[Path]:
     return [runtime_dir(), Path(tempfile.gettempdir())]
 
 
-def namespace_ids() -> dict[str, str]:
-    """This process's namespaces as the kernel names them (``"net:[4026531840]"``), by kind: a container's
-    differ from its creator's exactly where it has a namespace of its own."""
-    return {kind: os.readlink(f"/proc/self/ns/{kind}") for kind in ("ipc", "mnt", "net", "pid", "uts")}
+def namespace_ids(pid: int | None = None) -> dict[str, str]:
+    """This process's (or ``pid``'s) namespaces as the kernel names them (``"net:[4026531840]"``), by kind: a
+    container's differ from its creator's exactly where it has a namespace of its own."""
+    where = "self" if pid is None else pid
+    return {kind: os.readlink(f"/proc/{where}/ns/{kind}") for kind in ("ipc", "mnt", "net", "pid", "uts")}
 
 
-_SHELLS = (b"sh", b"ash", b"busybox")
+_SHELLS = ("sh", "ash", "busybox")
 
 
 class Observer:
-    """Watches, from the host, for the process whose command line holds :attr:`token`, and records what the kernel
-    shows of it while it runs: its PID in its own PID namespace, its namespaces, what its ``/`` holds and which of
-    ``watch`` (host paths) it can reach. A runtime reports the container's output itself, which a runtime's code
-    could make up; what ``/proc`` shows of a live process it cannot.
+    """Watches, from the host, for the shell that runs :attr:`command` (``sh -c`` with it), and records what the
+    kernel shows of it while it runs: its PID in its own PID namespace, its namespaces, what its ``/`` holds and
+    which of ``watch`` (host paths) it can reach. A runtime reports the container's output itself, which a
+    runtime's code could make up; what ``/proc`` shows of a live process it cannot.
 
-    Use as a context manager around the run; the command must carry the token (:meth:`tagged`) and keep its shell
-    a moment (``...; sleep 1; :`` -- with a command last, the shell would exec it in its own place and its command
-    line, the token's, would be gone) so that a look finds it.
+    Use as a context manager around the run of ``["sh", "-c", observer.command]``: :attr:`command` is ``command``
+    with a random token in front (a no-op word), so no other process matches. The command must keep its shell a
+    moment (``...; sleep 1; :`` -- with a command last, the shell would exec it in its own place, and the shell's
+    command line would be gone) so that a look finds it.
     """
 
     _PERIOD = 0.002  # s between two looks through /proc
 
-    def __init__(self, watch: tuple[str, ...] = ()) -> None:
-        self.token = f"vlab-observed-{os.urandom(8).hex()}"
-        self._needle = self.token.encode()
+    def __init__(self, command: str, watch: tuple[str, ...] = ()) -> None:
+        #: what the runtime must run with ``sh -c``
+        self.command = f": vlab-observed-{os.urandom(8).hex()}; {command}"
         self._watch = tuple(watch)
-        self._argv_end: list[bytes] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._look, name="vlab-observer", daemon=True)
         #: what was seen (None until the process was found), as plain data
         self.seen: dict[str, Any] | None = None
-
-    def tagged(self, command: str) -> str:
-        """``command`` for ``sh -c``, carrying the token (a no-op word in front of it)."""
-        self._argv_end = [b"-c", f": {self.token}; {command}".encode()]
-        return self._argv_end[1].decode()
 
     def __enter__(self) -> Observer:
         self._thread.start()
@@ -405,25 +401,19 @@ class Observer:
         me = os.geteuid()
         while not self._stop.is_set() and self.seen is None:
             for entry in os.listdir("/proc"):
-                if not entry.isdigit():
+                if not entry.isdigit() or procfs.owner_uid(pid := int(entry)) != me:
                     continue
-                pid = int(entry)
-                try:
-                    if procfs.owner_uid(pid) != me or self._needle not in (raw := Path(f"/proc/{pid}/cmdline")
-                                                                           .read_bytes()):
-                        continue
-                    argv = raw.split(b"\0")[:-1]
-                    # the shell running the command, not a tool that starts it (unshare ... sh -c COMMAND)
-                    if argv[-2:] != self._argv_end or os.path.basename(argv[0]) not in _SHELLS:
-                        continue
+                argv = procfs.cmdline(pid) or []
+                # the shell running the command, not a tool that starts it (unshare ... sh -c COMMAND)
+                if argv[-2:] != ["-c", self.command] or os.path.basename(argv[0]) not in _SHELLS:
+                    continue
+                with contextlib.suppress(OSError):  # it ended meanwhile: then it was not seen
                     self.seen = self._facts(pid)
                     break
-                except OSError:
-                    continue  # it ended meanwhile: the next look may find it again, or nothing
             self._stop.wait(self._PERIOD)
 
     def _facts(self, pid: int) -> dict[str, Any]:
-        """What the kernel shows of ``pid`` (raises OSError if it ended meanwhile: then it was not seen)."""
+        """What the kernel shows of ``pid`` (OSError if it ended meanwhile)."""
         status = Path(f"/proc/{pid}/status").read_text()
         nspid = next(line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:"))
         root = f"/proc/{pid}/root"
@@ -432,7 +422,7 @@ class Observer:
                    or glob.glob(f"{root}/proc/[0-9]*/root{path}")]
         return {
             "pid_inside": int(nspid[-1]),
-            "namespaces": {kind: os.readlink(f"/proc/{pid}/ns/{kind}") for kind in ("ipc", "mnt", "net", "pid", "uts")},
+            "namespaces": namespace_ids(pid),
             "root_entries": len(os.listdir(root)),
             "processes": len(glob.glob(f"{root}/proc/[0-9]*")),
             "reached": reached,
