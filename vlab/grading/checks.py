@@ -151,6 +151,11 @@ class CheckResult:
     def score(self) -> float:
         return self.points if self.passed else 0.0
 
+    @property
+    def outcome(self) -> str:
+        """``pass``, ``fail`` or ``unchecked`` (the host could not run it): how tables and feedback show it."""
+        return "pass" if self.passed else "unchecked" if self.unchecked else "fail"
+
     def as_dict(self, *, reveal: bool = True) -> dict[str, Any]:  # the JSON form: result.json, feedback
         """JSON form (without ``unanswered``: it has done its work by then); ``reveal=False`` drops the message of a
         hidden check (not of an unchecked one: it names the host, not the answer)."""
@@ -259,6 +264,8 @@ def _run_one(one: Check, sub: object, params: Mapping[str, Any]) -> CheckResult:
     return result(True)
 
 
+#: how the notebook's table shows each outcome (a failure stands out), and in which colour
+_SHOWN = {"pass": "pass", "fail": "FAIL", "unchecked": "n/a"}
 _COLOURS = {"pass": "green", "n/a": "gray"}
 
 
@@ -279,8 +286,7 @@ class CheckReport:
 
     def rows(self) -> Iterator[tuple[str, str, str, str]]:
         for r in self.results:
-            status = "pass" if r.passed else "n/a" if r.unchecked else "FAIL"
-            yield (status, r.name, f"{r.score:g}/{r.points:g}", r.message)
+            yield (_SHOWN[r.outcome], r.name, f"{r.score:g}/{r.points:g}", r.message)
 
     def text(self) -> str:
         if not self.results:

@@ -55,7 +55,7 @@ def feedback_html(result: SubmissionResult) -> str:
             if c.question != qid:
                 continue
             shown = c.as_dict(reveal=False)["message"]  # never a hidden check's message
-            state = "pass" if c.passed else "unchecked" if c.unchecked else "fail"
+            state = c.outcome
             kind = "hidden" if c.hidden else "public"
             rows.append(
                 f"<tr class='{state}'><td>{state}</td><td><code>{esc(c.name)}</code></td><td>{kind}</td>"
