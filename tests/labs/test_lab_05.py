@@ -86,18 +86,11 @@ def test_the_solutions_limits_hold_for_real(checks: Any) -> None:
 
 
 def test_without_namespaces_the_container_checks_are_unchecked_not_judged_by_the_command_line(
-        checks: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        checks: Any, no_unshare: None) -> None:
     """A grading host that cannot create namespaces (unshare(1) not found, as the probe sees Binder) neither hands
     out the container's points for a command line that merely names the flags nor fails the student: the checks
     that run the container stop as not checked on this host (the grader's status says ``unchecked``). The limit
     checks judge the limit files exactly, as in the grader's jail, which has no writable cgroups."""
-    for directory in ("/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"):  # a PATH without unshare(1)
-        for program in Path(directory).iterdir():
-            if program.name != "unshare" and not (tmp_path / program.name).exists():
-                (tmp_path / program.name).symlink_to(program)
-    monkeypatch.setenv("PATH", str(tmp_path))
-    lab._namespaces.cache_clear()  # probed once per process (a notebook's host does not change)
-    request.addfinalizer(lab._namespaces.cache_clear)
     params, found = checks
     for name in ("a_practice_container", "the_container_sees_only_itself"):
         result = run_check(found[name], params, **answers())

@@ -94,12 +94,10 @@ def test_a_runtime_that_reports_instead_of_isolating_fails_q1(checks: Any, forge
     assert not Path(lab.SCRIBBLE_DIR).exists() and Path("/etc/passwd").read_bytes() == passwd
 
 
-def test_without_namespaces_the_container_checks_are_unchecked(checks: Any, monkeypatch: pytest.MonkeyPatch,
-                                                               tmp_path: Path) -> None:
+def test_without_namespaces_the_container_checks_are_unchecked(checks: Any, no_unshare: None) -> None:
     """A grading host that cannot create namespaces (unshare(1) not found, as the probe sees Binder) must not
     hand out the container questions' points to whoever submits: the checks score 0 as not checked on this host
     (the grader's status then says ``unchecked``), naming the host."""
-    monkeypatch.setenv("PATH", str(tmp_path))
     params, found = checks
     for name in ("your_container_is_isolated", "your_runtime_contains_and_cleans_up", "escape_with_a_fresh_secret",
                  "practice_failure_leaves_nothing"):
