@@ -1,7 +1,7 @@
 """How many submissions `vlab grade` grades per minute per core, for the example lab.
 
 Grades N copies of a correct submission of tests/grading/data/source/00-example.ipynb through
-the full sandbox (supervisor process; kernel and student host each in an allow-list root with new
+the full sandbox (supervisor process; kernel and the helper and student hosts in allow-list roots with new
 mount, pid, network namespaces and a throw-away uid or a user namespace; export; checks; sweep),
 with one worker per core, and compares with a baseline measured in the same run: the same
 notebooks executed by a bare nbclient (a process each, same parallelism, no sandbox, no checks).

@@ -245,6 +245,22 @@ def my_sort(xs, _=[setattr(f, "__code__", (lambda cases: len(cases)).__code__)
                    for f in __import__("gc").get_objects()
                    if getattr(f, "__name__", "") == "score_my_sort" and hasattr(f, "__code__")]):
     raise NotImplementedError"""
+# the helper calls my_sort and then, in the same expression, sorted(): a student function
+# that runs in the helper's process changes them while it runs (and a guard that puts them back after the
+# call is too late)
+PATCHES_DURING_CALL = """# vlab: solution q1
+def my_sort(xs):
+    import builtins
+    builtins.sorted = lambda seq, *args, **kwargs: list(seq)
+    return list(xs)"""
+WALKS_THE_STACK = """# vlab: solution q1
+def my_sort(xs):
+    import sys
+    frame = sys._getframe(1)
+    while frame is not None:
+        frame.f_globals["sorted"] = lambda seq, *args, **kwargs: list(seq)
+        frame = frame.f_back
+    return list(xs)"""
 SHADOW_HELPER_GLOBAL = """import json
 import vlab.grading.exports as _exports
 
@@ -354,6 +370,8 @@ ATTACKS = [
     Attack("patches-helper-code", "98", "4", "unanswered", 0, {"solution q1": PATCH_HELPER_CODE}),
     Attack("shadows-helper-global", "98", "4", "ok", 0, {"solution q1": SORT_UNSORTED},
            extra=(("solution q1", SHADOW_HELPER_GLOBAL),)),
+    Attack("patches-during-call", "98", "4", "ok", 0, {"solution q1": PATCHES_DURING_CALL}),
+    Attack("walks-the-stack", "98", "4", "ok", 0, {"solution q1": WALKS_THE_STACK}),
     Attack("helper-honest", "98", "-", "ok", 2, {"solution q1": SORT}),
     # 4b measurements: a locked cell's exports are taken when it has run, not at the end
     Attack("overwrites-measurement", "98", "4", "ok", 2, {"solution q1": SORT, "solution q2": WRONG_PREDICTION},

@@ -1,4 +1,5 @@
-"""Shared fixtures: the example lab assigned into a temp dir, and one batch of synthetic submissions.
+"""Shared fixtures: the example lab assigned into a temp dir, one batch of synthetic submissions, and a
+place to start jails in (:func:`place`, :func:`jail_spec`).
 
 The batch is graded once per session (local pool, 2 workers) through the real sandbox; the
 tests in test_sandbox.py, test_gradebook.py and test_runner.py assert on its results.
@@ -20,10 +21,40 @@ from tests.grading import grading_submissions as s
 from tests.grading.grading_submissions import EXAMPLE_SOURCE
 from vlab.grading.assign import Assignment, assign
 from vlab.grading.bundle import Bundle
+from vlab.grading.jail import JailSpec
+from vlab.grading.mounts import student_readonly
 from vlab.grading.results import SubmissionResult
 from vlab.grading.runner import find_submissions, grade_all, make_jobs
 
 SECRET = "test-course-secret"
+
+
+@pytest.fixture
+def place() -> Iterator[Path]:
+    """A directory that the throw-away uid can work in: ``work/`` (its own) and ``stage/``."""
+    base = Path(tempfile.mkdtemp(prefix="vlab-jailtest-"))
+    base.chmod(0o755)
+    (base / "work").mkdir()
+    (base / "stage").mkdir()
+    yield base
+    shutil.rmtree(base)
+
+
+def jail_spec(base: Path, **changes: object) -> JailSpec:
+    """A jail working in :func:`place` ``base``: mode ``none`` unless ``changes`` say otherwise."""
+    values: dict[str, object] = dict(
+        mode="none",
+        uid=None,
+        address_space_mb=1024,
+        cpu_seconds=30,
+        file_mb=64,
+        processes=64,
+        workdir=str(base / "work"),
+        readonly=student_readonly(),
+        stage=str(base / "stage"),
+    )
+    values.update(changes)
+    return JailSpec(**values)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")

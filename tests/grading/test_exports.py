@@ -1,17 +1,14 @@
-"""Exports: values as tagged JSON, functions as source with what they use, a jailed host process."""
+"""Exports: values as tagged JSON, functions as source with what they use (the hosts: test_hosts.py)."""
 
 from __future__ import annotations
 
 import json
-import math
-import sys
 import types
 from pathlib import Path
 
 import pytest
 
-from vlab.grading.checks import StudentCodeError
-from vlab.grading.exports import Exported, StudentHost, decode, encode, export_namespace, with_pins
+from vlab.grading.exports import Exported, decode, encode, export_namespace, with_pins
 
 
 @pytest.mark.parametrize(
@@ -50,29 +47,6 @@ def test_function_exports_bring_what_they_use() -> None:
     assert exported["modules"] == {"math": "math"}
     assert exported["imports"] == {"sqrt": ["math", "sqrt"]}
     assert exported["missing"] == ["missing_name"]
-
-
-def test_host_runs_functions_in_another_process_with_a_timeout(tmp_path: Path) -> None:
-    exported = export_namespace(_notebook_namespace(), ["answer"])
-    exported["functions"]["loops"] = "def loops():\n    while True:\n        pass\n"
-    exported["functions"]["fails"] = "def fails():\n    return 1 / 0\n"
-    exported["functions"]["huge"] = "def huge():\n    return 'x' * (33 * 2**20)\n"  # over the 32 MiB cap
-    path = tmp_path / "exports.json"
-    path.write_text(json.dumps(exported))
-    host = StudentHost([sys.executable, "-I", "-m", "vlab.grading.exports", "HOST", str(path)], 2, {"PATH": "/usr/bin"})
-    try:
-        assert host.call("answer", [16], {}) == pytest.approx(math.sqrt(16) * 3)
-        with pytest.raises(StudentCodeError, match="ZeroDivisionError"):
-            host.call("fails", [], {})
-        with pytest.raises(StudentCodeError, match="did not return within 2 s"):
-            host.call("loops", [], {})
-        assert host.call("answer", [4], {}) == 6  # a fresh process after the kill
-        with pytest.raises(StudentCodeError, match="cannot read"):
-            host.call("huge", [], {})
-        assert host.call("answer", [4], {}) == 6
-    finally:
-        host.close()
-
 
 
 def test_a_parameter_named_like_a_global_is_not_a_dependency() -> None:

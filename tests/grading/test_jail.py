@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.grading.conftest import jail_spec
 from tests.grading.unprivileged import NOBODY, available, unprivileged
 from tests.host.cgroup2 import real_v2_parent, wait_for_event
 from vlab.grading.jail import Cgroup, JailSpec, namespace_members, sweep
-from vlab.grading.mounts import student_readonly
 from vlab.host.cgroups import CgroupSupport
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="uid switching, namespaces and cgroups need root")
@@ -47,33 +45,6 @@ print(json.dumps({
 """
 
 
-@pytest.fixture
-def place() -> Iterator[Path]:
-    """A directory that the throw-away uid can work in: ``work/`` (its own) and ``stage/``."""
-    base = Path(tempfile.mkdtemp(prefix="vlab-jailtest-"))
-    base.chmod(0o755)
-    (base / "work").mkdir()
-    (base / "stage").mkdir()
-    yield base
-    shutil.rmtree(base)
-
-
-def _spec(base: Path, **changes: object) -> JailSpec:
-    values: dict[str, object] = dict(
-        mode="none",
-        uid=None,
-        address_space_mb=1024,
-        cpu_seconds=30,
-        file_mb=64,
-        processes=64,
-        workdir=str(base / "work"),
-        readonly=student_readonly(),
-        stage=str(base / "stage"),
-    )
-    values.update(changes)
-    return JailSpec(**values)  # type: ignore[arg-type]
-
-
 def _run(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd="/")
 
@@ -89,7 +60,7 @@ def _probe(spec: JailSpec, *paths: str, wrap: object = None) -> dict[str, object
 
 
 def test_rlimits_hold_inside_the_jail(place: Path) -> None:
-    spec = _spec(place)
+    spec = jail_spec(place)
     done = _run(
         spec.command([sys.executable, "-c", "import resource; print(resource.getrlimit(resource.RLIMIT_AS)[0] >> 20)"])
     )
@@ -123,7 +94,7 @@ def _assert_allow_list(seen: dict[str, object], course: Path, secret: Path) -> N
 def test_root_mode_sees_only_the_allow_list_as_a_throwaway_uid(place: Path) -> None:
     course, secret = _canaries(place)
     os.chown(place / "work", 1_999_999_999, 1_999_999_999)
-    spec = _spec(place, mode="root", uid=1_999_999_999)
+    spec = jail_spec(place, mode="root", uid=1_999_999_999)
     seen = _probe(spec, str(secret), str(course / "01-create-vm.ipynb"), "/etc/shadow", "/root/.bash_history")
     assert seen["uid"] == 1_999_999_999
     _assert_allow_list(seen, course, secret)
@@ -136,7 +107,7 @@ def test_userns_mode_gives_an_unprivileged_grader_the_same_allow_list(place: Pat
     os.chown(place / "work", NOBODY, NOBODY)
     os.chown(place / "stage", NOBODY, NOBODY)
     (place / "root").mkdir()
-    spec = _spec(place, mode="userns")
+    spec = jail_spec(place, mode="userns")
     seen = _probe(
         spec, str(secret), str(course / "01-create-vm.ipynb"), wrap=lambda argv: unprivileged(argv, place / "root")
     )
@@ -147,7 +118,7 @@ def test_userns_mode_gives_an_unprivileged_grader_the_same_allow_list(place: Pat
 def test_userns_mode_refuses_to_run_as_root(place: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("only root can be refused")
-    done = _run(_spec(place, mode="userns").command([sys.executable, "-c", "print('ran')"]))
+    done = _run(jail_spec(place, mode="userns").command([sys.executable, "-c", "print('ran')"]))
     assert "ran" not in done.stdout and "userns mode is for an unprivileged grader" in done.stderr
 
 
@@ -162,7 +133,7 @@ def test_cgroup_limits_processes_and_is_removed(place: Path) -> None:
             "            import time; os.closerange(0, 1024); time.sleep(60)\n"
             "        n += 1\nexcept OSError:\n    print(n)\n"
         )
-        done = _run(_spec(place, cgroup_procs=group.procs_files).command([sys.executable, "-c", code]))
+        done = _run(jail_spec(place, cgroup_procs=group.procs_files).command([sys.executable, "-c", code]))
         assert 1 <= int(done.stdout.split()[0]) < 8
         assert group.counter("pids", "pids.events", "max") >= 1
         sweep(group)
@@ -194,7 +165,7 @@ time.sleep(300)
 def test_sweep_kills_everything_in_the_namespace_and_cgroup(place: Path) -> None:
     os.chown(place / "work", 1_999_999_998, 1_999_999_998)
     group = Cgroup.create(f"vlab-test-sweep-{os.getpid()}", memory_mb=256, processes=32, cpu_percent=100)
-    spec = _spec(place, mode="root", uid=1_999_999_998, cgroup_procs=group.procs_files if group else ())
+    spec = jail_spec(place, mode="root", uid=1_999_999_998, cgroup_procs=group.procs_files if group else ())
     proc = subprocess.Popen(spec.command([sys.executable, "-c", ESCAPES]), stdout=subprocess.PIPE, text=True, cwd="/")
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
@@ -225,7 +196,7 @@ def test_cgroup_memory_limit_kills_what_the_rlimit_lets_through(place: Path) -> 
         pytest.skip("no usable memory cgroup here")
     try:
         touch = "block = bytearray(200 * 2**20)\nblock[::4096] = b'x' * len(block[::4096])\nprint('survived')"
-        done = _run(_spec(place, cgroup_procs=group.procs_files).command([sys.executable, "-c", touch]))
+        done = _run(jail_spec(place, cgroup_procs=group.procs_files).command([sys.executable, "-c", touch]))
         assert done.returncode == -9 and "survived" not in done.stdout
         assert group.counter("memory", "memory.oom_control", "oom_kill") >= 1
     finally:
@@ -298,7 +269,7 @@ def test_sweep_kills_a_real_v2_group_by_membership_alone(place: Path, v2_parent:
     group = Cgroup(f"{V2_PREFIX}sweep", Cgroup.CONTROLLERS, _v2_support(v2_parent))
     path = v2_parent / f"{V2_PREFIX}sweep"
     assert set(group.dirs.values()) == {(2, path)}
-    spec = _spec(place, cgroup_procs=group.procs_files)
+    spec = jail_spec(place, cgroup_procs=group.procs_files)
     proc = subprocess.Popen(spec.command([sys.executable, "-c", V2_ESCAPES]), stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None

@@ -14,7 +14,10 @@ One module per concern (the lab format is documented for authors in ``labs/READM
 * :mod:`~vlab.grading.predict` — :func:`predict_then_measure`: the figure only after the prediction.
 * :mod:`~vlab.grading.scan` — finds a solution's answer literals in what students can see.
 * :mod:`~vlab.grading.exports` — what leaves the student's kernel (values as JSON, functions as
-  source) and the sandboxed process that runs student functions for the checks.
+  source).
+* :mod:`~vlab.grading.hosts`, :mod:`~vlab.grading.remote` — the two jailed processes that run what the
+  checks call (the instructor's helpers in one, the student's functions in the other) and the objects
+  passed by reference between them.
 * :mod:`~vlab.grading.bundle`, :mod:`~vlab.grading.results` — the bundle and a submission's result as
   typed data.
 * :mod:`~vlab.grading.integrity` — is it a notebook, are its locked cells the instructor's.

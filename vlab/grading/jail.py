@@ -1,6 +1,6 @@
 """The jail around every process that runs student code, and the sweep that ends them.
 
-A student process (the notebook's kernel, the :class:`~vlab.grading.exports.StudentHost`) is
+A student process (the notebook's kernel, the hosts of :mod:`vlab.grading.hosts`) is
 started as ``python -I -m vlab.grading.jail SPEC -- COMMAND...`` from a root-owned directory;
 :func:`enter` applies the :class:`JailSpec` and then ``exec``\\ s the command, so every limit holds
 before any student code runs. By :attr:`JailSpec.mode`:
@@ -40,12 +40,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vlab.grading.mounts import build_root, libc_call
+from vlab.grading.mounts import build_root, libc_call, remount_proc
 from vlab.host.cgroups import Cgroup as HostCgroup
 from vlab.host.cgroups import CgroupSupport
 
 __all__ = [
     "MODES",
+    "PEER_FD",
     "Cgroup",
     "JailSpec",
     "ProcessInfo",
@@ -57,6 +58,9 @@ __all__ = [
     "sweep",
     "userns_available",
 ]
+
+#: The file descriptor of the socket between a jail's command and its ``inner`` command.
+PEER_FD = 3
 
 #: Isolation modes, strongest first.
 MODES = ("root", "userns", "none")
@@ -92,6 +96,9 @@ class JailSpec:
     :param writable: other directories bound read-write (the kernel's connection directory).
     :param readonly: what else the student may read: the Python environment, vlab, the guest images.
     :param stage: an empty directory only the grader can reach, where the new root is assembled.
+    :param inner: a second command (the student host, beside the helper host that is the first): it runs in a
+        pid namespace nested in the jail's, with its own ``/proc``, so it can neither see nor signal the first,
+        which sees it. The two are connected by a socket, :data:`PEER_FD` in both.
     """
 
     mode: str
@@ -105,6 +112,7 @@ class JailSpec:
     writable: tuple[str, ...] = ()
     readonly: tuple[str, ...] = ()
     stage: str = ""
+    inner: tuple[str, ...] = ()
 
     def command(self, argv: Sequence[str]) -> list[str]:
         """``argv`` wrapped so that it runs inside this jail."""
@@ -216,6 +224,7 @@ def enter(spec: JailSpec, argv: Sequence[str]) -> None:
         with contextlib.suppress(OSError):  # the cgroup vanished or is not ours: rlimits still hold
             Path(procs).write_text(str(os.getpid()))
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the grader, even if it is killed
+    peer = socket.socketpair() if spec.inner else None
     if spec.mode != "none":
         flags = _CLONE_NEWNS | _CLONE_NEWPID | _CLONE_NEWNET | _CLONE_NEWIPC | _CLONE_NEWUTS
         if spec.mode == "userns":
@@ -232,9 +241,60 @@ def enter(spec: JailSpec, argv: Sequence[str]) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         command = os.fork()
         if command:
+            if peer is not None:
+                if os.fork() == 0:
+                    _run_inner(spec, peer[1], peer[0])
+                _close(peer)  # only the two hosts hold the socket: when one dies, the other reads its end
             os._exit(_wait_for(command))
         signal.signal(signal.SIGINT, signal.default_int_handler)
         os.environ.pop("JPY_PARENT_PID", None)  # a pid from outside the namespace: ipykernel would poll it
+    elif peer is not None and os.fork() == 0:
+        _exec_jailed(spec, spec.inner, peer[1], peer[0], inner=True)
+    _exec_jailed(spec, argv, peer[0] if peer else None, peer[1] if peer else None)
+
+
+def _run_inner(spec: JailSpec, mine: socket.socket, theirs: socket.socket) -> None:
+    """The inner command, from the jail's init: in a nested pid namespace with a ``/proc`` of its own."""
+    libc_call("unshare", _CLONE_NEWPID | _CLONE_NEWNS)
+    inner_init = os.fork()  # the first process of the nested namespace: it ends it when the command exits
+    if inner_init:
+        _close((mine, theirs))
+        os._exit(_wait_for(inner_init))
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    remount_proc()
+    command = os.fork()
+    if command:
+        _close((mine, theirs))
+        os._exit(_wait_for(command))
+    _exec_jailed(spec, spec.inner, mine, theirs, inner=True)
+
+
+def _close(sockets: Iterable[socket.socket]) -> None:
+    for sock in sockets:
+        sock.close()
+
+
+def _exec_jailed(
+    spec: JailSpec, argv: Sequence[str], peer: socket.socket | None, other: socket.socket | None, inner: bool = False
+) -> None:
+    """Limits, privileges dropped, the peer socket on :data:`PEER_FD`, then exec (never returns).
+
+    :param inner: the inner command: its stdin and stdout, the grader's pipes to the first command, become
+        ``/dev/null`` and its stderr (it talks only through the peer socket).
+    """
+    if inner:
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(2, 1)
+        os.close(null)
+    if other is not None:
+        other.close()
+    if peer is not None:
+        if peer.fileno() == PEER_FD:
+            os.set_inheritable(PEER_FD, True)  # dup2 onto itself would leave it close-on-exec
+        else:
+            os.dup2(peer.fileno(), PEER_FD, inheritable=True)
+            peer.close()
     _set_limit(resource.RLIMIT_CORE, 0)
     _set_limit(resource.RLIMIT_AS, spec.address_space_mb * 2**20)
     _set_limit(resource.RLIMIT_CPU, spec.cpu_seconds)
@@ -340,19 +400,36 @@ def _pid_namespace(pid: int) -> str | None:
         return None
 
 
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def namespace_members(jail: int) -> set[int]:
-    """Processes in the pid namespace of the jail whose outer process has host pid ``jail``."""
+    """Processes in the pid namespace of the jail whose outer process has host pid ``jail``, and in the
+    namespaces nested in it (the student host's, :attr:`JailSpec.inner`)."""
     try:
         children = Path(f"/proc/{jail}/task/{jail}/children").read_text().split()
     except OSError:
         return set()
-    inner = {_pid_namespace(int(child)) for child in children} - {None, _pid_namespace(os.getpid())}
+    ours = _pid_namespace(os.getpid())
+    inner = {_pid_namespace(int(child)) for child in children} - {None, ours}
     if not inner:
         return set()
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and _pid_namespace(int(entry)) in inner:
-            found.add(int(entry))
+    processes = {int(e): (_parent(int(e)), _pid_namespace(int(e))) for e in os.listdir("/proc") if e.isdigit()}
+    found: set[int] = set()
+    grew = True
+    while grew:  # a member's child in another namespace is the first of a nested one: its namespace joins
+        grew = False
+        for pid, (parent, namespace) in processes.items():
+            if pid in found or namespace in (None, ours):
+                continue
+            if namespace in inner or parent in found:
+                found.add(pid)
+                inner.add(namespace)
+                grew = True
     return found
 
 

@@ -24,7 +24,15 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["SYSTEM_READONLY", "build_root", "libc_call", "share_with_students", "shared_dir", "student_readonly"]
+__all__ = [
+    "SYSTEM_READONLY",
+    "build_root",
+    "libc_call",
+    "remount_proc",
+    "share_with_students",
+    "shared_dir",
+    "student_readonly",
+]
 
 #: Host system directories every student process may read.
 SYSTEM_READONLY = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32", "/sys")
@@ -121,6 +129,13 @@ def _outermost(paths: Iterable[str]) -> list[str]:
         if not any(path == k or path.startswith(k.rstrip("/") + "/") for k in kept):
             kept.append(path)
     return kept
+
+
+def remount_proc() -> None:
+    """In a new pid namespace, after a mount namespace of its own: a ``/proc`` that shows only that namespace."""
+    _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
+    libc_call("umount2", "/proc", _MNT_DETACH)
+    _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV)
 
 
 def build_root(stage: str, *, workdir: str, writable: Iterable[str] = (), readonly: Iterable[str] = ()) -> None:

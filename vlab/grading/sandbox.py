@@ -13,7 +13,7 @@ supervisor itself failed -- one broken submission never stops a batch. The super
    outputs are counted, never kept; a last injected cell exports the lab's names;
 3. notes what the notebook left running in its pid namespace and cgroup and kills it;
 4. runs the bundle's checks *here*, on the exports, with student functions and the locked
-   cells' helpers called in a jailed :class:`~vlab.grading.exports.StudentHost`;
+   cells' helpers called in the jailed :class:`~vlab.grading.hosts.Hosts`;
 5. removes the cgroup and the directory, and writes the result (:class:`~vlab.grading.results.SubmissionResult`
    as JSON: the only form in which it leaves the supervisor).
 
@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +48,12 @@ from vlab.grading.exports import (
     EXPORTS_FILE,
     PINNED_FILE,
     Exported,
-    GradedExports,
-    StudentHost,
-    defined_helpers,
     export_cell_source,
     load_exports,
     with_pins,
 )
 from vlab.grading.format import Cell, Notebook
+from vlab.grading.hosts import GradedExports, Hosts, defined_helpers
 from vlab.grading.integrity import (
     MAX_NOTEBOOK_BYTES,
     find_tampering,
@@ -388,13 +386,13 @@ def _run_checks(
     job: Job, exports: Exported, spec: JailSpec, env: dict[str, str], helpers: list[str]
 ) -> list[CheckResult]:
     params, checks = _lab_namespace(job.bundle, job.student)
-    exports_path = Path(spec.workdir) / EXPORTS_FILE
-    command = spec.command([sys.executable, "-I", "-m", "vlab.grading.exports", "HOST", str(exports_path)])
-    host = StudentHost(command, job.bundle.limits.call_timeout, env, helpers)
+    host = [sys.executable, "-I", "-m", "vlab.grading.hosts"]
+    command = replace(spec, inner=(*host, "STUDENT")).command([*host, "HELPERS"])
+    hosts = Hosts(command, job.bundle.limits.call_timeout, env, helpers, exports)
     try:
-        return run_checks(checks, GradedExports(exports, host, defined_helpers(helpers)), params)
+        return run_checks(checks, GradedExports(exports, hosts, defined_helpers(helpers)), params)
     finally:
-        host.close()
+        hosts.close()
 
 
 # --- the supervisor -----------------------------------------------------------------------------

@@ -236,12 +236,12 @@ def score_scheduler(make_scheduler: Callable[[], Scheduler], mix: Sequence[dict[
     scheduler = make_scheduler()
     from vlab.toyvmm import Scheduler
 
-    if not isinstance(scheduler, Scheduler):
+    if not isinstance(scheduler, Scheduler):  # isinstance, not type(): at grading time it is a remote reference
         raise VlabError("make_scheduler() must return a Scheduler object", field="make_scheduler",
                         value=type(scheduler).__name__, fix="return an instance of your Scheduler subclass")
     result = run_mix([GuestSpec.from_dict(g) for g in mix], scheduler, duration_ms)
     return {"fairness": result.fairness, "max_latency_ms": result.max_latency_ms, "shares": result.shares,
-            "classes": [c.__name__ for c in type(scheduler).__mro__]}
+            "classes": [c.__name__ for c in scheduler.__class__.__mro__]}
 
 
 # ---------------------------------------------------------------- lock-holder preemption

@@ -10,6 +10,7 @@ the virtual ``stimecmp`` CSR compared with *virtual* time (instructions executed
 from __future__ import annotations
 
 import enum
+from typing import ClassVar
 
 from vlab.toyvmm.exits import Exit, refuse_withheld
 from vlab.toyvmm.isa import CSR
@@ -32,6 +33,9 @@ class UART:
     Its registers are emulated by the MMIO exit handlers (:mod:`vlab.toyvmm.handlers`), which lab 02
     has the student write.
     """
+
+    #: The bytes the guest printed, appended by the handlers (see :attr:`vlab.toyvmm.vcpu.VCPU.REMOTE_WRITABLE`).
+    REMOTE_WRITABLE: ClassVar[frozenset[str]] = frozenset({"output"})
 
     def __init__(self) -> None:
         self.output = bytearray()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
 
 from unicorn.riscv_const import UC_RISCV_REG_PC
 
@@ -94,6 +94,8 @@ class Exit:
     """
 
     __slots__ = ("_pc", "access", "addr", "insn", "reason", "size", "value", "vcpu", "word")
+    #: An MMIO-read handler's result (see :attr:`vlab.toyvmm.vcpu.VCPU.REMOTE_WRITABLE`).
+    REMOTE_WRITABLE: ClassVar[frozenset[str]] = frozenset({"value"})
 
     def __init__(self, reason: ExitReason, vcpu: VCPU, pc: int | None = None, insn: Insn | None = None,
                  word: int = 0, addr: int = 0, size: int = 0, value: int = 0, access: str = "") -> None:

@@ -32,20 +32,21 @@ from vlab.toyvmm.sched import ms as to_insns
 from vlab.toyvmm.trace import Trace
 from vlab.toyvmm.vcpu import VCPU, VCPUState
 
-__all__ = ["Machine", "Guest", "GuestState", "Violation", "MAILBOX", "boots_refused"]
+__all__ = ["BOOT_REFUSAL", "MAILBOX", "Guest", "GuestState", "Machine", "Violation", "boots_refused"]
 
-#: Why booting a guest is refused in this context (a lab's model must predict, not measure), or None.
-_boot_refusal: ContextVar[str | None] = ContextVar("vlab_toyvmm_boot_refusal", default=None)
+#: Why booting a guest is refused in this context (a lab's model must predict, not measure), or None. Public so
+#: that the grader carries it into the process where the student's model runs (:mod:`vlab.grading.hosts`).
+BOOT_REFUSAL: ContextVar[str | None] = ContextVar("vlab_toyvmm_boot_refusal", default=None)
 
 
 @contextlib.contextmanager
 def boots_refused(why: str) -> Iterator[None]:
     """While inside, :meth:`Machine.add_guest` raises a :class:`VlabError` saying ``why``."""
-    token = _boot_refusal.set(why)
+    token = BOOT_REFUSAL.set(why)
     try:
         yield
     finally:
-        _boot_refusal.reset(token)
+        BOOT_REFUSAL.reset(token)
 
 
 #: Guest-physical address of the guest programs' progress counters (8 bytes per hart).
@@ -232,7 +233,7 @@ class Machine:
         """
         if self._closed:
             raise StateError("add a guest", "closed", ["open"])
-        refusal = _boot_refusal.get()
+        refusal = BOOT_REFUSAL.get()
         if refusal is not None:
             raise VlabError("no guest may boot here", field="program", value=program if isinstance(program, str)
                             else f"{len(program)} bytes", fix=refusal)

@@ -10,7 +10,7 @@ hand, exactly as the privileged spec describes them.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from unicorn.riscv_const import UC_RISCV_REG_PC, UC_RISCV_REG_X0
 
@@ -72,6 +72,10 @@ class VCPU:
         guest-physical address of the PTE).
     :ivar wake_latencies: virtual instructions from each timer wake-up to being scheduled.
     """
+
+    #: What a handler changes directly rather than through a method: the grader lets student code assign
+    #: these (and change their contents) when it runs apart from the VMM (:mod:`vlab.grading.remote`).
+    REMOTE_WRITABLE: ClassVar[frozenset[str]] = frozenset({"state", "shadow"})
 
     def __init__(self, guest: Guest, index: int, regs: Registers) -> None:
         self.guest = guest
