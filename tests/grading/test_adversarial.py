@@ -311,6 +311,8 @@ def test_unprivileged_grader_isolates_alike(
     result = graded_unprivileged[name]
     assert result.isolation == "userns"
     assert result.total <= attack.honest
+    if name in ("honest", "plants-modules"):  # what the grader scores without root, exactly: the checks ran
+        assert result.total == attack.honest, (result.total, result.checks)
     assert result.status == attack.status, (result.status, result.notes, result.cell_errors)
     if name == "reads-course":
         assert result.cell_errors[0].evalue == "found=[] leaks=[]"

@@ -13,10 +13,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.grading.conftest import jail_spec
+from tests.grading.unprivileged import NOBODY, available, unprivileged
 from vlab.grading.checks import StudentCodeError
 from vlab.grading.exports import Exported
 from vlab.grading.hosts import Hosts
@@ -27,11 +29,14 @@ HOST = [sys.executable, "-I", "-m", "vlab.grading.hosts"]
 THROWAWAY = 1_999_999_998
 
 
-def _hosts(place: Path, student: str, helpers: str = "", timeout: float = 20, **jail: object) -> Hosts:
+def _hosts(
+    place: Path, student: str, helpers: str = "", timeout: float = 20, wrap: Any = None, **jail: object
+) -> Hosts:
     functions = {name: student for name in _defined(student)}
     spec = jail_spec(place, inner=(*HOST, "STUDENT"), **jail)
     exports = Exported(functions=functions, modules={"math": "math"}, values={"SCALE": 3})
-    return Hosts(spec.command([*HOST, "HELPERS"]), timeout, {"PATH": "/usr/bin:/bin"}, [helpers], exports)
+    command = spec.command([*HOST, "HELPERS"])
+    return Hosts(wrap(command) if wrap else command, timeout, {"PATH": "/usr/bin:/bin"}, [helpers], exports)
 
 
 def _defined(source: str) -> list[str]:
@@ -166,6 +171,21 @@ def test_the_student_host_cannot_see_the_helper_host_which_sees_it(place: Path, 
     while any(Path(f"/proc/{pid}").exists() for pid in sleepers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(Path(f"/proc/{pid}").exists() for pid in sleepers)
+
+
+@pytest.mark.skipif(not available(), reason="needs root to set up the unprivileged user, unshare and setpriv")
+def test_without_root_the_student_host_cannot_see_the_helper_host_either(place: Path, started: list[Hosts]) -> None:
+    for directory in ("work", "stage"):
+        os.chown(place / directory, NOBODY, NOBODY)
+    (place / "root").mkdir()
+    hosts = _hosts(place, ATTACKER, WATCHER, mode="userns", wrap=lambda argv: unprivileged(argv, place / "root"))
+    started.append(hosts)
+    got = hosts.call("views", [], {})
+    student = got["student"]
+    assert student["uid"] == 0  # "root" of a user namespace that owns nothing
+    assert student["pids"] == [1, student["mine"]] and got["helper_sees"] > 3
+    assert "forged" not in json.dumps(got)
+    assert hosts.call("views", [], {})["student"]["uid"] == 0
 
 
 @root_only

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import signal
 import subprocess
@@ -187,12 +188,17 @@ def test_hundred_start_stop_cycles_leak_no_process_fd_thread_or_dir(config: VMCo
         assert vm.status() in ("running", "prelaunch")
         vm.stop(graceful=False)
 
+    def held() -> tuple[int, set[int], int, list[Path]]:
+        gc.collect()  # what an earlier test left for the collector is closed now, not in the middle of the count
+        return open_fds(), child_pids(), threading.active_count(), sorted(runtime_dir().glob(f"vm{os.getpid()}-*"))
+
     cycle()  # warm up lazily created things (the vlab loop thread, imported modules)
-    before = (open_fds(), child_pids(), threading.active_count(), sorted(runtime_dir().glob(f"vm{os.getpid()}-*")))
+    before = held()
     for _ in range(100):
         cycle()
-    after = (open_fds(), child_pids(), threading.active_count(), sorted(runtime_dir().glob(f"vm{os.getpid()}-*")))
-    assert after == before
+    after = held()
+    assert after[0] <= before[0], (after, before)  # a leak adds descriptors (one fewer: another test's, closed)
+    assert after[1:] == before[1:]
 
 
 def test_sync_api_in_a_real_jupyter_kernel_and_qemu_dies_with_the_kernel(guest_images: tuple[Path, Path]) -> None:

@@ -37,7 +37,7 @@ from typing import IO, Any
 from vlab.grading.checks import StudentCodeError, fail
 from vlab.grading.exports import Exported, decode, encode
 from vlab.grading.jail import PEER_FD
-from vlab.grading.remote import FOR_STUDENT, OPEN, Peer, PeerGone
+from vlab.grading.remote import FOR_STUDENT, OPEN, Peer, PeerGone, RemoteError
 
 __all__ = ["GradedExports", "Hosts", "defined_helpers", "definitions"]
 
@@ -130,8 +130,9 @@ def _importable_for_helpers(module: str) -> bool:
 
 
 def _helper_namespace(exports: Exported, helpers: Sequence[str], peer: Peer) -> dict[str, Any]:
-    """The locked cells' definitions; the student's values and, as calls to the student host, functions
-    fill in only the names those leave undefined (never a helper's module, constant or function)."""
+    """The locked cells' definitions; the student's values and, as calls to the student host, functions and
+    imported callables fill in only the names those leave undefined (never a helper's module, constant or
+    function)."""
     import vlab
     import vlab.grading
 
@@ -145,7 +146,7 @@ def _helper_namespace(exports: Exported, helpers: Sequence[str], peer: Peer) -> 
                 namespace[name] = importlib.import_module(module)
     for name, value in exports.values.items():
         namespace.setdefault(name, decode(value))
-    for name in exports.functions:
+    for name in (*exports.functions, *exports.imports):  # an answer may be an imported callable: the student's too
         namespace.setdefault(name, peer.function(name))
     return namespace
 
@@ -191,6 +192,8 @@ def _perform(namespace: Mapping[str, Any], request: Mapping[str, Any]) -> dict[s
         return {"error": f"TypeError: {exc}"}
     except NotImplementedError:
         return {"error": "NotImplementedError", "unanswered": True}
+    except RemoteError as exc:  # the student host's exception: its own type's name is in it
+        return {"error": str(exc)}
     except BaseException as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
 

@@ -243,13 +243,19 @@ def enter(spec: JailSpec, argv: Sequence[str]) -> None:
         if command:
             if peer is not None:
                 if os.fork() == 0:
-                    _run_inner(spec, peer[1], peer[0])
+                    try:
+                        _run_inner(spec, peer[1], peer[0])
+                    finally:
+                        os._exit(1)  # it failed before its exec: never back into the first command's path
                 _close(peer)  # only the two hosts hold the socket: when one dies, the other reads its end
             os._exit(_wait_for(command))
         signal.signal(signal.SIGINT, signal.default_int_handler)
         os.environ.pop("JPY_PARENT_PID", None)  # a pid from outside the namespace: ipykernel would poll it
     elif peer is not None and os.fork() == 0:
-        _exec_jailed(spec, spec.inner, peer[1], peer[0], inner=True)
+        try:
+            _exec_jailed(spec, spec.inner, peer[1], peer[0], inner=True)
+        finally:
+            os._exit(1)
     _exec_jailed(spec, argv, peer[0] if peer else None, peer[1] if peer else None)
 
 

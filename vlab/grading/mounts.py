@@ -132,9 +132,12 @@ def _outermost(paths: Iterable[str]) -> list[str]:
 
 
 def remount_proc() -> None:
-    """In a new pid namespace, after a mount namespace of its own: a ``/proc`` that shows only that namespace."""
+    """In a new pid namespace, after a mount namespace of its own: a ``/proc`` that shows only that namespace.
+
+    Mounted over the old one, which stays hidden below it: in a user namespace the kernel lets a ``proc`` be
+    mounted only where one is already fully visible, and the process it is for has no right to unmount it.
+    """
     _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
-    libc_call("umount2", "/proc", _MNT_DETACH)
     _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV)
 
 

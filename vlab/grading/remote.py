@@ -95,7 +95,7 @@ class Policy:
             assert name is not None
             if name.startswith("_"):
                 raise PermissionError(f"student code may not read {kind}.{name}: only public attributes")
-            if container and not writable and name not in _READ_METHODS:
+            if container and not writable and name not in _READ_METHODS and _builtin_member(type(obj), name):
                 raise PermissionError(f"student code may not call {kind}.{name} on the grader's data: it is read-only")
             if not container and not _is_lab_class(type(obj)):
                 raise PermissionError(f"student code may not use a {kind} of the grader's")
@@ -108,6 +108,13 @@ class Policy:
             raise PermissionError(f"student code may not change this {kind} of the grader's: it is read-only")
         elif op == "call" and not _callable_for_student(obj):
             raise PermissionError(f"student code may not call a {kind} of the grader's")
+
+
+def _builtin_member(cls: type, name: str) -> bool:
+    """Whether ``cls.name`` is a builtin container's (``dict.update``), not an attribute a lab class defines
+    (``HandlerTable.withheld``, a lab class that is also a dict)."""
+    owner = next((c for c in cls.__mro__ if name in vars(c)), None)  # None: an attribute of the instance
+    return owner is not None and owner.__module__ == "builtins"
 
 
 def writable_attributes(obj: Any) -> frozenset[str]:
