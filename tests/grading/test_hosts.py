@@ -144,6 +144,8 @@ def student_view():
             except OSError:
                 pass
     os.write(1, b'{"ok": "forged"}\\n')  # the grader's reply pipe, if it had it
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.kill(0, signal.SIGTERM)  # its process group: the kernel signals members in other pid namespaces too
     os.system("setsid sleep 1000 &")
     return {"pids": seen, "mine": os.getpid(), "uid": os.getuid()}
 '''

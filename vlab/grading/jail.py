@@ -286,13 +286,14 @@ def _exec_jailed(
     """Limits, privileges dropped, the peer socket on :data:`PEER_FD`, then exec (never returns).
 
     :param inner: the inner command: its stdin and stdout, the grader's pipes to the first command, become
-        ``/dev/null`` and its stderr (it talks only through the peer socket).
+        ``/dev/null`` and its stderr (it talks only through the peer socket), in a session of its own.
     """
     if inner:
         null = os.open(os.devnull, os.O_RDWR)
         os.dup2(null, 0)
         os.dup2(2, 1)
         os.close(null)
+        os.setsid()  # a process group of its own: kill(0) reaches a group's members in every pid namespace
     if other is not None:
         other.close()
     if peer is not None:
