@@ -245,3 +245,32 @@ def test_a_model_called_by_a_helper_may_not_boot_a_guest_in_the_student_host_eit
         helper.function("model")()
     assert helper.function("model")() > 0  # and only while the helper is inside it
     helper.close()
+
+
+def test_what_a_class_declares_fixed_travels_with_the_reference(pair: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading an exit's reason, vCPU and instruction, a vCPU's guest, a guest's UART is no request; the rest is."""
+    served: list[str] = []
+
+    def read(exit: Any) -> Any:
+        return [exit.reason, exit.addr, exit.vcpu.index, exit.vcpu.guest.name, exit.vcpu.guest.uart.text]
+
+    exit = _an_exit()
+    helper = pair({"read": read}).helper
+    perform = helper._perform
+
+    def counted(message: Any) -> Any:
+        served.append(message["op"])
+        return perform(message)
+
+    monkeypatch.setattr(helper, "_perform", counted)
+    got = helper.function("read")(exit)
+    assert got == [exit.reason, exit.addr, 0, exit.vcpu.guest.name, exit.vcpu.guest.uart.text]
+    assert served == ["getattr"]  # the UART's text (a property) only
+
+
+def test_a_private_name_declared_fixed_is_not_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vlab.grading.remote import fixed_attributes
+
+    monkeypatch.setattr(UART, "REMOTE_FIXED", frozenset({"output", "_secret"}), raising=False)
+    assert fixed_attributes(UART()) == {"output"}
+    assert fixed_attributes({"REMOTE_FIXED": 1}) == frozenset()  # only a lab class declares any

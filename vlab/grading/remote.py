@@ -19,6 +19,8 @@ guest, the VMM calls the student's handler, the handler calls a method of the he
   objects (classes of ``vlab`` modules) and read-only access to containers, writes only to the attributes
   a class names in ``REMOTE_SETTABLE`` (an MMIO-read handler's ``exit.value``), and never a module, a
   class or a code object. The student host serves the helpers under :data:`OPEN`: they are trusted.
+* A lab class may name in ``REMOTE_FIXED`` attributes that never change: they travel with an object's
+  first reference, so reading them is no request (an exit's reason, vCPU and instruction; a vCPU's guest).
 * The helper host forgets what it lent when the grader's call returns (:meth:`Peer.release_all`): a
   reference a student function keeps in a global and uses in a later call gets a clear error. The
   student host's objects (a scheduler the helpers drive) live as long as it does.
@@ -110,6 +112,15 @@ class Policy:
             raise PermissionError(f"student code may not call a {kind} of the grader's")
 
 
+def fixed_attributes(obj: Any) -> frozenset[str]:
+    """What a lab object's class names in ``REMOTE_FIXED``: public attributes that never change in its life,
+    sent by value with its first reference (an exit's reason and vCPU, a vCPU's guest)."""
+    names: object = getattr(type(obj), "REMOTE_FIXED", frozenset())
+    if not _is_lab_class(type(obj)) or not isinstance(names, frozenset):
+        return frozenset()
+    return frozenset(name for name in names if isinstance(name, str) and not name.startswith("_"))
+
+
 def _builtin_member(cls: type, name: str) -> bool:
     """Whether ``cls.name`` is a builtin container's (``dict.update``), not an attribute a lab class defines
     (``HandlerTable.withheld``, a lab class that is also a dict)."""
@@ -140,13 +151,16 @@ OPEN = Policy(restricted=False)
 class Remote:
     """An object that lives in the other process; every use is a request to it (see the module docstring)."""
 
-    __slots__ = ("_vlab_kind", "_vlab_methods", "_vlab_peer", "_vlab_ref")
+    __slots__ = ("_vlab_fixed", "_vlab_kind", "_vlab_methods", "_vlab_peer", "_vlab_ref")
 
-    def __init__(self, peer: Peer, ref: int, kind: str, methods: frozenset[str]) -> None:
+    def __init__(
+        self, peer: Peer, ref: int, kind: str, methods: frozenset[str], fixed: Mapping[str, Any] | None = None
+    ) -> None:
         object.__setattr__(self, "_vlab_peer", peer)
         object.__setattr__(self, "_vlab_ref", ref)
         object.__setattr__(self, "_vlab_kind", kind)
         object.__setattr__(self, "_vlab_methods", methods)
+        object.__setattr__(self, "_vlab_fixed", dict(fixed or {}))
 
     @property  # type: ignore[misc]
     def __class__(self) -> type:  # what isinstance() asks: a stand-in subclass of the lab class it derives from
@@ -156,6 +170,8 @@ class Remote:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
+        if name in self._vlab_fixed:  # sent with the reference: it never changes
+            return self._vlab_fixed[name]
         if name in self._vlab_methods:  # a method: calling it is the one request
             return _Method(self, name)
         return self._vlab_peer.request("getattr", self, name)
@@ -299,16 +315,20 @@ class Peer:
             return {"$record": [cls.__module__, cls.__qualname__, [self._to_wire(v, depth + 1) for v in fields]]}
         if isinstance(value, enum.Enum):  # another enum: its value
             return self._to_wire(value.value, depth + 1)
-        return self._lend(value)
+        return self._lend(value, depth)
 
-    def _lend(self, value: Any) -> dict[str, Any]:
+    def _lend(self, value: Any, depth: int = 0) -> dict[str, Any]:
+        cls = type(value)
         ref = self._refs.get(id(value))
+        lent: dict[str, Any] = {}
         if ref is None or self._objects.get(ref) is not value:
             self._next += 1
             ref = self._next
             self._objects[ref], self._refs[id(value)] = value, ref
-        cls = type(value)
-        lent: dict[str, Any] = {"$ref": ref, "type": f"{cls.__module__}.{cls.__qualname__}"}
+            fixed = fixed_attributes(value)
+            if fixed:  # what never changes travels with the first reference: reading it is no request
+                lent["fixed"] = {name: self._to_wire(getattr(value, name), depth + 1) for name in sorted(fixed)}
+        lent.update({"$ref": ref, "type": f"{cls.__module__}.{cls.__qualname__}"})
         if cls not in self._sent_types:  # the class's methods and ancestry, once per class
             self._sent_types.add(cls)
             lent["methods"] = sorted(_methods(cls)) if not isinstance(value, types.ModuleType | type) else []
@@ -343,7 +363,9 @@ class Peer:
                     self._methods[kind] = frozenset(str(m) for m in body["methods"])
                 if isinstance(body.get("mro"), list):
                     self._mro[kind] = [str(name) for name in body["mro"]]
-                self._remotes[ref] = Remote(self, ref, kind, self._methods.get(kind, frozenset()))
+                fixed = body.get("fixed")
+                values = {str(k): self._from_wire(v) for k, v in fixed.items()} if isinstance(fixed, dict) else {}
+                self._remotes[ref] = Remote(self, ref, kind, self._methods.get(kind, frozenset()), values)
             return self._remotes[ref]
         raise ValueError(f"unknown tag {tag}")
 

@@ -96,6 +96,8 @@ class Exit:
     __slots__ = ("_pc", "access", "addr", "insn", "reason", "size", "value", "vcpu", "word")
     #: An MMIO-read handler's result (see :attr:`vlab.toyvmm.vcpu.VCPU.REMOTE_WRITABLE`).
     REMOTE_WRITABLE: ClassVar[frozenset[str]] = frozenset({"value"})
+    #: Set when the exit is made, never changed (see :attr:`vlab.toyvmm.vcpu.VCPU.REMOTE_FIXED`).
+    REMOTE_FIXED: ClassVar[frozenset[str]] = frozenset({"reason", "vcpu", "insn", "word", "addr", "size", "access"})
 
     def __init__(self, reason: ExitReason, vcpu: VCPU, pc: int | None = None, insn: Insn | None = None,
                  word: int = 0, addr: int = 0, size: int = 0, value: int = 0, access: str = "") -> None:

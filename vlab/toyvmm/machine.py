@@ -13,7 +13,7 @@ import contextlib
 import enum
 from collections.abc import Iterator
 from contextvars import ContextVar
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from unicorn import riscv_const as rv
 from unicorn import unicorn_const as uc_const
@@ -78,6 +78,9 @@ class Violation(NamedTuple):
 
 class Guest:
     """A virtual machine: its Unicorn instance, memory, UART and vCPUs (see :meth:`Machine.add_guest`)."""
+
+    #: What never changes in a guest's life (see :attr:`vlab.toyvmm.vcpu.VCPU.REMOTE_FIXED`).
+    REMOTE_FIXED: ClassVar[frozenset[str]] = frozenset({"machine", "name", "uart", "memory"})
 
     def __init__(self, machine: Machine, name: str, program: bytes, *, vcpus: int, ram: int,
                  weight: int, cap: int) -> None:
