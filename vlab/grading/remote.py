@@ -17,8 +17,11 @@ guest, the VMM calls the student's handler, the handler calls a method of the he
 * What the peer may do to an object is the owner's :class:`Policy`. The helper host serves the student
   under :data:`FOR_STUDENT`, an allow-list: public attributes (no ``_`` in front) of the lab's own
   objects (classes of ``vlab`` modules) and read-only access to containers, writes only to the attributes
-  a class names in ``REMOTE_SETTABLE`` (an MMIO-read handler's ``exit.value``), and never a module, a
-  class or a code object. The student host serves the helpers under :data:`OPEN`: they are trusted.
+  a class names in ``REMOTE_WRITABLE`` (an MMIO-read handler's ``exit.value``), and never a module, a
+  class or a code object. A mutable container an attribute holds is lent, not copied, so that changing it
+  either changes the owner's (a ``REMOTE_WRITABLE`` attribute's) or fails loudly -- never silently in a
+  copy, which the student's notebook would not do. The student host serves the helpers under
+  :data:`OPEN`: they are trusted.
 * A lab class may name in ``REMOTE_FIXED`` attributes that never change: they travel with an object's
   first reference, so reading them is no request (an exit's reason, vCPU and instruction; a vCPU's guest).
 * The helper host forgets what it lent when the grader's call returns (:meth:`Peer.release_all`): a
@@ -232,10 +235,13 @@ class _Method:
 
 
 @dataclass(frozen=True)
-class _Writable:
-    """A container to lend by reference, its contents changeable (the value of a ``REMOTE_WRITABLE`` attribute)."""
+class _ByReference:
+    """A container an attribute holds, lent by reference instead of copied: a change the student's code makes
+    to it then changes the owner's (``writable``: the value of a ``REMOTE_WRITABLE`` attribute) or is refused
+    with an error -- never made silently to a copy, as it would not be in the student's notebook."""
 
     value: Any
+    writable: bool
 
 
 def _methods(cls: type) -> frozenset[str]:
@@ -300,9 +306,10 @@ class Peer:
     def _other_to_wire(self, value: Any, depth: int) -> Any:
         if isinstance(value, Remote) and value._vlab_peer is self:
             return {"$yours": value._vlab_ref}
-        if isinstance(value, _Writable):
-            lent = self._lend(value.value)
-            self._writable.add(lent["$ref"])
+        if isinstance(value, _ByReference):
+            lent = self._lend(value.value, depth)
+            if value.writable:
+                self._writable.add(lent["$ref"])
             return lent
         if isinstance(value, PurePath):
             return {"$path": str(value)}
@@ -514,8 +521,8 @@ class Peer:
                 setattr(target, name, operands[1])
                 return None
             value = getattr(target, name)
-            if name in writable_attributes(target) and isinstance(value, list | dict | set | bytearray):
-                return _Writable(value)  # lent, so that changing its contents changes the owner's
+            if self._policy.restricted and isinstance(value, list | dict | set | bytearray):
+                return _ByReference(value, writable=name in writable_attributes(target))
             return value
         check(op, target)
         if op == "getitem":
@@ -528,7 +535,7 @@ class Peer:
             return None
         if op == "iadd":
             target += operands[0]  # in place: the container is lent, its owner sees the change
-            return _Writable(target)
+            return _ByReference(target, writable=True)
         if op == "contains":
             return operands[0] in target
         if op == "len":

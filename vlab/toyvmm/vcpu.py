@@ -75,7 +75,7 @@ class VCPU:
 
     #: What a handler changes directly rather than through a method: the grader lets student code assign
     #: these (and change their contents) when it runs apart from the VMM (:mod:`vlab.grading.remote`).
-    REMOTE_WRITABLE: ClassVar[frozenset[str]] = frozenset({"state", "shadow"})
+    REMOTE_WRITABLE: ClassVar[frozenset[str]] = frozenset({"state", "shadow", "csrs"})
     #: What never changes in a vCPU's life: sent with its first reference, so reading it costs no request.
     REMOTE_FIXED: ClassVar[frozenset[str]] = frozenset({"guest", "index"})
 
