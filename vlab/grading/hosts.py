@@ -37,6 +37,7 @@ from typing import IO, Any
 from vlab.grading.checks import StudentCodeError, fail
 from vlab.grading.exports import Exported, decode, encode
 from vlab.grading.jail import PEER_FD
+from vlab.grading.mounts import libc_call
 from vlab.grading.remote import FOR_STUDENT, OPEN, Peer, PeerGone, RemoteError
 
 __all__ = ["GradedExports", "Hosts", "defined_helpers", "definitions"]
@@ -154,8 +155,8 @@ def _helper_namespace(exports: Exported, helpers: Sequence[str], peer: Peer) -> 
 def _helper_main() -> int:
     """Serve the grader: a first line with the setup, then one JSON request per line on stdin, one JSON
     reply per line on stdout. Ends when the student host is gone (the grader starts both again)."""
-    with contextlib.suppress(OSError, AttributeError):  # no process of the student's uid may trace or read this one
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+    with contextlib.suppress(OSError):  # no process of the student's uid may trace or read this one
+        libc_call("prctl", _PR_SET_DUMPABLE, ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
     requests = os.fdopen(os.dup(0), "r", encoding="utf-8")
     replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
     null = os.open(os.devnull, os.O_RDONLY)

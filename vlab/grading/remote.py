@@ -1,7 +1,7 @@
 """Objects by reference between the helper host and the student host: JSON lines over one socket.
 
 At grading time the instructor's helpers (``drive``, ``trial``, ...) and the student's functions run in
-two processes (:mod:`vlab.grading.exports`), so that nothing a student function does reaches the code
+two processes (:mod:`vlab.grading.hosts`), so that nothing a student function does reaches the code
 that computes what the checks judge. Calls cross between them both ways and nest: a helper boots a
 guest, the VMM calls the student's handler, the handler calls a method of the helper's vCPU, ...
 
@@ -294,7 +294,6 @@ class Peer:
         self._mro: dict[str, list[str]] = {}
         self._stand_ins: dict[str, type] = {}
         self._next = 0
-        self._depth = 0
         #: why the other side can no longer be used (it exited, or the stream is out of step), else None
         self.gone: str | None = None
 
@@ -411,17 +410,13 @@ class Peer:
         context = {name: var.get() for name, var in self._carried.items() if var.get() is not None}
         self._send({"id": ident, "op": op, "target": where, "operands": self._to_wire(list(operands)),
                     "context": context})
-        self._depth += 1
-        try:
-            while True:
-                message = self._receive()
-                if message.get("re") == ident:
-                    if "error" in message:
-                        raise _rebuilt(str(message.get("kind", "")), str(message["error"]))
-                    return self._from_wire(message.get("ok"))
-                self._serve(message)
-        finally:
-            self._depth -= 1
+        while True:
+            message = self._receive()
+            if message.get("re") == ident:
+                if "error" in message:
+                    raise _rebuilt(str(message.get("kind", "")), str(message["error"]))
+                return self._from_wire(message.get("ok"))
+            self._serve(message)
 
     def send_setup(self, data: Any) -> None:
         """The first message: what the other side needs before it serves (plain JSON)."""
