@@ -83,3 +83,24 @@ def test_migration_progress_reports_rounds(guest_images: tuple[Path, Path],
     assert rounds and all(re.fullmatch(r"migrating mprog: round \d+: [\d.]+ MiB left to send", r) for r in rounds)
     assert len(rounds) <= result.dirty_sync_count + 1  # one line per new round, not per poll
     assert lines[-1].startswith("migrating mprog: done in ")
+
+
+def test_a_poll_that_runs_out_of_the_last_moments_is_the_migration_timeout() -> None:
+    """A stand-in for the source's QMP (the race cannot be produced on demand: the deadline passes while a
+    ``query-migrate`` has only a fraction of a millisecond left, so QMP gives up first). It must end as the
+    migration's timeout, cancelled, not as a QMP error: lab 07's run that cannot converge failed so once."""
+    from vlab.qemu.migration import MigrationTimeout, _wait_source
+
+    sent: list[str] = []
+    deadline = time.monotonic() + 0.05
+
+    def source(command: str, args: object = None) -> dict[str, str]:
+        sent.append(command)
+        if command == "query-migrate" and len(sent) > 1:
+            time.sleep(max(0.0, deadline - time.monotonic()) + 0.01)
+            raise VlabError("QEMU did not answer within 0.000245511 s", field="query-migrate")
+        return {"status": "active"}
+
+    with pytest.raises(MigrationTimeout, match="did not complete within 1 s"):
+        _wait_source(source, deadline, 1.0, None)
+    assert sent[-1] == "migrate_cancel"

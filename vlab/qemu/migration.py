@@ -128,7 +128,12 @@ def _wait_source(source_qmp: QmpCall, deadline: float, timeout: float, on_poll: 
                                    field="migrate", value=info.get("status"),
                                    fix="raise the bandwidth or downtime limit, or dirty memory more slowly",
                                    detail=str(info)[:2000])
-        info = source_qmp("query-migrate")
+        try:
+            info = source_qmp("query-migrate")
+        except VlabError:
+            if time.monotonic() <= deadline:
+                raise
+            continue  # the poll had only the last moments left: that is the timeout, reported above
         if on_poll is not None:
             on_poll(info)
         status = info.get("status")
