@@ -10,7 +10,8 @@ exit or vCPU another. This boots lab 02's solution handlers on three guests both
 
 It prints the exits each run's student handlers took, the whole run's microseconds per such exit both ways
 and their ratio (split / in process),
-and the whole drive's time (target: ≤ 1 s; a check's calls together have the call timeout, 5 s for lab 02).
+and the whole drive's time (target: ≤ 1 s; a check's calls together have the call timeout, 5 s for lab 02);
+then the floor under every request: a bare JSON line echoed between two processes.
 
     .venv/bin/python bench/bench_hosts.py [--rounds 5]
 
@@ -20,6 +21,9 @@ Nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import socket
 import statistics
 import sys
 import tempfile
@@ -90,6 +94,30 @@ def _hosts(work: Path) -> Hosts:
     return Hosts(spec.command([*host, "HELPERS"]), 600, {"PATH": "/usr/bin:/bin"}, [DRIVE], exports)
 
 
+def echo_floor(rounds: int = 2000) -> float:
+    """Microseconds per round trip of a bare JSON line between two processes over a socket pair: the floor
+    under every request the hosts make (what the machine's scheduler and the kernel cost, nothing of vlab's)."""
+    ours, theirs = socket.socketpair()
+    child = os.fork()
+    if child == 0:
+        ours.close()
+        lines = theirs.makefile("r", encoding="utf-8", newline="\n")
+        for line in lines:
+            theirs.sendall(line.encode())
+        os._exit(0)
+    theirs.close()
+    lines = ours.makefile("r", encoding="utf-8", newline="\n")
+    start = time.perf_counter()
+    for i in range(rounds):
+        message = {"id": i, "op": "getattr", "target": {"$own": i}, "operands": ["value"]}
+        ours.sendall((json.dumps(message) + "\n").encode())
+        json.loads(lines.readline())
+    elapsed = time.perf_counter() - start
+    ours.close()
+    os.waitpid(child, 0)
+    return elapsed / rounds * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -123,6 +151,7 @@ def main() -> None:
                       f"drive {split_s:.2f} s")
         finally:
             hosts.close()
+    print(f"floor: a bare JSON line echoed between two processes takes {echo_floor():.0f} µs per round trip")
 
 
 if __name__ == "__main__":

@@ -80,6 +80,8 @@ __all__ = ["MAX_MESSAGE_BYTES", "THROWAWAY_UIDS", "Job", "empty_result", "grade_
 _QUIET_ERRORS = {"NotImplementedError", "CellTimeout", "KeyboardInterrupt", "MemoryError", "BlockingIOError"}
 #: The largest kernel message the supervisor accepts (a bigger one is dropped by ZeroMQ, unread).
 MAX_MESSAGE_BYTES = 8 * 2**20
+#: Kernel messages the supervisor lets wait to be counted; more are dropped (a flood: its cell times out).
+MAX_QUEUED_MESSAGES = 12
 #: The uids a submission runs as when graded as root: one per supervisor process, owned by no account.
 THROWAWAY_UIDS = range(1_900_000_000, 2_000_000_000)
 
@@ -208,6 +210,9 @@ def _kernel_manager(spec: JailSpec, conn: Path) -> Any:
         def client(self, **kwargs: Any) -> Any:
             client = super().client(**kwargs)
             client.context.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)  # a bigger message is dropped unread
+            # and at most this many wait to be counted: a kernel that prints faster than a loaded supervisor
+            # counts would otherwise queue its messages in the supervisor's memory (ZMQ's default is 1000)
+            client.context.setsockopt(zmq.RCVHWM, MAX_QUEUED_MESSAGES)
             return client
 
     manager = JailedKernelManager(kernel_name="python3", transport="ipc", ip=str(conn / "k"))
