@@ -113,6 +113,7 @@ def echo_floor(rounds: int = 2000) -> float:
         ours.sendall((json.dumps(message) + "\n").encode())
         json.loads(lines.readline())
     elapsed = time.perf_counter() - start
+    lines.close()  # the file holds the socket open: closed too, the echo reads its end and exits
     ours.close()
     os.waitpid(child, 0)
     return elapsed / rounds * 1e6
