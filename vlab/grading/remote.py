@@ -407,7 +407,7 @@ class Peer:
         self._next += 1
         ident = self._next
         where = target if isinstance(target, str) else {"$own": target._vlab_ref}
-        context = {name: var.get() for name, var in self._carried.items() if var.get() is not None}
+        context = {name: value for name, var in self._carried.items() if (value := var.get()) is not None}
         self._send({"id": ident, "op": op, "target": where, "operands": self._to_wire(list(operands)),
                     "context": context})
         while True:
